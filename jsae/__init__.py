@@ -1,0 +1,46 @@
+"""jsae: sparse autoencoders on language-model activations, in JAX.
+
+    import jsae
+    sae = jsae.load("path/to/sae")                 # SAELens-format directory
+    f = sae.encode(x); x_hat = sae.decode(f)       # jittable, x: [..., d_in]
+    sae.save("out/")                               # SAELens loads it back
+"""
+
+from jsae.architectures import architecture_names, get_architecture, register_architecture
+from jsae.config import SAEConfig, SAEMetadata
+from jsae.errors import (
+    ConfigError,
+    FormatError,
+    JsaeError,
+    NonFiniteError,
+    ShapeError,
+    UnsafePickleError,
+)
+from jsae.io import load_log_sparsity, save
+from jsae.io import load_saelens as load
+from jsae.sae import SAE, decode, encode, encode_with_hidden_pre, forward, forward_with_activations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAE",
+    "ConfigError",
+    "FormatError",
+    "JsaeError",
+    "NonFiniteError",
+    "SAEConfig",
+    "SAEMetadata",
+    "ShapeError",
+    "UnsafePickleError",
+    "architecture_names",
+    "decode",
+    "encode",
+    "encode_with_hidden_pre",
+    "forward",
+    "forward_with_activations",
+    "get_architecture",
+    "load",
+    "load_log_sparsity",
+    "register_architecture",
+    "save",
+]

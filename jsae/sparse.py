@@ -1,0 +1,102 @@
+"""Decoding sparse latents: `f @ W_dec` that costs O(L0 · d) per row instead of O(d_sae · d).
+
+SAE latents are sparse at inference (tens of active latents out of thousands), so the decoder
+matmul mostly multiplies zeros. `decode_matmul` gathers the active decoder rows instead:
+
+1. `count = max_rows(#nonzero(f))`: the largest L0 in the batch (one cheap pass over f);
+2. if `count <= max_active`: take the `max_active` largest-|f| entries per row (all non-zeros
+   among them) and accumulate `Σ_j f[b, i_j] · W_dec[i_j]` for `j < count` only;
+3. otherwise fall back to the dense matmul (`lax.cond`, so only one branch runs).
+
+Both branches are exact (they differ from the dense matmul only in summation order). The
+backward pass is the dense one (`df = g @ W_decᵀ`, `dW = fᵀ g`), because the gradient of a
+matmul with respect to `f` is non-zero at inactive latents too. A sparse backward only makes
+sense when latents are produced as (values, indices) pairs, as TopK training does.
+
+Use `sparse=False` under a mesh that shards d_sae: a top-k along a sharded axis is expensive.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# Below this width the dense matmul is as fast as the gather (measured on CPU, see
+# benchmarks/README.md); "auto" then stays dense.
+AUTO_MIN_D_SAE = 4096
+
+
+def default_max_active(d_sae: int) -> int:
+    """Gather budget per row before falling back to dense: 1/32 of the latents, at most 512."""
+    return max(1, min(512, d_sae // 32))
+
+
+def decode_matmul(f: jax.Array, W_dec: jax.Array, *, sparse: Any = "auto") -> jax.Array:
+    """`f @ W_dec` for f `[..., d_sae]`, W_dec `[d_sae, d]`, gathering active rows when f is sparse.
+
+    `sparse`: "auto" (gather when d_sae >= 4096 and every row fits the budget), True (same,
+    whatever d_sae), False (always the dense matmul), or an int budget of active latents per row.
+    """
+    d_sae = W_dec.shape[0]
+    if sparse is False or (sparse == "auto" and d_sae < AUTO_MIN_D_SAE):
+        return f @ W_dec
+    budget = default_max_active(d_sae) if sparse in ("auto", True) else int(sparse)
+    budget = min(budget, d_sae)
+    lead = f.shape[:-1]
+    out = _sparse_or_dense(f.reshape(-1, d_sae), W_dec, budget)
+    return out.reshape(*lead, W_dec.shape[1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _sparse_or_dense(f: jax.Array, W_dec: jax.Array, budget: int) -> jax.Array:
+    count = jnp.max(jnp.count_nonzero(f, axis=-1), initial=0)  # largest L0 in the batch
+
+    def gathered(f: jax.Array) -> jax.Array:
+        _, idx = jax.lax.top_k(jnp.abs(f), budget)  # [N, budget], all non-zeros included
+        vals = jnp.take_along_axis(f, idx, axis=-1)
+        return gather_decode_loop(vals, idx, W_dec, count)
+
+    def dense(f: jax.Array) -> jax.Array:
+        return (f @ W_dec).astype(jnp.result_type(f, W_dec))
+
+    return jax.lax.cond(count <= budget, gathered, dense, f)
+
+
+def _sparse_or_dense_fwd(f, W_dec, budget):
+    return _sparse_or_dense(f, W_dec, budget), (f, W_dec)
+
+
+def _sparse_or_dense_bwd(budget, residuals, g):
+    f, W_dec = residuals
+    df = (g @ W_dec.T).astype(f.dtype)  # dense: inactive latents have gradients too
+    dW = (f.T @ g).astype(W_dec.dtype)
+    return df, dW
+
+
+_sparse_or_dense.defvjp(_sparse_or_dense_fwd, _sparse_or_dense_bwd)
+
+
+def gather_decode_loop(
+    vals: jax.Array, idx: jax.Array, W_dec: jax.Array, count: jax.Array | int | None = None
+) -> jax.Array:
+    """Σ_j vals[:, j] · W_dec[idx[:, j]] over the first `count` columns. vals/idx [N, K] -> [N, d].
+
+    A loop over j reads one decoder row per token per step and accumulates in place; on CPU it
+    is several times faster than materialising the [N, K, d] gather. Columns at or after
+    `count` must be zero (or are skipped), which lets callers stop at the batch's largest L0.
+    Forward only: the trip count may be dynamic, which reverse-mode AD does not support.
+    """
+    n_cols = idx.shape[-1]
+    count = n_cols if count is None else count
+    acc_dtype = jnp.result_type(vals, W_dec)
+    acc = jnp.zeros((idx.shape[0], W_dec.shape[1]), acc_dtype)
+
+    def body(j, acc):
+        v = jax.lax.dynamic_index_in_dim(vals, j, axis=1, keepdims=False)
+        i = jax.lax.dynamic_index_in_dim(idx, j, axis=1, keepdims=False)
+        return acc + v[:, None].astype(acc_dtype) * W_dec[i].astype(acc_dtype)
+
+    return jax.lax.fori_loop(0, jnp.minimum(count, n_cols), body, acc)

@@ -1,0 +1,41 @@
+"""Test setup: 8 fake CPU devices (sharding is tested on every run), offline hub, reference env.
+
+The parity tests run code from the reference environment (PyTorch + SAELens, sparsify,
+dictionary_learning) in a subprocess: `make test` builds it and passes its interpreter as
+JSAE_REFERENCE_PYTHON. Without it those tests fail, saying how to build it; set
+JSAE_SKIP_REFERENCE=1 to skip them knowingly during a quick local loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from helpers import run_reference
+
+
+@pytest.fixture(scope="session")
+def saelens_fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SAEs of every architecture written by SAELens, with inputs and SAELens's outputs."""
+    out = tmp_path_factory.mktemp("saelens") / "cases"
+    run_reference("saelens_fixtures.py", "write", out)
+    return out
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}, python {sys.version.split()[0]}"
