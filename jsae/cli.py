@@ -1,0 +1,44 @@
+"""`jsae` command line: `jsae <command> --help` for each.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
+this file only maps names to modules. Command modules keep heavy imports inside `run`, so
+`jsae --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jsae.errors import JsaeError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, one-line help)
+    "info": ("jsae.commands.info", "show an SAE's config and parameter shapes"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jsae", description="Sparse autoencoders on language-model activations, in JAX."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(cmd)
+        cmd.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (JsaeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"jsae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
