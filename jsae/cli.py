@@ -16,6 +16,7 @@ from jsae.errors import JsaeError
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "info": ("jsae.commands.info", "show an SAE's config and parameter shapes"),
+    "demo": ("jsae.commands.demo", "offline end-to-end run on an embedded default"),
 }
 
 

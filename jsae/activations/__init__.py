@@ -1,0 +1,1 @@
+"""Activation sources: synthetic data, Flax-model-backed stores, tokenisation and packing, disk caches."""

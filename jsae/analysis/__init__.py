@@ -1,0 +1,1 @@
+"""Analysis tools: splicing, steering, logit lens, top activations, dashboards and plots."""
