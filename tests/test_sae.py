@@ -245,16 +245,24 @@ def test_astype_bfloat16_keeps_thresholds_fp32_and_tracks_fp32() -> None:
 # ----------------------------------------------------------------------------- sparse decode
 
 
-@pytest.mark.parametrize("density", [0.002, 0.02, 0.3])
-def test_sparse_decode_equals_dense_at_every_density(density: float) -> None:
+@pytest.mark.parametrize(
+    ("density", "dense_rows"),
+    [(0.002, 0), (0.002, 2), (0.002, 40), (0.02, 0), (0.3, 0)],
+    ids=["sparse", "sparse+spilled-rows", "too-many-dense-rows", "over-budget", "dense"],
+)
+def test_sparse_decode_equals_dense_at_every_density(density: float, dense_rows: int) -> None:
+    """Exact whichever branch runs: gather, gather + dense spill rows, or the dense matmul."""
     rng = np.random.default_rng(0)
     W = rng.normal(size=(8192, 32)).astype(np.float32)
-    f = rng.normal(size=(50, 8192)).astype(np.float32) * (rng.random((50, 8192)) < density)
+    f = rng.normal(size=(64, 8192)).astype(np.float32) * (rng.random((64, 8192)) < density)
     f[3] = 0.0  # an all-zero row
     f[4, :5] = -2.0  # negative latents (edited features) are exact too
-    dense = f @ W
+    f[10 : 10 + dense_rows] = rng.normal(size=(dense_rows, 8192))  # BOS-like rows
+    exact = f.astype(np.float64) @ W.astype(np.float64)
+    scale = np.abs(f).astype(np.float64) @ np.abs(W).astype(np.float64)  # bound on rounding
     for sparse in ("auto", True, 16, False):
-        assert_close(decode_matmul(jnp.asarray(f), jnp.asarray(W), sparse=sparse), dense, atol=1e-4)
+        out = np.asarray(decode_matmul(jnp.asarray(f), jnp.asarray(W), sparse=sparse), np.float64)
+        assert np.all(np.abs(out - exact) <= 1e-6 * scale + 1e-6), sparse
 
 
 def test_sparse_decode_gradient_is_the_dense_gradient() -> None:
