@@ -19,6 +19,7 @@ from jsae.errors import (
 from jsae.io import load_log_sparsity, save
 from jsae.io import load_saelens as load
 from jsae.sae import SAE, decode, encode, encode_with_hidden_pre, forward, forward_with_activations
+from jsae.training import TrainConfig, Trainer, train
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,8 @@ __all__ = [
     "SAEConfig",
     "SAEMetadata",
     "ShapeError",
+    "TrainConfig",
+    "Trainer",
     "UnsafePickleError",
     "architecture_names",
     "decode",
@@ -43,4 +46,5 @@ __all__ = [
     "load_log_sparsity",
     "register_architecture",
     "save",
+    "train",
 ]

@@ -9,9 +9,12 @@ Training adds, on the gate path π = x @ W_enc + b_gate:
     l1_loss   = l1 · mean_b Σ_i relu(π_i) ||W_dec,i||
     auxiliary_reconstruction_loss = mean_b ||relu(π) @ W_dec + b_dec - x||²
 The paper computes the auxiliary reconstruction with frozen copies of the decoder (its
-gradient trains only the gate path); SAELens 6.54 does not detach them, so that loss also pulls
-the decoder towards reconstructing from the gate path. jsae follows the paper by default
-(`gated_detach_aux_decoder=True`); set it to False to reproduce SAELens.
+gradient trains only the gate path), and keeps decoder rows at unit norm. SAELens 6.54 does
+neither: it has no norm constraint and does not detach, so that loss also trains the decoder.
+jsae follows SAELens by default. `gated_detach_aux_decoder=True` gives the paper's detached loss;
+without the paper's norm constraint it is unstable (on the synthetic benchmark of
+tests/test_train_synthetic.py the gate path and the decoder norms drift apart: L0 climbs to
+d_sae and explained variance falls towards 0), which is why it is not the default.
 """
 
 from __future__ import annotations

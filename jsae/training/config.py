@@ -112,10 +112,11 @@ class SAESettings:
     lp_norm: float = option(1.0, "standard, transcoders: p of the decoder-weighted Lp penalty")
     l1_warm_up_steps: int = option(0, "steps over which l1_coefficient ramps up from 0")
     gated_detach_aux_decoder: bool = option(
-        True,
+        False,
         "gated: the auxiliary gate-path reconstruction uses a stop-gradient copy of W_dec and "
-        "b_dec, as in the Gated SAE paper; False reproduces SAELens, which trains the decoder "
-        "on that loss too",
+        "b_dec, as the Gated SAE paper does (which also keeps decoder rows at unit norm); the "
+        "default trains the decoder on it too, as SAELens does, because without the norm "
+        "constraint the detached version lets the two paths drift apart",
     )
     # jumprelu
     l0_coefficient: float = option(1.0, "jumprelu: coefficient of the sparsity (L0) loss")
@@ -742,9 +743,10 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if value is None:
         return None
     options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    optional = type(None) in options
     options = tuple(o for o in options if o is not type(None))
     origins = [typing.get_origin(o) or o for o in options]
-    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         return None
     if bool in origins:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
