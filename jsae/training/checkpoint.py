@@ -76,10 +76,8 @@ class Checkpointer:
             if step not in kept and step < max(kept, default=0):
                 file.unlink(missing_ok=True)
 
-    def restore(
-        self, step: int, abstract_state: Any
-    ) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
-        """(state, host state, leftover arrays) of checkpoint `step`, placed like abstract_state."""
+    def read_host(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(host state, leftover arrays) of checkpoint `step` for this process."""
         host_file = self._host_file(step, ".json")
         if not host_file.is_file():
             raise FormatError(
@@ -91,8 +89,11 @@ class Checkpointer:
         if host.get("has_arrays"):
             with np.load(self._host_file(step, ".npz")) as data:
                 arrays = {k: data[k] for k in data.files}
-        state = self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract_state))
-        return state, host, arrays
+        return host, arrays
+
+    def restore_state(self, step: int, abstract_state: Any) -> Any:
+        """The TrainState of checkpoint `step`, placed like `abstract_state` (shardings)."""
+        return self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract_state))
 
     def close(self) -> None:
         self.manager.close()

@@ -449,12 +449,7 @@ class Trainer:
         step = checkpointer.latest_step()
         if step is None:
             raise ConfigError(f"no checkpoint to resume from in {directory}.")
-        abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            self.state,
-            self.shardings,
-        )
-        state, host, arrays = checkpointer.restore(step, abstract)
+        host, arrays = checkpointer.read_host(step)
         saved_sae = host.get("sae")
         current = self.config.to_dict()["sae"]
         if saved_sae is not None and saved_sae != current:
@@ -463,7 +458,12 @@ class Trainer:
                 f"cannot resume from {directory}: the SAE settings differ from the "
                 f"checkpoint's in {diff}."
             )
-        self.state = state
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.state,
+            self.shardings,
+        )
+        self.state = checkpointer.restore_state(step, abstract)
         self.n_training_samples = int(host["n_training_samples"])
         self.scale = host["scale"]
         how = self.feeder.restore(host["feeder"], arrays)

@@ -231,7 +231,7 @@ def write_trainer(out: Path):
         final["act_freq_scores"] = trainer.act_freq_scores.float()
         final["n_forward_passes_since_fired"] = trainer.n_forward_passes_since_fired.float()
         save_file(final, d / "final.safetensors")
-        config = {**sae_cfg, **base, **loop, "train_batch_size_tokens": TRAIN_B,
+        config = {**sae_cfg, "d_in": TRAIN_D_IN, "d_sae": TRAIN_D_SAE, **loop, "train_batch_size_tokens": TRAIN_B,
                   "training_tokens": TRAIN_B * TRAIN_STEPS}
         (d / "case.json").write_text(json.dumps(config))
 
