@@ -17,7 +17,10 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=None, help="YAML (or JSON) config file")
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, values parsed as YAML"
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="key=value",
+        help="config overrides, values parsed as YAML (flags may follow them)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="resume from the newest checkpoint in checkpoint_path"
@@ -36,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from jsae.errors import ConfigError
     from jsae.training.config import TrainConfig, option_help
+
+    _take_trailing_flags(args)
 
     if args.list_options:
         section = None
@@ -97,3 +102,29 @@ def _checkpoint_dir(base, overrides: list[str]) -> str:
     if base is not None and base.training.checkpoint_path:
         return base.training.checkpoint_path
     return "checkpoints"
+
+
+_FLAGS = {
+    "--resume": "resume",
+    "--overwrite": "overwrite",
+    "--print-config": "print_config",
+    "--list-options": "list_options",
+}
+
+
+def _take_trailing_flags(args: argparse.Namespace) -> None:
+    """Flags written after the overrides (argparse leaves them in the remainder)."""
+    from jsae.errors import ConfigError
+
+    rest = []
+    items = iter(args.overrides)
+    for item in items:
+        if item in _FLAGS:
+            setattr(args, _FLAGS[item], True)
+        elif item in ("--config", "-c"):
+            args.config = next(items, None)
+        elif item.startswith("-"):
+            raise ConfigError(f"unknown option {item!r} for jsae train (see jsae train --help).")
+        else:
+            rest.append(item)
+    args.overrides = rest

@@ -314,9 +314,9 @@ class SAESettings:
 class TrainingSettings:
     """How the SAE is optimised: Adam, schedules, batching, mesh, checkpoints and outputs."""
 
-    lr: float = option(3e-4, "learning rate")
-    adam_beta1: float = option(0.9, "Adam β1")
-    adam_beta2: float = option(0.999, "Adam β2")
+    lr: float = option(3e-4, "peak learning rate of Adam")
+    adam_beta1: float = option(0.9, "Adam β1 (first-moment decay; Gemma Scope uses 0)")
+    adam_beta2: float = option(0.999, "Adam β2 (second-moment decay)")
     adam_epsilon: float = option(1e-8, "Adam ε (added to sqrt(v̂), as torch.optim.Adam does)")
     max_grad_norm: float | None = option(
         1.0, "clip gradients to this global L2 norm (torch's clip_grad_norm_); None disables"

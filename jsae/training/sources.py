@@ -233,6 +233,13 @@ class Feeder:
             item = item[0]
         return item, item
 
+    def peek(self) -> tuple[Any, Any]:
+        """The first rows of the next batch, without consuming them."""
+        if not self._pending:
+            x, y = self._pull()
+            self._pending, self._pending_rows = [(x, y)], _rows(x)
+        return self._pending[0]
+
     def next(self) -> tuple[Any, Any]:
         """The next batch `(x, y)` of exactly `rows` rows."""
         if not self._pending:
@@ -240,6 +247,9 @@ class Feeder:
             if _rows(x) == self.rows:
                 return x, y
             self._pending, self._pending_rows = [(x, y)], _rows(x)
+        if len(self._pending) == 1 and self._pending_rows == self.rows:  # a peeked batch
+            (x, y), self._pending, self._pending_rows = self._pending[0], [], 0
+            return x, y
         while self._pending_rows < self.rows:
             x, y = self._pull()
             self._pending.append((x, y))

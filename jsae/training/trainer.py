@@ -192,18 +192,36 @@ class Trainer:
 
     # ------------------------------------------------------------------ stepping
 
-    def _device_batch(self, array: Any, width: int, what: str) -> jax.Array:
+    def _check_batch(self, array: Any, width: int, what: str, rows: int | None = None) -> None:
         shape = getattr(array, "shape", None)
-        if shape is None or len(shape) != 2 or shape[1] != width:
+        if (
+            shape is None
+            or len(shape) != 2
+            or shape[1] != width
+            or (rows is not None and shape[0] != rows)
+        ):
+            name = "d_out" if what == "target" else "d_in"
             raise ShapeError(
-                f"step {self.steps_done}: {what} batch has shape "
-                f"{None if shape is None else tuple(shape)} but the SAE expects "
-                f"[{self.local_rows}, {width}]; check that the activation source matches d_in"
-                + (" / d_out" if self.settings.is_transcoder else "")
-                + "."
+                f"step {self.steps_done}: the activation source gave a {what} batch of shape "
+                f"{None if shape is None else tuple(shape)} but the SAE has {name}={width}"
+                + (f" and takes [{rows}, {width}] batches" if rows is not None else "")
+                + "; check that the source reads the hook the SAE is configured for."
             )
         if not jnp.issubdtype(getattr(array, "dtype", np.float32), jnp.floating):
-            raise ShapeError(f"step {self.steps_done}: {what} batch must be floating point.")
+            raise ShapeError(
+                f"step {self.steps_done}: {what} batches must be floating point, got "
+                f"{getattr(array, 'dtype', type(array).__name__)}."
+            )
+
+    def check_source(self) -> None:
+        """Refuse a source whose activations do not fit the SAE, before anything is trained."""
+        x, y = self.feeder.peek()
+        self._check_batch(x, self.cfg.d_in, "input")
+        if self.settings.is_transcoder:
+            self._check_batch(y, self.settings.output_dim, "target")
+
+    def _device_batch(self, array: Any, width: int, what: str) -> jax.Array:
+        self._check_batch(array, width, what, self.local_rows)
         if jax.process_count() > 1:
             return jax.make_array_from_process_local_data(self._batch_sharding, np.asarray(array))
         return jax.device_put(array, self._batch_sharding)
@@ -259,6 +277,10 @@ class Trainer:
     def fit(self) -> SAE:
         """Train to `training_tokens`, checkpointing and logging; return the final SAE."""
         tr, log = self.config.training, self.config.logging
+        try:
+            self.check_source()
+        except StopIteration:
+            raise ConfigError("the activation source is empty.") from None
         self._open_logs()
         try:
             if self.cfg.normalize_activations == "expected_average_only_in" and self.scale is None:
@@ -308,6 +330,7 @@ class Trainer:
                 x, _ = self.feeder.next()
             except StopIteration:
                 break
+            self._check_batch(x, self.cfg.d_in, "input")
             norms = np.linalg.norm(np.asarray(x, np.float32), axis=-1)
             total += float(norms.sum(dtype=np.float64))
             count += norms.size
