@@ -77,13 +77,15 @@ def test_feature_recovery_scores() -> None:
     assert feature_recovery(features, np.random.default_rng(1).normal(size=(20, 6))) < 0.9
 
 
+# Settings per architecture (steps default to 700 batches of 256; the data has 2 active
+# features per activation on average, so TopK-family SAEs get k = 2).
 RECOVERY_CASES = {
     "standard": {"l1_coefficient": 0.3},
-    "gated": {"l1_coefficient": 0.3},
+    "gated": {"l1_coefficient": 0.3, "steps": 1000},
     "jumprelu": {"l0_coefficient": 0.3, "jumprelu_init_threshold": 0.1},
     "topk": {"k": 2},
-    "batchtopk": {"k": 2},
-    "matryoshka_batchtopk": {"k": 2, "matryoshka_widths": [16, 32], "lr": 1e-2},
+    "batchtopk": {"k": 2, "steps": 1200},
+    "matryoshka_batchtopk": {"k": 2, "matryoshka_widths": [16, 32], "lr": 1e-2, "steps": 1200},
     "transcoder": {"l1_coefficient": 0.3, "d_out": 12},
     "skip_transcoder": {"l1_coefficient": 0.3, "d_out": 12},
     "jumprelu_transcoder": {"l0_coefficient": 0.3, "jumprelu_init_threshold": 0.1, "d_out": 12},
@@ -93,6 +95,7 @@ RECOVERY_CASES = {
 @pytest.mark.parametrize("architecture", list(RECOVERY_CASES))
 def test_every_architecture_recovers_the_true_features(architecture: str) -> None:
     extra = dict(RECOVERY_CASES[architecture])
+    steps = extra.pop("steps", 700)
     d_out = extra.get("d_out")
     source = SyntheticActivations(
         SyntheticConfig(d_in=16, n_features=32, mean_active=2.0, d_out=d_out, seed=0),
@@ -100,7 +103,7 @@ def test_every_architecture_recovers_the_true_features(architecture: str) -> Non
     )
     config = {
         "architecture": architecture, "d_in": 16, "d_sae": 64, "lr": 3e-3,
-        "train_batch_size_tokens": 256, "training_tokens": 256 * 1200, "log_to_wandb": False,
+        "train_batch_size_tokens": 256, "training_tokens": 256 * steps, "log_to_wandb": False,
         "checkpoint_path": None, "output_path": None, "progress_bar": False, **extra,
     }  # fmt: skip
     sae = jsae.train(config, source)
@@ -125,7 +128,7 @@ def _topk_on(structure: str) -> tuple[SyntheticActivations, jsae.SAE]:
     )
     config = {
         "architecture": "topk", "k": 2, "d_in": 16, "d_sae": 64, "lr": 3e-3,
-        "train_batch_size_tokens": 256, "training_tokens": 256 * 1200, "log_to_wandb": False,
+        "train_batch_size_tokens": 256, "training_tokens": 256 * 800, "log_to_wandb": False,
         "checkpoint_path": None, "output_path": None, "progress_bar": False,
     }  # fmt: skip
     return source, jsae.train(config, source)

@@ -3,6 +3,7 @@
     python saelens_training.py losses OUT_DIR      losses and gradients of training_forward_pass
     python saelens_training.py trainer OUT_DIR     SAETrainer runs: initial and final parameters
     python saelens_training.py schedules OUT_FILE  learning rates and coefficients per step
+    python saelens_training.py all OUT_DIR         all three: OUT_DIR/{losses,trainer,schedules.json}
 
 `losses` writes, per case, OUT_DIR/<case>/{case.json, params.safetensors, io.safetensors}:
 the jsae settings of the case, SAELens's parameters (random, non-trivial), and the input, dead
@@ -279,6 +280,14 @@ def write_schedules(out: Path):
     out.write_text(json.dumps({"lr": rows, "coefficients": coefficients}))
 
 
+def write_all(out: Path):
+    write_losses(out / "losses")
+    write_trainer(out / "trainer")
+    write_schedules(out / "schedules.json")
+
+
 if __name__ == "__main__":
     command, path = sys.argv[1], Path(sys.argv[2])
-    {"losses": write_losses, "trainer": write_trainer, "schedules": write_schedules}[command](path)
+    commands = {"losses": write_losses, "trainer": write_trainer, "schedules": write_schedules,
+                "all": write_all}
+    commands[command](path)

@@ -1,10 +1,15 @@
-"""Training losses and gradients of every architecture against SAELens 6.54's training_forward_pass.
+"""Training math against SAELens 6.54 (reference environment), and what SAELens cannot train
+against closed forms.
 
-SAELens (in the reference environment) builds training SAEs with random weights, runs one
-`training_forward_pass` on a random batch with given coefficients and dead-latent mask, and
-back-propagates the total loss. jsae must give the same loss terms and the same gradient for
-every parameter, on the same weights and batch. Transcoders, which SAELens cannot train, are
-checked against closed-form gradients in numpy.
+1. Losses and gradients: SAELens builds training SAEs of every architecture with random weights,
+   runs one `training_forward_pass` on a random batch with given coefficients and dead-latent
+   mask, and back-propagates the total loss; jsae must give the same loss terms and gradients.
+2. Whole runs: SAELens's `SAETrainer.fit` from fixed parameters over fixed batches, with
+   warm-ups, cosine / restart schedules with a final decay, non-default Adam betas, clipping and
+   dead-latent and sparsity windows of a few steps; jsae's Trainer must end with the same
+   parameters and firing statistics.
+3. Schedules: learning rates from torch's schedulers as SAELens chains them, coefficient warm-up.
+4. Transcoders (no SAELens training): losses and gradients in closed form (numpy).
 """
 
 from __future__ import annotations
@@ -21,7 +26,30 @@ from safetensors.numpy import load_file
 
 import jsae
 from jsae.architectures.base import TrainContext, TrainInputs
-from jsae.training.config import SAESettings
+from jsae.training.config import SAESettings, TrainingSettings
+from jsae.training.schedules import coefficient, learning_rate
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("saelens_training")
+    run_reference("saelens_training.py", "all", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loss_fixtures(fixtures: Path) -> Path:
+    return fixtures / "losses"
+
+
+@pytest.fixture(scope="module")
+def trainer_fixtures(fixtures: Path) -> Path:
+    return fixtures / "trainer"
+
+
+@pytest.fixture(scope="module")
+def schedule_fixtures(fixtures: Path) -> dict:
+    return json.loads((fixtures / "schedules.json").read_text())
 
 CASES = [
     "standard",
@@ -44,13 +72,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def loss_fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("saelens_training") / "losses"
-    run_reference("saelens_training.py", "losses", out)
-    return out
-
-
 def run_jsae(case_dir: Path, *, sparse: bool | None = None):
     case = json.loads((case_dir / "case.json").read_text())
     settings = SAESettings(**case["settings"], use_sparse_activations=sparse)
@@ -71,7 +92,7 @@ def run_jsae(case_dir: Path, *, sparse: bool | None = None):
         out = arch.train_forward(cfg, ctx, params, buffers, x, x, inputs)
         return out.loss, out
 
-    (total, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    (total, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return arch, cfg, ctx, buffers, io, total, out, grads
 
 
@@ -154,7 +175,7 @@ def test_transcoder_loss_and_gradients_closed_form(architecture: str, rng) -> No
         out = arch.train_forward(cfg, TrainContext(settings), p, {}, x, y, inputs)
         return out.loss, out
 
-    (total, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    (total, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     X, Y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -205,7 +226,7 @@ def test_jumprelu_transcoder_uses_the_jumprelu_estimators(rng) -> None:
     def loss(p):
         return arch.train_forward(cfg, TrainContext(settings), p, {}, x, y, inputs).loss
 
-    grad = jax.grad(loss)(params)["threshold"]
+    grad = jax.jit(jax.grad(loss))(params)["threshold"]
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     X, Y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     z = X @ p["W_enc"] + p["b_enc"]
@@ -217,3 +238,61 @@ def test_jumprelu_transcoder_uses_the_jumprelu_estimators(rng) -> None:
     expected = np.sum(-(t / eps) * window * g_f, 0) + np.sum(-(1 / eps) * window * 0.7 / B, 0)
     assert np.any(window), "the case must put pre-activations inside the kernel window"
     assert_close(grad, expected, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------- whole runs
+
+TRAINER_CASES = ["standard", "jumprelu", "topk", "batchtopk", "gated"]
+
+
+@pytest.mark.parametrize("case", TRAINER_CASES)
+def test_training_run_matches_saelens_trainer(trainer_fixtures: Path, case: str) -> None:
+    d = trainer_fixtures / case
+    config = json.loads((d / "case.json").read_text())
+    config.update(log_to_wandb=False, checkpoint_path=None, output_path=None, progress_bar=False)
+    tc = jsae.TrainConfig.from_dict(config)
+    cfg = tc.sae.sae_config()
+    init = load_file(d / "params.safetensors")
+    if cfg.architecture == "batchtopk":
+        init["topk_threshold"] = np.float32(0.0)
+    batches = load_file(d / "batches.safetensors")
+    batches = [batches[f"b{i}"] for i in range(len(batches))]
+    trainer = jsae.Trainer(tc, batches, init=jsae.SAE.from_params(cfg, init))
+    trainer.fit()
+    final = load_file(d / "final.safetensors")
+    got = trainer.sae.params
+    for name, value in got.items():
+        expected = final[name]
+        if name == "threshold":  # SAELens projects θ >= 0 before each forward, jsae after each update
+            expected = np.maximum(expected, 0)
+        assert_close(value, expected, atol=2e-5, rtol=1e-4, what=f"{case}: {name}")
+        if name != "topk_threshold":
+            assert not np.allclose(value, init[name]), f"{case}: {name} did not train"
+    assert_close(trainer.state.fire_counts, final["act_freq_scores"], what="firing counts")
+    assert_close(
+        trainer.state.since_fired, final["n_forward_passes_since_fired"], what="since fired"
+    )
+
+
+# --------------------------------------------------------------------------------- schedules
+
+
+def test_learning_rate_schedules_match_torch(schedule_fixtures: dict) -> None:
+    for row in schedule_fixtures["lr"]:
+        settings = TrainingSettings(**row["settings"])
+        steps = jnp.arange(len(row["lrs"]))
+        ours = np.asarray(learning_rate(settings, steps))
+        assert_close(ours, row["lrs"], atol=1e-9, rtol=1e-5, what=str(row["settings"]))
+
+
+def test_coefficient_warm_up_matches_saelens(schedule_fixtures: dict) -> None:
+    for row in schedule_fixtures["coefficients"]:
+        ours = [float(coefficient(row["value"], row["warm_up_steps"], t)) for t in range(12)]
+        assert_close(ours, row["values"], atol=1e-7, what=f"warm-up {row['warm_up_steps']}")
+
+
+def test_lr_end_defaults_to_a_tenth_of_lr() -> None:
+    settings = TrainingSettings(lr=4e-4, lr_scheduler_name="cosineannealing", training_tokens=100,
+                                train_batch_size_tokens=1)
+    assert settings.lr_end == pytest.approx(4e-5)
+    assert float(learning_rate(settings, 99)) == pytest.approx(4e-5, rel=1e-2)  # cosine floor
