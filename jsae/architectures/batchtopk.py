@@ -26,6 +26,7 @@ from jsae.architectures.base import (
     Params,
     TrainContext,
     TrainInputs,
+    encoder_matmul,
     mean_sq_error,
 )
 from jsae.architectures.topk import row_norms, topk_aux_loss
@@ -101,6 +102,15 @@ class BatchTopK(Architecture):
 
 
     # ------------------------------------------------------------------ training
+
+    @classmethod
+    def train_pre_activation(
+        cls, cfg: SAEConfig, params: Params, x: jax.Array, center: jax.Array | None
+    ) -> jax.Array:
+        hidden_pre = encoder_matmul(x, center, params["W_enc"]) + params["b_enc"]
+        if cfg.rescale_acts_by_decoder_norm:
+            hidden_pre = hidden_pre * row_norms(params["W_dec"]).astype(hidden_pre.dtype)
+        return hidden_pre
 
     @classmethod
     def buffer_names(cls) -> tuple[str, ...]:

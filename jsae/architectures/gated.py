@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
-from jsae.architectures.base import Architecture, ForwardPass, Params, TrainContext, TrainInputs
+from jsae.architectures.base import (
+    Architecture,
+    ForwardPass,
+    Params,
+    TrainContext,
+    TrainInputs,
+    encoder_matmul,
+)
 
 if TYPE_CHECKING:
     from jsae.config import SAEConfig
@@ -64,10 +71,34 @@ class Gated(Architecture):
         return ("b_gate", "b_mag")
 
     @classmethod
+    def train_pre_activation(
+        cls, cfg: SAEConfig, params: Params, x: jax.Array, center: jax.Array | None
+    ) -> jax.Array:
+        W_mag = params["W_enc"] * jnp.exp(params["r_mag"])  # [d_in, d_sae]
+        return encoder_matmul(x, center, W_mag) + params["b_mag"]
+
+    @classmethod
+    def train_encode(
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        x_norm: jax.Array,
+        center: jax.Array | None,
+        x_in: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        # The gate pre-activation π serves the hard gate and the auxiliary losses: computed once.
+        pi_gate = encoder_matmul(x_norm, center, params["W_enc"]) + params["b_gate"]  # [B, d_sae]
+        hidden_pre = cls.train_pre_activation(cfg, params, x_norm, center)  # magnitude path
+        gate = jax.lax.stop_gradient(pi_gate) > 0
+        f = jnp.where(gate, jax.nn.relu(hidden_pre), 0).astype(hidden_pre.dtype)
+        return hidden_pre, f, {"pi_gate": pi_gate}
+
+    @classmethod
     def aux_losses(
         cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
     ) -> dict[str, jax.Array]:
-        pi_gate = jax.nn.relu(fwd.x_in @ params["W_enc"] + params["b_gate"])  # [B, d_sae]
+        pi_gate = jax.nn.relu(fwd.encoded["pi_gate"])  # [B, d_sae]
         norms = jnp.linalg.norm(params["W_dec"], axis=-1)  # [d_sae]
         l1 = inputs.coefficients["l1"] * jnp.mean(jnp.sum(pi_gate * norms, axis=-1))
         W_dec, b_dec = params["W_dec"], params["b_dec"]
