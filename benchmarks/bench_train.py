@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, reference_python  # noqa: E402
+from common import machine, reference_python
 
-import jsae  # noqa: E402
-from jsae.sparse import gather_decode  # noqa: E402
+import jsae
+from jsae.sparse import gather_decode
 
 D_IN, D_SAE, BATCH = 768, 16384, 4096
 ARCHS = {
@@ -207,12 +206,18 @@ def main() -> None:
         ref = min(theirs, key=lambda r: r["seconds"])
         jsae_standard = min(ours)
         torch_peak = max(r["matmul_flops"] for r in theirs)
-        print(f"\nSAELens SAETrainer.step, standard, same config (torch {ref['torch']}, "
-              f"{ref['threads']} threads, torch matmul {torch_peak / 1e9:.0f} GFLOP/s): "
-              f"{ref['seconds']:.2f} s/step; jsae {jsae_standard:.2f} s/step "
-              f"-> jsae/SAELens step rate = {ref['seconds'] / jsae_standard:.2f}x")
-        print(f"  same step in matmul units: SAELens {ref['seconds'] * torch_peak / (2 * BATCH * D_IN * D_SAE):.2f} "
-              f"of its matmuls, jsae {jsae_standard * peak / (2 * BATCH * D_IN * D_SAE):.2f} of its matmuls")
+        print(
+            f"\nSAELens SAETrainer.step, standard, same config (torch {ref['torch']}, "
+            f"{ref['threads']} threads, torch matmul {torch_peak / 1e9:.0f} GFLOP/s): "
+            f"{ref['seconds']:.2f} s/step; jsae {jsae_standard:.2f} s/step "
+            f"-> jsae/SAELens step rate = {ref['seconds'] / jsae_standard:.2f}x"
+        )
+        unit = 2 * BATCH * D_IN * D_SAE  # FLOPs of one encoder-sized matmul
+        print(
+            f"  the same step in units of each library's own matmul time: SAELens "
+            f"{ref['seconds'] * torch_peak / unit:.2f}, jsae {jsae_standard * peak / unit:.2f} "
+            "(a dense step needs 5)"
+        )
     if "sparse" in parts:
         k, d_sae, batch = 32, 65536, args.sparse_batch
         t_sparse, t_dense, err = decode_fwd_bwd(k, d_sae, batch, args.steps)
@@ -220,10 +225,16 @@ def main() -> None:
               f"gather/scatter-add {t_sparse * 1e3:.0f} ms vs dense {t_dense * 1e3:.0f} ms "
               f"-> {t_dense / t_sparse:.1f}x (max grad difference {err:.1e})")  # fmt: skip
         sparse_step = trainer_step_time(
-            {"architecture": "topk", "k": k, "use_sparse_activations": True}, args.steps, d_sae, batch
+            {"architecture": "topk", "k": k, "use_sparse_activations": True},
+            args.steps,
+            d_sae,
+            batch,
         )
         dense_step = trainer_step_time(
-            {"architecture": "topk", "k": k, "use_sparse_activations": False}, args.steps, d_sae, batch
+            {"architecture": "topk", "k": k, "use_sparse_activations": False},
+            args.steps,
+            d_sae,
+            batch,
         )
         print(f"  whole training step: sparse {sparse_step:.2f} s vs dense {dense_step:.2f} s "
               f"-> {dense_step / sparse_step:.1f}x")  # fmt: skip

@@ -60,8 +60,12 @@ def _train_cached(arch_json: str, mesh: tuple[int, int] | None) -> jsae.Trainer:
 def _compare(sharded: jsae.Trainer, single: jsae.Trainer, what: str) -> None:
     for name, value in single.sae.params.items():
         assert_close(sharded.sae.params[name], value, atol=2e-5, rtol=2e-4, what=f"{what}: {name}")
-    assert np.array_equal(np.asarray(sharded.state.fire_counts), np.asarray(single.state.fire_counts))
-    assert np.array_equal(np.asarray(sharded.state.since_fired), np.asarray(single.state.since_fired))
+    assert np.array_equal(
+        np.asarray(sharded.state.fire_counts), np.asarray(single.state.fire_counts)
+    )
+    assert np.array_equal(
+        np.asarray(sharded.state.since_fired), np.asarray(single.state.since_fired)
+    )
 
 
 TOPK = {"architecture": "topk", "k": 4, "use_sparse_activations": False}
@@ -85,10 +89,19 @@ def test_topk_family_on_every_mesh_matches_one_device(arch: dict, mesh: tuple[in
     "arch",
     [
         {"architecture": "standard", "l1_coefficient": 0.5},
-        {"architecture": "jumprelu", "l0_coefficient": 0.2, "jumprelu_bandwidth": 0.5,
-         "jumprelu_init_threshold": 0.05, "pre_act_loss_coefficient": 0.1},
-        {"architecture": "matryoshka_batchtopk", "k": 4, "matryoshka_widths": [16, 32],
-         "use_matryoshka_aux_loss": True},
+        {
+            "architecture": "jumprelu",
+            "l0_coefficient": 0.2,
+            "jumprelu_bandwidth": 0.5,
+            "jumprelu_init_threshold": 0.05,
+            "pre_act_loss_coefficient": 0.1,
+        },
+        {
+            "architecture": "matryoshka_batchtopk",
+            "k": 4,
+            "matryoshka_widths": [16, 32],
+            "use_matryoshka_aux_loss": True,
+        },
     ],
     ids=lambda a: a["architecture"],
 )

@@ -42,7 +42,9 @@ def _batches(n: int, bad: int | None = None, value: float = np.nan) -> list[np.n
 
 def test_non_finite_batch_stops_the_run_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     trainer = jsae.Trainer(_config(tmp_path, checkpoint_every_steps=3), _batches(12, 7))
-    with pytest.raises(jsae.NonFiniteError, match=r"step 7: the activation batch contains NaN or Inf.*step 6"):
+    with pytest.raises(
+        jsae.NonFiniteError, match=r"step 7: the activation batch contains NaN or Inf.*step 6"
+    ):
         trainer.fit()
     assert not (tmp_path / "out").exists(), "no output from a failed run"
     assert trainer.checkpointer.steps() == [3, 6]

@@ -19,9 +19,18 @@ BASE = {"architecture": "topk", "d_in": 16, "d_sae": 64, "k": 4}
 
 def test_flat_saelens_keys_route_to_their_concern() -> None:
     config = TrainConfig.from_dict(
-        {**BASE, "lr": 1e-3, "adam_beta1": 0.0, "wandb_project": "p", "log_to_wandb": False,
-         "activation_source": "npy", "activations_path": "/x", "mesh": {"data": 2, "model": 4},
-         "aux_loss_coefficient": 0.25, "lr_scheduler_name": "CosineAnnealing"}
+        {
+            **BASE,
+            "lr": 1e-3,
+            "adam_beta1": 0.0,
+            "wandb_project": "p",
+            "log_to_wandb": False,
+            "activation_source": "npy",
+            "activations_path": "/x",
+            "mesh": {"data": 2, "model": 4},
+            "aux_loss_coefficient": 0.25,
+            "lr_scheduler_name": "CosineAnnealing",
+        }
     )
     assert config.sae.k == 4 and config.sae.aux_loss_coefficient == 0.25
     assert config.training.lr == 1e-3 and config.training.adam_beta1 == 0.0
@@ -36,8 +45,12 @@ def test_flat_saelens_keys_route_to_their_concern() -> None:
 def test_nested_sections_saelens_logger_and_ignored_keys() -> None:
     with pytest.warns(UserWarning, match="device"):
         config = TrainConfig.from_dict(
-            {"sae": {**BASE, "device": "cuda"}, "logger": {"wandb_log_frequency": 5},
-             "training": {"seed": 7}, "autocast": True}
+            {
+                "sae": {**BASE, "device": "cuda"},
+                "logger": {"wandb_log_frequency": 5},
+                "training": {"seed": 7},
+                "autocast": True,
+            }
         )
     assert config.logging.wandb_log_frequency == 5 and config.training.seed == 7
     with pytest.raises(jsae.ConfigError, match="unknown config key 'lr' in 'logging'"):
@@ -50,8 +63,16 @@ def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
     config.save_yaml(path)
     assert TrainConfig.from_yaml(path) == config
     changed = config.with_overrides(
-        ["lr=1e-3", "training.seed=5", "mesh={data: 2, model: 4}", "training_tokens=2e6",
-         "k=8", "rescale_acts_by_decoder_norm=false", "logger.wandb_entity=me", "lr_end=None"]
+        [
+            "lr=1e-3",
+            "training.seed=5",
+            "mesh={data: 2, model: 4}",
+            "training_tokens=2e6",
+            "k=8",
+            "rescale_acts_by_decoder_norm=false",
+            "logger.wandb_entity=me",
+            "lr_end=None",
+        ]
     )
     assert changed.training.lr == 1e-3 and isinstance(changed.training.lr, float)
     assert changed.training.seed == 5
@@ -73,7 +94,10 @@ def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
         ({"k": 65}, r"0 < k <= d_sae=64"),
         ({"k": 2.5}, "k must be an integer"),
         ({"k": None}, "needs k"),
-        ({"architecture": "topkk"}, r"unknown architecture 'topkk'.*'standard'.*Did you mean 'topk'"),
+        (
+            {"architecture": "topkk"},
+            r"unknown architecture 'topkk'.*'standard'.*Did you mean 'topk'",
+        ),
         ({"lr_scheduler_name": "cosine"}, r"unknown lr_scheduler_name 'cosine'.*'cosineannealing'"),
         ({"learning_rate": 1e-3}, r"unknown config key 'learning_rate'.*'lr'"),
         ({"normalize_activations": "unit"}, r"'expected_average_only_in'"),
@@ -84,8 +108,15 @@ def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
         ({"training_tokens": 10, "train_batch_size_tokens": 64}, "less than one batch"),
         ({"lr": -1.0}, "lr must be > 0"),
         ({"d_sae": 0}, "d_sae must be a positive integer"),
-        ({"lr_warm_up_steps": 10, "lr_decay_steps": 10, "training_tokens": 64 * 15,
-          "train_batch_size_tokens": 64}, "exceeds the 15 training steps"),
+        (
+            {
+                "lr_warm_up_steps": 10,
+                "lr_decay_steps": 10,
+                "training_tokens": 64 * 15,
+                "train_batch_size_tokens": 64,
+            },
+            "exceeds the 15 training steps",
+        ),
     ],
 )
 def test_invalid_values_are_refused_with_choices(change: dict, message: str) -> None:
@@ -97,8 +128,10 @@ def test_invalid_values_are_refused_with_choices(change: dict, message: str) -> 
     ("config", "message"),
     [
         ({"architecture": "standard", "k": 4}, "k is only used by"),
-        ({"architecture": "matryoshka_batchtopk", "k": 4, "matryoshka_widths": [32, 16]},
-         "strictly increasing"),
+        (
+            {"architecture": "matryoshka_batchtopk", "k": 4, "matryoshka_widths": [32, 16]},
+            "strictly increasing",
+        ),
         ({"architecture": "jumprelu", "jumprelu_sparsity_loss_mode": "quadratic"}, "target_l0"),
         ({"architecture": "transcoder", "apply_b_dec_to_input": True}, "b_dec"),
         ({"architecture": "standard", "d_out": 4}, "d_out is only used by transcoders"),
@@ -143,9 +176,17 @@ def test_cli_trains_from_npy_activations(tmp_path: Path, capsys) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(
         yaml.safe_dump(
-            {"architecture": "standard", "d_in": 8, "d_sae": 32, "train_batch_size_tokens": 50,
-             "training_tokens": 250, "activation_source": "npy", "activations_path": str(acts),
-             "log_to_wandb": False, "progress_bar": False}
+            {
+                "architecture": "standard",
+                "d_in": 8,
+                "d_sae": 32,
+                "train_batch_size_tokens": 50,
+                "training_tokens": 250,
+                "activation_source": "npy",
+                "activations_path": str(acts),
+                "log_to_wandb": False,
+                "progress_bar": False,
+            }
         )
     )
     out, ckpt = tmp_path / "sae", tmp_path / "ckpt"
@@ -153,8 +194,12 @@ def test_cli_trains_from_npy_activations(tmp_path: Path, capsys) -> None:
     assert main(argv) == 0
     assert "250 tokens" in capsys.readouterr().err
     assert {p.name for p in out.iterdir()} >= {
-        "cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "training_config.yaml",
-        "training_config.json", "metrics.jsonl",
+        "cfg.json",
+        "sae_weights.safetensors",
+        "sparsity.safetensors",
+        "training_config.yaml",
+        "training_config.json",
+        "metrics.jsonl",
     }
     sae = jsae.load(out)
     assert sae.cfg.d_in == 8 and jsae.load_log_sparsity(out).shape == (32,)

@@ -26,7 +26,11 @@ STEP_KEYS = {
     "details/current_learning_rate",
     "details/n_training_samples",
 }
-SPARSITY_KEYS = {"metrics/mean_log10_feature_sparsity", "sparsity/below_1e-5", "sparsity/below_1e-6"}
+SPARSITY_KEYS = {
+    "metrics/mean_log10_feature_sparsity",
+    "sparsity/below_1e-5",
+    "sparsity/below_1e-6",
+}
 
 
 def _batches(n: int) -> list[np.ndarray]:
@@ -37,8 +41,14 @@ def _batches(n: int) -> list[np.ndarray]:
 @pytest.mark.parametrize(
     ("arch", "extra_keys"),
     [
-        ({"architecture": "standard", "l1_warm_up_steps": 4}, {"losses/l1_loss", "details/l1_coefficient"}),
-        ({"architecture": "batchtopk", "k": 3}, {"losses/auxiliary_reconstruction_loss", "metrics/topk_threshold"}),
+        (
+            {"architecture": "standard", "l1_warm_up_steps": 4},
+            {"losses/l1_loss", "details/l1_coefficient"},
+        ),
+        (
+            {"architecture": "batchtopk", "k": 3},
+            {"losses/auxiliary_reconstruction_loss", "metrics/topk_threshold"},
+        ),
     ],
 )
 def test_jsonl_metrics_use_saelens_keys(tmp_path: Path, arch: dict, extra_keys: set) -> None:
@@ -49,7 +59,9 @@ def test_jsonl_metrics_use_saelens_keys(tmp_path: Path, arch: dict, extra_keys: 
         "progress_bar": False,
     }  # fmt: skip
     jsae.train(config, _batches(12))
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     step_rows = [r for r in rows if "losses/overall_loss" in r]
     assert [r["step"] for r in step_rows] == [2, 5, 8, 11]  # (step + 1) % 3 == 0, as SAELens
     for row in step_rows:
@@ -57,11 +69,13 @@ def test_jsonl_metrics_use_saelens_keys(tmp_path: Path, arch: dict, extra_keys: 
         assert row["details/n_training_samples"] == (row["step"] + 1) * 32
     sparsity_rows = [r for r in rows if "metrics/mean_log10_feature_sparsity" in r]
     assert [r["step"] for r in sparsity_rows] == [5, 10]
-    assert all(SPARSITY_KEYS <= set(r) for r in sparsity_rows)
+    assert all(set(r) >= SPARSITY_KEYS for r in sparsity_rows)
     if "l1_warm_up_steps" in arch:
         assert step_rows[0]["details/l1_coefficient"] == pytest.approx(0.5)  # step 2 of 4
         assert step_rows[-1]["details/l1_coefficient"] == pytest.approx(1.0)
-    assert (tmp_path / "out" / "metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == (
+        tmp_path / "run" / "metrics.jsonl"
+    ).read_text()
 
 
 def test_wandb_without_credentials_logs_offline_and_says_so(tmp_path: Path) -> None:

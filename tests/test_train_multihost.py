@@ -43,7 +43,7 @@ process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 config = dict({config!r}, output_path=out if process_id == 0 else None,
               coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process_id)
 trainer = jsae.Trainer(config)
-assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.device_count())
+assert (jax.process_count(), jax.device_count()) == (2, 4)
 assert trainer.local_rows == 32
 trainer.fit()
 jax.distributed.shutdown()
@@ -65,8 +65,11 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(i), port, str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for i in range(2)
     ]
     for proc in procs:

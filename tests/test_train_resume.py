@@ -68,7 +68,9 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> None:
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    reference = _jsae_train("--config", str(_run_config(tmp_path, "ref", checkpoint_every_steps=100)))
+    reference = _jsae_train(
+        "--config", str(_run_config(tmp_path, "ref", checkpoint_every_steps=100))
+    )
     killed_cfg = _run_config(tmp_path, "killed", checkpoint_every_steps=100)
     killed = _jsae_train("--config", str(killed_cfg))
     state_dir = tmp_path / "killed-ckpt" / "state"
@@ -149,7 +151,9 @@ def test_resume_with_a_plain_list_and_uneven_batches(tmp_path: Path) -> None:
     resumed.fit()
     for name, value in uninterrupted.sae.params.items():
         assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
-    assert np.array_equal(np.asarray(resumed.state.fire_counts), np.asarray(uninterrupted.state.fire_counts))
+    assert np.array_equal(
+        np.asarray(resumed.state.fire_counts), np.asarray(uninterrupted.state.fire_counts)
+    )
     assert np.array_equal(
         np.asarray(resumed.state.opt_state[1].nu["threshold"]),
         np.asarray(uninterrupted.state.opt_state[1].nu["threshold"]),

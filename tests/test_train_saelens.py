@@ -51,6 +51,7 @@ def trainer_fixtures(fixtures: Path) -> Path:
 def schedule_fixtures(fixtures: Path) -> dict:
     return json.loads((fixtures / "schedules.json").read_text())
 
+
 CASES = [
     "standard",
     "standard_lp2",
@@ -120,7 +121,7 @@ def test_losses_and_gradients_match_saelens(loss_fixtures: Path, case: str) -> N
 @pytest.mark.parametrize("case", ["topk", "topk_many_dead", "topk_no_rescale", "topk_no_dead"])
 def test_sparse_topk_path_matches_saelens(loss_fixtures: Path, case: str) -> None:
     """The (value, index) path with gather/scatter-add backward gives SAELens's numbers too."""
-    _, _, _, _, io, total, out, grads = run_jsae(loss_fixtures / case, sparse=True)
+    *_, io, _, out, grads = run_jsae(loss_fixtures / case, sparse=True)
     for name, value in io.items():
         if name.startswith("loss_"):
             assert_close(out.losses[name.removeprefix("loss_")], value, atol=2e-5, rtol=2e-5)
@@ -209,7 +210,11 @@ def test_transcoder_loss_and_gradients_closed_form(architecture: str, rng) -> No
 def test_jumprelu_transcoder_uses_the_jumprelu_estimators(rng) -> None:
     """A JumpReLU transcoder's threshold gradient is the rectangle-kernel STE, in closed form."""
     settings = SAESettings(
-        architecture="jumprelu_transcoder", d_in=6, d_out=5, d_sae=30, jumprelu_bandwidth=0.5,
+        architecture="jumprelu_transcoder",
+        d_in=6,
+        d_out=5,
+        d_sae=30,
+        jumprelu_bandwidth=0.5,
         l0_coefficient=0.7,
     )
     cfg = settings.sae_config()
@@ -263,7 +268,9 @@ def test_training_run_matches_saelens_trainer(trainer_fixtures: Path, case: str)
     got = trainer.sae.params
     for name, value in got.items():
         expected = final[name]
-        if name == "threshold":  # SAELens projects θ >= 0 before each forward, jsae after each update
+        if (
+            name == "threshold"
+        ):  # SAELens projects θ >= 0 before each forward, jsae after each update
             expected = np.maximum(expected, 0)
         assert_close(value, expected, atol=2e-5, rtol=1e-4, what=f"{case}: {name}")
         if name != "topk_threshold":
@@ -292,7 +299,8 @@ def test_coefficient_warm_up_matches_saelens(schedule_fixtures: dict) -> None:
 
 
 def test_lr_end_defaults_to_a_tenth_of_lr() -> None:
-    settings = TrainingSettings(lr=4e-4, lr_scheduler_name="cosineannealing", training_tokens=100,
-                                train_batch_size_tokens=1)
+    settings = TrainingSettings(
+        lr=4e-4, lr_scheduler_name="cosineannealing", training_tokens=100, train_batch_size_tokens=1
+    )
     assert settings.lr_end == pytest.approx(4e-5)
     assert float(learning_rate(settings, 99)) == pytest.approx(4e-5, rel=1e-2)  # cosine floor

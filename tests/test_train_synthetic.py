@@ -16,7 +16,9 @@ from jsae.activations.synthetic import (
 
 
 def test_independent_firing_matches_the_probabilities() -> None:
-    source = SyntheticActivations(SyntheticConfig(d_in=8, n_features=24, mean_active=3.0), batch_size=1)
+    source = SyntheticActivations(
+        SyntheticConfig(d_in=8, n_features=24, mean_active=3.0), batch_size=1
+    )
     x, _, acts = source.sample(20000)
     fired = acts > 0
     np.testing.assert_allclose(fired.mean(0), source.probabilities, atol=0.01)
@@ -66,7 +68,9 @@ def test_stream_is_seeded_sharded_and_resumable() -> None:
     after = next(b)
     source.restore(state)
     assert np.array_equal(next(iter(source))[0], after[0])
-    halves = [iter(SyntheticActivations(cfg, batch_size=8, shard_index=i, num_shards=2)) for i in (0, 1)]
+    halves = [
+        iter(SyntheticActivations(cfg, batch_size=8, shard_index=i, num_shards=2)) for i in (0, 1)
+    ]
     whole = next(iter(SyntheticActivations(cfg, batch_size=8)))[0]
     assert np.array_equal(np.concatenate([next(h)[0] for h in halves]), whole)
 
@@ -122,8 +126,9 @@ def test_every_architecture_recovers_the_true_features(architecture: str) -> Non
 
 def _topk_on(structure: str) -> tuple[SyntheticActivations, jsae.SAE]:
     source = SyntheticActivations(
-        SyntheticConfig(d_in=16, n_features=32, mean_active=2.0, structure=structure,
-                        n_parents=8, seed=1),
+        SyntheticConfig(
+            d_in=16, n_features=32, mean_active=2.0, structure=structure, n_parents=8, seed=1
+        ),
         batch_size=256,
     )
     config = {

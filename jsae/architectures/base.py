@@ -382,7 +382,12 @@ class Architecture:
 
     @classmethod
     def train_activation(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        hidden_pre: jax.Array,
+        x: jax.Array,
     ) -> jax.Array:
         """Latents in training (straight-through estimators, sharded top-k). [B, d_sae]"""
         return cls.activation(cfg, params, hidden_pre, x)
@@ -402,7 +407,12 @@ class Architecture:
 
     @classmethod
     def aux_losses(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        fwd: ForwardPass,
+        inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
         """Standard SAE sparsity: l1 · mean_b ||f ⊙ ||W_dec rows|| ||_p."""
         norms = jnp.linalg.norm(params["W_dec"], axis=-1)  # [d_sae]

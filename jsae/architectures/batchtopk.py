@@ -126,7 +126,12 @@ class BatchTopK(Architecture):
 
     @classmethod
     def train_activation(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        hidden_pre: jax.Array,
+        x: jax.Array,
     ) -> jax.Array:
         from jsae.training.selection import batch_topk_mask, masked_topk_values
 
@@ -135,9 +140,16 @@ class BatchTopK(Architecture):
 
     @classmethod
     def aux_losses(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        fwd: ForwardPass,
+        inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
-        loss = topk_aux_loss(cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask)
+        loss = topk_aux_loss(
+            cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask
+        )
         return {"auxiliary_reconstruction_loss": loss}
 
     @classmethod
@@ -166,7 +178,12 @@ class MatryoshkaBatchTopK(BatchTopK):
 
     @classmethod
     def aux_losses(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        fwd: ForwardPass,
+        inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
         from jsae.normalization import normalize_out
 

@@ -96,7 +96,12 @@ class Gated(Architecture):
 
     @classmethod
     def aux_losses(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        fwd: ForwardPass,
+        inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
         pi_gate = jax.nn.relu(fwd.encoded["pi_gate"])  # [B, d_sae]
         norms = jnp.linalg.norm(params["W_dec"], axis=-1)  # [d_sae]

@@ -14,7 +14,8 @@ bandwidth ε (Rajamanoharan et al. 2024):
 and, with `jumprelu_ste_to_input`, the same estimators (negated) flow into z (Anthropic).
 Sparsity loss modes: "step" (l0 · mean_b Σ_i Step(z_i, θ_i)), "quadratic" (Gemma Scope 2:
 l0 · mean_b 2/t · (L0 - t)²) and "tanh" (Anthropic: l0 · mean_b Σ_i tanh(c · f_i ||W_dec,i||));
-plus the optional pre-activation loss on dead latents, pre · mean_b Σ_i relu(θ_i - z_i) dead_i ||W_dec,i||.
+plus the optional pre-activation loss on dead latents,
+pre · mean_b Σ_i relu(θ_i - z_i) dead_i ||W_dec,i||.
 """
 
 from __future__ import annotations
@@ -68,13 +69,23 @@ class JumpReLU(Architecture):
 
     @classmethod
     def train_activation(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        hidden_pre: jax.Array,
+        x: jax.Array,
     ) -> jax.Array:
         return jumprelu_train_activation(ctx, params, hidden_pre)
 
     @classmethod
     def aux_losses(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        fwd: ForwardPass,
+        inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
         return jumprelu_losses(ctx, params, fwd, inputs)
 
@@ -142,14 +153,17 @@ step_ste.defvjp(_step_fwd, _step_bwd)
 
 def init_threshold(params: Params, cfg: SAEConfig, settings: Any) -> Params:
     """Every threshold at `jumprelu_init_threshold`, float32."""
-    return {**params, "threshold": jnp.full((cfg.d_sae,), settings.jumprelu_init_threshold, jnp.float32)}
+    threshold = jnp.full((cfg.d_sae,), settings.jumprelu_init_threshold, jnp.float32)
+    return {**params, "threshold": threshold}
 
 
 def jumprelu_coefficients(settings: Any) -> dict[str, tuple[float, int]]:
     return {"l0": (settings.l0_coefficient, settings.l0_warm_up_steps)}
 
 
-def jumprelu_train_activation(ctx: TrainContext, params: Params, hidden_pre: jax.Array) -> jax.Array:
+def jumprelu_train_activation(
+    ctx: TrainContext, params: Params, hidden_pre: jax.Array
+) -> jax.Array:
     s = ctx.settings
     threshold = params["threshold"].astype(hidden_pre.dtype)
     return jumprelu_ste(hidden_pre, threshold, s.jumprelu_bandwidth, s.jumprelu_ste_to_input)

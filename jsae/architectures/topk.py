@@ -27,8 +27,8 @@ from jsae.architectures.base import (
     Params,
     TrainContext,
     TrainInputs,
-    encoder_matmul,
     TrainOutput,
+    encoder_matmul,
     mean_sq_error,
 )
 from jsae.errors import ConfigError
@@ -118,7 +118,12 @@ class TopK(Architecture):
 
     @classmethod
     def train_activation(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        hidden_pre: jax.Array,
+        x: jax.Array,
     ) -> jax.Array:
         from jsae.training.selection import masked_topk_values, topk_mask
 
@@ -126,9 +131,16 @@ class TopK(Architecture):
 
     @classmethod
     def aux_losses(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        fwd: ForwardPass,
+        inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
-        loss = topk_aux_loss(cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask)
+        loss = topk_aux_loss(
+            cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask
+        )
         return {"auxiliary_reconstruction_loss": loss}
 
     @classmethod

@@ -111,13 +111,23 @@ class JumpReLUTranscoder(Transcoder):
 
     @classmethod
     def train_activation(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        hidden_pre: jax.Array,
+        x: jax.Array,
     ) -> jax.Array:
         return jumprelu_train_activation(ctx, params, hidden_pre)
 
     @classmethod
     def aux_losses(
-        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        fwd: ForwardPass,
+        inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
         return jumprelu_losses(ctx, params, fwd, inputs)
 

@@ -1,7 +1,7 @@
 """`jsae train --config run.yaml key=value ...`: train an SAE from a config file and overrides.
 
     jsae train --config run.yaml lr=1e-4 mesh='{data: 2, model: 4}'
-    jsae train --config run.yaml --resume          # continue from checkpoint_path's newest checkpoint
+    jsae train --config run.yaml --resume          # continue from the newest checkpoint
     jsae train --list-options                      # every option, its default and what it does
 
 Keys are SAELens's flat field names (`training.lr` also works); values are parsed as YAML. The
@@ -58,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("resume_from_checkpoint=" + _checkpoint_dir(base, overrides))
     if args.overwrite:
         overrides.append("overwrite_output=true")
-    if base is None:
-        config = _from_overrides(overrides)
-    else:
-        config = base.with_overrides(overrides)
+    config = _from_overrides(overrides) if base is None else base.with_overrides(overrides)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
@@ -81,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_overrides(overrides: list[str]):
-    from jsae.training.config import TrainConfig
-
     # A config from overrides alone: parse them against an empty dict.
     import yaml
+
+    from jsae.training.config import TrainConfig
 
     data = {}
     for item in overrides:

@@ -18,6 +18,7 @@ concern is one dataclass here plus one field of `TrainConfig`; routing picks it 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import types
 import typing
@@ -77,7 +78,7 @@ IGNORED_SAELENS_KEYS = frozenset(
 )
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at the call sites
+def option(default: Any, help: str) -> Any:
     """A dataclass field with its documentation attached (mutable defaults copied)."""
     if isinstance(default, dict | list):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
@@ -167,7 +168,10 @@ class SAESettings:
         "instead of dense [B, d_sae] matrices; None picks it when d_sae >= 4096 and latents "
         "are not split over the mesh's model axis",
     )
-    metadata: dict = option({}, "SAE metadata written to cfg.json (model_name, hook_name, ...)")
+    metadata: dict = field(
+        default_factory=dict,
+        metadata={"help": "SAE metadata written to cfg.json (model_name, hook_name, ...)"},
+    )
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
@@ -253,7 +257,7 @@ class SAESettings:
             )
         if widths[-1] != self.d_sae:
             widths = (*widths, self.d_sae)
-        if any(w <= 0 for w in widths) or any(a >= b for a, b in zip(widths, widths[1:])):
+        if any(w <= 0 for w in widths) or any(a >= b for a, b in itertools.pairwise(widths)):
             raise ConfigError(
                 f"matryoshka_widths must be positive, strictly increasing and end at most at "
                 f"d_sae={self.d_sae}; got {list(self.matryoshka_widths)}."
@@ -290,7 +294,9 @@ class SAESettings:
         """Whether topk-family training ranks latents by pre-activation · decoder norm."""
         if self.architecture not in TOPK_FAMILY:
             return False
-        return True if self.rescale_acts_by_decoder_norm is None else self.rescale_acts_by_decoder_norm
+        return (
+            True if self.rescale_acts_by_decoder_norm is None else self.rescale_acts_by_decoder_norm
+        )
 
     def sae_config(self) -> Any:
         """The `jsae.SAEConfig` of the SAE being trained (training form)."""
@@ -340,8 +346,9 @@ class TrainingSettings:
     n_batches_for_norm_estimate: int = option(
         1000, "batches consumed to estimate the expected_average_only_in scale"
     )
-    mesh: dict | None = option(
-        None, 'device mesh, e.g. {"data": 2, "model": 4}; None = one device'
+    mesh: dict | None = field(
+        default=None,
+        metadata={"help": 'device mesh, e.g. {"data": 2, "model": 4}; None = one device'},
     )
     n_checkpoints: int = option(
         0, "checkpoints spread evenly over training (SAELens semantics), plus one at the end"
@@ -522,8 +529,10 @@ class TrainConfig:
                 f"train_batch_size_tokens={tr.train_batch_size_tokens} cannot be split over "
                 f"mesh data={data}; choose a batch divisible by the data axis."
             )
-        if sae.architecture in TOPK_FAMILY and sae.aux_loss_coefficient and (
-            sae.normalize_activations in ("constant_norm_rescale", "layer_norm")
+        if (
+            sae.architecture in TOPK_FAMILY
+            and sae.aux_loss_coefficient
+            and (sae.normalize_activations in ("constant_norm_rescale", "layer_norm"))
         ):
             raise ConfigError(
                 f"the AuxK loss of {sae.architecture} does not support normalize_activations="
@@ -571,8 +580,10 @@ class TrainConfig:
             target = index.get(key)
             if target is None or (section is not None and target != section):
                 where = f" in {section!r}" if section else ""
-                valid = sorted(index) if section is None else sorted(
-                    k for k, s in index.items() if s == section
+                valid = (
+                    sorted(index)
+                    if section is None
+                    else sorted(k for k, s in index.items() if s == section)
                 )
                 raise ConfigError(
                     f"unknown config key {key!r}{where}; valid keys: {valid}."

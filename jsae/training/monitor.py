@@ -92,7 +92,9 @@ class RunLogger:
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({k: wandb.Histogram(np.asarray(v)) for k, v in arrays.items()}, step=step)
+            self.wandb.log(
+                {k: wandb.Histogram(np.asarray(v)) for k, v in arrays.items()}, step=step
+            )
 
     def log_artifact(self, directory: Path, name: str) -> None:
         if self.wandb is None:
@@ -119,8 +121,13 @@ class ProgressBar:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(
-                total=total, initial=initial, unit="tok", unit_scale=True, desc="Training SAE",
-                dynamic_ncols=True, smoothing=0.1,
+                total=total,
+                initial=initial,
+                unit="tok",
+                unit_scale=True,
+                desc="Training SAE",
+                dynamic_ncols=True,
+                smoothing=0.1,
             )
         self._last = time.perf_counter()
 

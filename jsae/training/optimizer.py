@@ -42,7 +42,9 @@ def make_optimizer(settings: TrainingSettings) -> optax.GradientTransformation:
     if settings.max_grad_norm is not None:
         parts.append(clip_by_global_norm_torch(settings.max_grad_norm))
     parts.append(
-        optax.scale_by_adam(b1=settings.adam_beta1, b2=settings.adam_beta2, eps=settings.adam_epsilon)
+        optax.scale_by_adam(
+            b1=settings.adam_beta1, b2=settings.adam_beta2, eps=settings.adam_epsilon
+        )
     )
     parts.append(optax.scale_by_learning_rate(lambda step: learning_rate(settings, step)))
     return optax.chain(*parts)

@@ -28,6 +28,7 @@ def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
     if mesh is None or mesh.shape["model"] == 1:
         _, idx = jax.lax.top_k(scores, k)  # [B, k]
         return _mask_from_indices(scores.shape, idx)
+
     def local(s: jax.Array) -> jax.Array:
         rows, width = s.shape
         k_local = min(k, width)

@@ -255,7 +255,9 @@ class Feeder:
             self._pending.append((x, y))
             self._pending_rows += _rows(x)
         xs = np.concatenate([np.asarray(p[0]) for p in self._pending])
-        ys = xs if not self.transcoder else np.concatenate([np.asarray(p[1]) for p in self._pending])
+        ys = (
+            xs if not self.transcoder else np.concatenate([np.asarray(p[1]) for p in self._pending])
+        )
         rest = self._pending_rows - self.rows
         self._pending = [(xs[self.rows :], ys[self.rows :])] if rest else []
         self._pending_rows = rest

@@ -40,7 +40,9 @@ jax.tree_util.register_dataclass(
 
 
 def init_state(
-    params: dict[str, jax.Array], buffers: dict[str, jax.Array], optimizer: optax.GradientTransformation
+    params: dict[str, jax.Array],
+    buffers: dict[str, jax.Array],
+    optimizer: optax.GradientTransformation,
 ) -> TrainState:
     """A fresh state around initial parameters."""
     d_sae = params["W_dec"].shape[0]

@@ -47,7 +47,8 @@ def make_step(
         x = (x * scale).astype(cfg.jax_dtype)  # [B, d_in]
         target = y.astype(cfg.jax_dtype) if transcoder else x  # [B, d_out]
         coefficients = {
-            name: coefficient(value, warm, step) for name, (value, warm) in coefficient_specs.items()
+            name: coefficient(value, warm, step)
+            for name, (value, warm) in coefficient_specs.items()
         }
         inputs = TrainInputs(coefficients, state.since_fired > window)
 

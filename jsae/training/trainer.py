@@ -85,7 +85,9 @@ class Trainer:
                 f"{jax.process_count()} processes."
             )
         self._check_output_path()
-        source = activations if activations is not None else make_source(self.config, self.local_rows)
+        source = (
+            activations if activations is not None else make_source(self.config, self.local_rows)
+        )
         self.feeder = Feeder(source, rows=self.local_rows, transcoder=self.settings.is_transcoder)
         self.n_training_samples = 0
         self.scale: float | None = None  # expected_average_only_in factor
@@ -96,14 +98,21 @@ class Trainer:
             replicated = NamedSharding(self.mesh, P())
             self._step_fn = jax.jit(
                 step_fn,
-                in_shardings=(self.shardings, self._batch_sharding, self._batch_sharding, replicated),
+                in_shardings=(
+                    self.shardings,
+                    self._batch_sharding,
+                    self._batch_sharding,
+                    replicated,
+                ),
                 out_shardings=(self.shardings, replicated),
                 donate_argnums=0,
             )
         else:
             self._step_fn = jax.jit(step_fn, donate_argnums=0)
         self.checkpointer = (
-            Checkpointer(tr.checkpoint_path, keep=tr.keep_checkpoints) if tr.checkpoint_path else None
+            Checkpointer(tr.checkpoint_path, keep=tr.keep_checkpoints)
+            if tr.checkpoint_path
+            else None
         )
         self._thresholds = self._checkpoint_thresholds()
         self._pending: tuple[int, dict[str, jax.Array]] | None = None  # last step, unchecked
@@ -306,9 +315,9 @@ class Trainer:
             s = self.steps_done
             if s > 0 and s % tr.feature_sampling_window == 0:
                 self._log_sparsity(s)
-            if self.checkpointer is not None and self._final_checkpoint_wanted():
-                if self._last_checkpoint != s:
-                    self.save_checkpoint()
+            wanted = self.checkpointer is not None and self._final_checkpoint_wanted()
+            if wanted and self._last_checkpoint != s:
+                self.save_checkpoint()
             return self.finish()
         finally:
             self._close_logs()
@@ -340,7 +349,9 @@ class Trainer:
             sums = multihost_utils.process_allgather(np.array([total, count], np.float64))
             total, count = float(sums[:, 0].sum()), int(sums[:, 1].sum())
         if count == 0 or total == 0:
-            raise ConfigError("cannot estimate the activation scale: the source gave no activations.")
+            raise ConfigError(
+                "cannot estimate the activation scale: the source gave no activations."
+            )
         return math.sqrt(self.cfg.d_in) / (total / count)
 
     # ------------------------------------------------------------------ logging
@@ -490,7 +501,9 @@ class Trainer:
         self.n_training_samples = int(host["n_training_samples"])
         self.scale = host["scale"]
         how = self.feeder.restore(host["feeder"], arrays)
-        self._thresholds = [t for t in self._checkpoint_thresholds() if t >= self.n_training_samples]
+        self._thresholds = [
+            t for t in self._checkpoint_thresholds() if t >= self.n_training_samples
+        ]
         self._last_checkpoint = step
         self._resumed_from = step
         self._pending = None
