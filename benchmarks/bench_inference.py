@@ -21,9 +21,9 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, run_reference, time_it  # noqa: E402
+from common import machine, run_reference, time_it
 
-import jsae  # noqa: E402
+import jsae
 
 D_IN, D_SAE, BATCH, TARGET_L0 = 2304, 16384, 4096, 70
 
@@ -62,7 +62,13 @@ def main() -> None:
         tmp = Path(tmp)
         sae.save(tmp / "sae")
         save_file({"x": x}, tmp / "x.safetensors")
-        ref = run_reference("saelens_inference.py", tmp / "sae", tmp / "x.safetensors", tmp / "ref.safetensors", args.reps)
+        ref = run_reference(
+            "saelens_inference.py",
+            tmp / "sae",
+            tmp / "x.safetensors",
+            tmp / "ref.safetensors",
+            args.reps,
+        )
         ref_out = load_file(tmp / "ref.safetensors")["out"]
         loaded = jsae.load(tmp / "sae")
 
@@ -75,10 +81,17 @@ def main() -> None:
     l0 = float((np.asarray(jax.jit(lambda s, x: s.encode(x))(loaded, x_dev)) > 0).sum(-1).mean())
 
     t_ref = ref["seconds"]
-    print(f"machine: {machine()}; reference: torch {ref['torch']} ({ref['threads']} threads), {ref['saelens_class']}")
+    print(
+        f"machine: {machine()}; reference: torch {ref['torch']} "
+        f"({ref['threads']} threads), {ref['saelens_class']}"
+    )
     print(f"config: jumprelu d_in={D_IN} d_sae={D_SAE} batch={BATCH} float32, mean L0 {l0:.1f}")
     print(f"{'implementation':32s} {'s/batch':>8s} {'tokens/s':>10s} {'vs SAELens':>10s}")
-    for name, t in [("SAELens 6.x (torch)", t_ref), ("jsae (sparse decode, default)", t_sparse), ("jsae (dense decode)", t_dense)]:
+    for name, t in [
+        ("SAELens 6.x (torch)", t_ref),
+        ("jsae (sparse decode, default)", t_sparse),
+        ("jsae (dense decode)", t_dense),
+    ]:
         print(f"{name:32s} {t:8.3f} {BATCH / t:10.0f} {t_ref / t:9.2f}x")
     print(f"max |jsae - SAELens| output difference: {float(np.abs(out - ref_out).max()):.2e}")
 

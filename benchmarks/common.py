@@ -34,7 +34,8 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     dev = jax.devices()[0]
-    return f"{cpu}, {os.cpu_count()} cores{mem}; jax {jax.__version__} on {dev.platform} ({dev.device_kind}) x{jax.device_count()}"
+    backend = f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}) x{jax.device_count()}"
+    return f"{cpu}, {os.cpu_count()} cores{mem}; {backend}"
 
 
 def time_it(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5) -> float:
@@ -53,7 +54,8 @@ def reference_python() -> str:
     path = os.environ.get("JSAE_REFERENCE_PYTHON") or str(REPO / ".venv-ref" / "bin" / "python")
     if not Path(path).exists():
         raise SystemExit(
-            f"reference environment not found at {path}: run `make refenv` or set JSAE_REFERENCE_PYTHON"
+            f"reference environment not found at {path}: "
+            "run `make refenv` or set JSAE_REFERENCE_PYTHON"
         )
     return path
 
@@ -64,7 +66,10 @@ def run_reference(script: str, *args: object) -> dict:
     env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run(
         [reference_python(), str(REFERENCE_DIR / script), *map(str, args)],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"{script} failed:\n{proc.stdout}\n{proc.stderr}")

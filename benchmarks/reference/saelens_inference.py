@@ -23,5 +23,13 @@ with torch.no_grad():
         out = sae.decode(sae.encode(x))
         times.append(time.perf_counter() - t0)
 save_file({"out": out.contiguous()}, out_file)
-print(json.dumps({"seconds": statistics.median(times), "torch": torch.__version__,
-                  "threads": torch.get_num_threads(), "saelens_class": type(sae).__name__}))
+print(
+    json.dumps(
+        {
+            "seconds": statistics.median(times),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "saelens_class": type(sae).__name__,
+        }
+    )
+)
