@@ -87,16 +87,34 @@ SAELENS_LOADERS: dict[str | None, str] = {
     "temporal": "temporal",
 }
 
-# Directory layouts, tried in this order (more specific first).
-_DIR_ORDER = (
-    "saelens",
-    "sparsify",
-    "llama_scope",
-    "llama_scope_r1",
-    "gemma_scope_2",
-    "gemma_scope",
-    "dictionary_learning",
+# Directory layouts: the files that identify each, most specific first.
+DIR_LAYOUTS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("saelens", frozenset({"cfg.json", "sae_weights.safetensors"})),
+    ("sparsify", frozenset({"cfg.json", "sae.safetensors"})),
+    ("llama_scope", frozenset({"hyperparams.json", "checkpoints/final.safetensors"})),
+    ("llama_scope_r1", frozenset({"config.json", "sae_weights.safetensors"})),
+    ("gemma_scope_2", frozenset({"params.safetensors"})),
+    ("gemma_scope", frozenset({"params.npz"})),
+    ("dictionary_learning", frozenset({"ae.pt"})),
 )
+# With files missing, the file that still says which format was meant.
+_SIGNATURES = (
+    ("sparsify", "sae.safetensors"),
+    ("llama_scope", "hyperparams.json"),
+    ("saelens", "cfg.json"),
+    ("saelens", "sae_weights.safetensors"),
+    ("dictionary_learning", "ae.pt"),
+)
+
+
+def format_from_names(names: set[str] | frozenset[str]) -> str | None:
+    """The format of a folder holding `names` (paths relative to it), or None."""
+    for fmt, required in DIR_LAYOUTS:
+        if required <= names:
+            return fmt
+    return None
+
+
 _PARENT_FILES = {
     "cfg.json",
     "sae_weights.safetensors",
@@ -157,15 +175,19 @@ def detect_format(path: str | Path) -> str:
     """The format of a local checkpoint directory or file, from the files and keys present."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
+        raise FormatError(f"{path} does not exist: it is not a directory or file jsae can read.")
     if path.is_dir():
-        for name in _DIR_ORDER:
-            if FORMATS[name].detect(path):
-                return name
-        found = sorted(p.name for p in path.iterdir())[:20]
+        names = {str(p.relative_to(path)) for p in path.glob("*")}
+        names |= {f"checkpoints/{p.name}" for p in path.glob("checkpoints/*")}
+        fmt = format_from_names(names)
+        if fmt is None:  # an incomplete folder: let its converter name the missing file
+            fmt = next((f for f, sig in _SIGNATURES if sig in names), None)
+        if fmt is not None:
+            return fmt
         raise FormatError(
-            f"{path} holds no SAE checkpoint jsae recognises (found {found}). Expected one of: "
-            + "; ".join(FORMATS[n].DESCRIPTION for n in _DIR_ORDER)
+            f"{path} holds no SAE checkpoint jsae recognises (found {sorted(names)[:20]}). "
+            "Expected one of: "
+            + "; ".join(FORMATS[f].DESCRIPTION for f, _ in DIR_LAYOUTS)
             + ". For single-file formats (.pt, layer_N.safetensors) pass the file itself."
         )
     if path.name in _PARENT_FILES:
@@ -193,7 +215,7 @@ def convert(
     """(SAEConfig, params) for a local checkpoint; the format is detected unless given."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
+        raise FormatError(f"{path} does not exist: it is not a directory or file jsae can read.")
     fmt = format or detect_format(path)
     module = get_format(fmt)
     if path.is_file() and path.name in _PARENT_FILES:
@@ -204,12 +226,14 @@ def convert(
 
 
 __all__ = [
+    "DIR_LAYOUTS",
     "FORMATS",
     "SAELENS_LOADERS",
     "UNSUPPORTED",
     "Hints",
     "convert",
     "detect_format",
+    "format_from_names",
     "format_names",
     "get_format",
 ]
