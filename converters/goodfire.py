@@ -55,7 +55,7 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
         "b_dec": state["decoder_linear.bias"],
     }
     d_in, d_sae = np.shape(params["W_enc"])
-    match = re.search(r"(Llama-[\w.]+?)-SAE-l(\d+)", hints.where or path.name)
+    match = re.search(r"(Llama-[\w.-]+?)-SAE-l(\d+)", hints.where or path.name)
     model = f"meta-llama/{match.group(1)}" if match else None
     hook = f"blocks.{match.group(2)}.hook_resid_post" if match else None
     cfg = build_config(

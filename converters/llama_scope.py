@@ -113,13 +113,11 @@ def fold_openmoss(
     d_sae = encoder_weight.shape[0]
     d_out = decoder_weight.shape[0]
     f32 = np.float32
-    W_enc = encoder_weight.T.map(lambda a: (a.astype(f32) * f32(s_in)).astype(a.dtype))
-    W_dec = decoder_weight.T.map(lambda a: (a.astype(f32) / f32(s_out)).astype(a.dtype))
+    # Folded values stay float32; the SAE's dtype (by default the file's) rounds them once.
+    W_enc = encoder_weight.T.map(lambda a: a.astype(f32) * f32(s_in), dtype=f32)
+    W_dec = decoder_weight.T.map(lambda a: a.astype(f32) / f32(s_out), dtype=f32)
     b_enc = np.asarray(encoder_bias, f32)
-    if decoder_bias is None:
-        b_dec_raw = np.zeros(d_out, f32)
-    else:
-        b_dec_raw = np.asarray(decoder_bias, f32)
+    b_dec_raw = np.zeros(d_out, f32) if decoder_bias is None else np.asarray(decoder_bias, f32)
     if subtract_decoder_bias:
         # h = (s_in x - b_D) W_Eᵀ + b_E  ->  fold  -b_D W_Eᵀ  into the encoder bias
         b_enc = b_enc - np.asarray(encoder_weight, f32) @ b_dec_raw
@@ -128,12 +126,11 @@ def fold_openmoss(
         norms = decoder_column_norms(decoder_weight)
         with np.errstate(divide="ignore"):
             theta = np.where(norms > 0, theta / norms, np.finfo(f32).max).astype(f32)
-    dtype = encoder_weight.dtype
     return {
         "W_enc": W_enc,
-        "b_enc": b_enc.astype(dtype),
+        "b_enc": b_enc,
         "W_dec": W_dec,
-        "b_dec": (b_dec_raw / f32(s_out)).astype(dtype),
+        "b_dec": b_dec_raw / f32(s_out),
         "threshold": theta,
     }
 
@@ -164,13 +161,16 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
         include_decoder_norm=bool(hp.get("sparsity_include_decoder_norm", True)) and act == "jumprelu",
         subtract_decoder_bias=bool(hp.get("apply_decoder_bias_to_pre_encoder", False)),
     )
-    return _config(NAME, hp, params, hints, d_in, d_sae, s_in, s_out), params
+    return _config(NAME, hp, tensors["encoder.weight"].dtype, params, hints, s_in, s_out), params
 
 
-def _config(fmt: str, hp: Mapping[str, Any], params: dict, hints: Hints, d_in: int, d_sae: int, s_in: float, s_out: float) -> SAEConfig:
+def _config(
+    fmt: str, hp: Mapping[str, Any], dtype: Any, params: dict, hints: Hints, s_in: float, s_out: float
+) -> SAEConfig:
     hook_in = hp.get("hook_point_in")
     hook_out = hp.get("hook_point_out", hook_in)
     transcoder = hook_out != hook_in
+    d_in, d_sae = params["W_enc"].shape
     d_out = params["W_dec"].shape[1]
     extra = {"d_out": d_out} if transcoder else {}
     return build_config(
@@ -179,7 +179,7 @@ def _config(fmt: str, hp: Mapping[str, Any], params: dict, hints: Hints, d_in: i
         architecture="jumprelu_transcoder" if transcoder else "jumprelu",
         d_in=d_in,
         d_sae=d_sae,
-        dtype=dtype_name(params["W_enc"].dtype),
+        dtype=dtype_name(dtype),
         apply_b_dec_to_input=False,
         metadata={
             "model_name": hints.model_name or DEFAULT_MODEL,

@@ -85,4 +85,4 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
         include_decoder_norm=bool(hp.get("sparsity_include_decoder_norm", True)),
         subtract_decoder_bias=bool(hp.get("apply_decoder_bias_to_pre_encoder", False)),
     )
-    return _config(NAME, hp, params, hints, d_in, d_sae, s_in, s_out), params
+    return _config(NAME, hp, tensors["encoder.weight"].dtype, params, hints, s_in, s_out), params
