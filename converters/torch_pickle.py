@@ -20,6 +20,7 @@ error.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import struct
@@ -259,6 +260,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._storages = storages
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles (torch's default) spell Python 3 names the Python 2 way.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[module, name]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return _ALLOWED[module, name]
         except (KeyError, TypeError):
