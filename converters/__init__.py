@@ -206,7 +206,9 @@ def detect_format(path: str | Path) -> str:
         )
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         return _pt_format(path)
-    raise FormatError(f"{path}: unrecognised file type {path.suffix!r}; jsae reads {format_names()}.")
+    raise FormatError(
+        f"{path}: unrecognised file type {path.suffix!r}; jsae reads {format_names()}."
+    )
 
 
 def convert(

@@ -40,7 +40,7 @@ def matches(tensors: dict[str, Any]) -> bool:
     """W_enc stored [d_sae, d_in]: its first axis matches b_enc."""
     if not {"W_enc", "W_dec", "b_enc", "b_dec"} <= set(tensors):
         return False
-    return tuple(tensors["W_enc"].shape)[0] == tuple(tensors["b_enc"].shape)[0]
+    return tensors["W_enc"].shape[:1] == tensors["b_enc"].shape[:1]
 
 
 def detect(path: Path) -> bool:
@@ -81,7 +81,10 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     if "k" in tensors:
         raise FormatError(f"{path}: TopK transcoders are not supported yet (a 'k' is stored).")
     if not matches(tensors):
-        raise FormatError(f"{path}: W_enc {tensors['W_enc'].shape} is not [d_sae, d_in] as circuit-tracer stores it.")
+        raise FormatError(
+            f"{path}: W_enc {tensors['W_enc'].shape} is not [d_sae, d_in], circuit-tracer's "
+            "orientation."
+        )
     params: dict[str, Any] = {
         "W_enc": tensors["W_enc"].T,
         "W_dec": tensors["W_dec"],

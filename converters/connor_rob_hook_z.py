@@ -1,4 +1,4 @@
-"""Kissane & Krzyzanowski's GPT-2 small attention SAEs (`ckkissane/attn-saes-gpt2-small-all-layers`).
+"""Kissane & Krzyzanowski's GPT-2 small attention SAEs (ckkissane/attn-saes-gpt2-small-all-layers).
 
 Each SAE is `<name>.pt`, a torch state dict already in SAELens names and orientation
 (`W_enc [d_in, d_sae]`, `b_enc`, `W_dec [d_sae, d_in]`, `b_dec`), plus `<name>_cfg.json`

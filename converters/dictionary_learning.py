@@ -5,15 +5,19 @@
 inferred from the state-dict keys where that is unambiguous. Each class, in jsae terms
 (`nn.Linear` weights are `[out, in]`, hence the transposes):
 
-| dict_class | jsae architecture | parameters |
-|---|---|---|
-| AutoEncoder | standard, b_dec subtracted | W_enc = encoder.weightᵀ, b_enc = encoder.bias, W_dec = decoder.weightᵀ, b_dec = bias; decoder rows then normalised to unit norm with the norms folded into the encoder, as `AutoEncoder.from_pretrained` (and so `load_dictionary`) does |
-| AutoEncoderNew | standard, no b_dec subtraction | W_enc, b_enc as above, W_dec = decoder.weightᵀ, b_dec = decoder.bias |
-| GatedAutoEncoder | gated | W_enc = encoder.weightᵀ, b_gate = gate_bias, r_mag, b_mag = mag_bias, W_dec = decoder.weightᵀ, b_dec = decoder_bias |
-| JumpReluAutoEncoder | jumprelu, no b_dec subtraction | W_enc, b_enc, W_dec, b_dec, threshold as stored |
-| AutoEncoderTopK | topk (k) | W_enc = encoder.weightᵀ, b_enc = encoder.bias, W_dec = decoder.weightᵀ, b_dec |
-| BatchTopKSAE | jumprelu, threshold = the scalar `threshold` buffer for every latent | as TopK |
-| MatryoshkaBatchTopKSAE | jumprelu, scalar threshold broadcast | W_enc, b_enc, W_dec, b_dec as stored |
+    AutoEncoder             standard, b_dec subtracted: W_enc = encoder.weightᵀ,
+                            b_enc = encoder.bias, W_dec = decoder.weightᵀ, b_dec = bias; then
+                            decoder rows normalised with the norms folded into the encoder, as
+                            AutoEncoder.from_pretrained (and so load_dictionary) does
+    AutoEncoderNew          standard, no b_dec subtraction: W_enc, b_enc as above,
+                            W_dec = decoder.weightᵀ, b_dec = decoder.bias
+    GatedAutoEncoder        gated: W_enc = encoder.weightᵀ, b_gate = gate_bias, r_mag,
+                            b_mag = mag_bias, W_dec = decoder.weightᵀ, b_dec = decoder_bias
+    JumpReluAutoEncoder     jumprelu, no b_dec subtraction: parameters as stored
+    AutoEncoderTopK         topk (k): W_enc = encoder.weightᵀ, b_enc = encoder.bias,
+                            W_dec = decoder.weightᵀ, b_dec
+    BatchTopKSAE            jumprelu, the scalar `threshold` buffer for every latent
+    MatryoshkaBatchTopKSAE  jumprelu, scalar threshold broadcast; W_* and b_* as stored
 
 BatchTopK and Matryoshka SAEs encode with their learned threshold by default
 (`use_threshold=True`), which is exactly a JumpReLU; TopK SAEs encode with per-token top-k.
@@ -80,7 +84,9 @@ def _f32(x: Any) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
-def state_to_params(dict_class: str, state: dict[str, Any], source: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def state_to_params(
+    dict_class: str, state: dict[str, Any], source: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(jsae params, SAEConfig fields) for one dictionary class."""
     s = state
     if dict_class == "AutoEncoder":
@@ -96,11 +102,26 @@ def state_to_params(dict_class: str, state: dict[str, Any], source: Any) -> tupl
         params = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": s["bias"]}
         return params, {"architecture": "standard", "apply_b_dec_to_input": True}
     if dict_class == "AutoEncoderNew":
-        require(s, ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"), source, dict_class)
-        params = {"W_enc": s["encoder.weight"].T, "b_enc": s["encoder.bias"], "W_dec": s["decoder.weight"].T, "b_dec": s["decoder.bias"]}
+        require(
+            s,
+            ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"),
+            source,
+            dict_class,
+        )
+        params = {
+            "W_enc": s["encoder.weight"].T,
+            "b_enc": s["encoder.bias"],
+            "W_dec": s["decoder.weight"].T,
+            "b_dec": s["decoder.bias"],
+        }
         return params, {"architecture": "standard", "apply_b_dec_to_input": False}
     if dict_class == "GatedAutoEncoder":
-        require(s, ("encoder.weight", "decoder.weight", "decoder_bias", "gate_bias", "mag_bias", "r_mag"), source, dict_class)
+        require(
+            s,
+            ("encoder.weight", "decoder.weight", "decoder_bias", "gate_bias", "mag_bias", "r_mag"),
+            source,
+            dict_class,
+        )
         params = {
             "W_enc": s["encoder.weight"].T,
             "b_gate": s["gate_bias"],
@@ -116,23 +137,42 @@ def state_to_params(dict_class: str, state: dict[str, Any], source: Any) -> tupl
         params["threshold"] = _f32(s["threshold"])
         return params, {"architecture": "jumprelu", "apply_b_dec_to_input": False}
     if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
-        require(s, ("encoder.weight", "encoder.bias", "decoder.weight", "b_dec"), source, dict_class)
-        params = {"W_enc": s["encoder.weight"].T, "b_enc": s["encoder.bias"], "W_dec": s["decoder.weight"].T, "b_dec": s["b_dec"]}
+        require(
+            s, ("encoder.weight", "encoder.bias", "decoder.weight", "b_dec"), source, dict_class
+        )
+        params = {
+            "W_enc": s["encoder.weight"].T,
+            "b_enc": s["encoder.bias"],
+            "W_dec": s["decoder.weight"].T,
+            "b_dec": s["b_dec"],
+        }
         if dict_class == "AutoEncoderTopK":
             require(s, ("k",), source, dict_class)
-            return params, {"architecture": "topk", "k": int(np.asarray(s["k"])), "apply_b_dec_to_input": True}
-        return _with_scalar_threshold(params, s, source), {"architecture": "jumprelu", "apply_b_dec_to_input": True}
+            return params, {
+                "architecture": "topk",
+                "k": int(np.asarray(s["k"])),
+                "apply_b_dec_to_input": True,
+            }
+        return _with_scalar_threshold(params, s, source), {
+            "architecture": "jumprelu",
+            "apply_b_dec_to_input": True,
+        }
     if dict_class == "MatryoshkaBatchTopKSAE":
         require(s, ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), source, dict_class)
         params = {k: s[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
-        return _with_scalar_threshold(params, s, source), {"architecture": "jumprelu", "apply_b_dec_to_input": True}
+        return _with_scalar_threshold(params, s, source), {
+            "architecture": "jumprelu",
+            "apply_b_dec_to_input": True,
+        }
     raise FormatError(
         f"{source}: dictionary class {dict_class!r} is not supported; supported: "
         f"{list(DICT_CLASSES)}." + choices_hint(dict_class, DICT_CLASSES)
     )
 
 
-def _with_scalar_threshold(params: dict[str, Any], state: dict[str, Any], source: Any) -> dict[str, Any]:
+def _with_scalar_threshold(
+    params: dict[str, Any], state: dict[str, Any], source: Any
+) -> dict[str, Any]:
     threshold = _f32(state["threshold"])
     d_sae = np.shape(params["b_enc"])[0]
     if threshold.ndim == 0:
@@ -170,8 +210,14 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
         )
     params, fields = state_to_params(dict_class, state, folder / "ae.pt")
     d_in, d_sae = np.shape(params["W_enc"])
-    if trainer.get("k") is not None and fields["architecture"] == "topk" and int(trainer["k"]) != fields["k"]:
-        raise FormatError(f"{folder}: config.json says k={trainer['k']} but ae.pt stores k={fields['k']}.")
+    if (
+        trainer.get("k") is not None
+        and fields["architecture"] == "topk"
+        and int(trainer["k"]) != fields["k"]
+    ):
+        raise FormatError(
+            f"{folder}: config.json says k={trainer['k']} but ae.pt stores k={fields['k']}."
+        )
     cfg = build_config(
         NAME,
         hints,

@@ -64,7 +64,7 @@ def hub_target(path_in_repo: str) -> str:
 
 
 def _site(where: str) -> tuple[str | None, str | None, str | None]:
-    """(model id, site, variant) from a repo name or path, e.g. ('google/gemma-2-2b', 'res', 'pt')."""
+    """(model id, site, variant) from a repo name or path: ('google/gemma-2-2b', 'res', 'pt')."""
     match = _REPO.search(where)
     if not match:
         return None, ("transcoders" if "transcoder" in where else None), None
@@ -114,7 +114,11 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
         if layer is not None:
             hook, hook_out = f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
     elif site == "res":
-        hook = "hook_embed" if embedding else (f"blocks.{layer}.hook_resid_post" if layer is not None else None)
+        hook = (
+            "hook_embed"
+            if embedding
+            else (f"blocks.{layer}.hook_resid_post" if layer is not None else None)
+        )
     elif site == "mlp" and layer is not None:
         hook = f"blocks.{layer}.hook_mlp_out"
     elif site == "att":

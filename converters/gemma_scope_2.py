@@ -84,13 +84,19 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     d_in, d_sae = params["W_enc"].shape
     d_out = params["W_dec"].shape[1]
     if raw.get("affine_connection") and "affine_skip_connection" not in tensors:
-        raise FormatError(f"{folder}: config says affine_connection but the skip matrix is missing.")
+        raise FormatError(
+            f"{folder}: config says affine_connection but the skip matrix is missing."
+        )
 
     where = hints.path_in_repo or str(folder)
     match = re.search(r"layer_(\d+)", where)
     layer = int(match.group(1)) if match else None
-    site = next((s for s in ("transcoder", "clt", "resid_post", "attn_out", "mlp_out") if s in where), None)
-    transcoder = site in ("transcoder", "clt") or "affine_skip_connection" in tensors or d_out != d_in
+    site = next(
+        (s for s in ("transcoder", "clt", "resid_post", "attn_out", "mlp_out") if s in where), None
+    )
+    transcoder = (
+        site in ("transcoder", "clt") or "affine_skip_connection" in tensors or d_out != d_in
+    )
     extra: dict[str, Any] = {}
     reshape, hook, hook_out = "none", None, None
     if transcoder:

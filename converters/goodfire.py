@@ -1,4 +1,4 @@
-"""Goodfire SAEs (Llama-3.1-8B-Instruct layer 19, Llama-3.3-70B-Instruct layer 50): one `.pt`/`.pth`.
+"""Goodfire SAEs (Llama-3.1-8B-Instruct layer 19, Llama-3.3-70B-Instruct layer 50): one .pt/.pth.
 
 A plain state dict: `encoder_linear.weight [d_sae, d_in]`, `encoder_linear.bias [d_sae]`,
 `decoder_linear.weight [d_in, d_sae]`, `decoder_linear.bias [d_in]`. Goodfire's math:
@@ -25,7 +25,12 @@ from .torch_pickle import load_state_dict
 
 NAME = "goodfire"
 DESCRIPTION = "Goodfire: .pt/.pth with encoder_linear / decoder_linear"
-KEYS = ("encoder_linear.weight", "encoder_linear.bias", "decoder_linear.weight", "decoder_linear.bias")
+KEYS = (
+    "encoder_linear.weight",
+    "encoder_linear.bias",
+    "decoder_linear.weight",
+    "decoder_linear.bias",
+)
 
 
 def matches(state: dict[str, Any]) -> bool:

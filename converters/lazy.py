@@ -121,7 +121,10 @@ def safetensors_tensors(path: str | Path) -> dict[str, LazyTensor]:
         raise FormatError(f"{path} is missing.")
     try:
         with safe_open(str(path), framework="numpy") as f:
-            specs = {key: (tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype()) for key in f.keys()}  # noqa: SIM118
+            specs = {
+                key: (tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype())
+                for key in f.keys()  # noqa: SIM118 (safe_open handles are not dicts)
+            }
     except Exception as exc:
         raise FormatError(
             f"{path} could not be read as safetensors ({exc}); it is probably truncated or "
@@ -129,7 +132,12 @@ def safetensors_tensors(path: str | Path) -> dict[str, LazyTensor]:
         ) from None
     out = {}
     for key, (shape, st_dtype) in specs.items():
-        out[key] = LazyTensor(shape, _safetensors_dtype(st_dtype, path, key), _safetensors_reader(path, key), f"{path}:{key}")
+        out[key] = LazyTensor(
+            shape,
+            _safetensors_dtype(st_dtype, path, key),
+            _safetensors_reader(path, key),
+            f"{path}:{key}",
+        )
     return out
 
 
@@ -201,10 +209,15 @@ def npz_tensors(path: str | Path) -> dict[str, LazyTensor]:
             if info.compress_type == zipfile.ZIP_STORED:
                 fh.seek(info.header_offset)
                 local = fh.read(30)
-                name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+                name_len, extra_len = (
+                    int.from_bytes(local[26:28], "little"),
+                    int.from_bytes(local[28:30], "little"),
+                )
                 offset = info.header_offset + 30 + name_len + extra_len + header_len
                 if offset + math.prod(shape) * dtype.itemsize > path.stat().st_size:
-                    raise FormatError(f"{source} reaches past the end of {path}; the file is truncated.")
+                    raise FormatError(
+                        f"{source} reaches past the end of {path}; the file is truncated."
+                    )
                 reader = _memmap_reader(path, offset, shape, dtype, fortran)
             else:
                 reader = _decompressing_reader(path, key)
@@ -212,11 +225,15 @@ def npz_tensors(path: str | Path) -> dict[str, LazyTensor]:
     return out
 
 
-def _memmap_reader(path: Path, offset: int, shape: tuple, dtype: np.dtype, fortran: bool) -> Callable[[Index], np.ndarray]:
+def _memmap_reader(
+    path: Path, offset: int, shape: tuple, dtype: np.dtype, fortran: bool
+) -> Callable[[Index], np.ndarray]:
     def read(index: Index) -> np.ndarray:
         if math.prod(shape) == 0:
             return np.zeros(shape, dtype)[index]
-        mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+        mm = np.memmap(
+            path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+        )
         try:
             return np.array(mm[index])
         finally:
@@ -249,14 +266,14 @@ def _write_rows(buf: jax.Array, chunk: jax.Array, start: jax.Array) -> jax.Array
 
 
 def _check_finite(values: np.ndarray, name: str, source: str) -> None:
-    if values.dtype.kind in "fc" or values.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
-        if not np.all(np.isfinite(values.astype(np.float32) if values.dtype.kind != "c" else values)):
-            raise NonFiniteError(f"{source}: parameter {name!r} contains NaN or Inf.")
+    floating = values.dtype.kind in "fc" or values.dtype.name.startswith(("bfloat", "float8"))
+    if floating and not np.all(
+        np.isfinite(values.astype(np.float32) if values.dtype.kind != "c" else values)
+    ):
+        raise NonFiniteError(f"{source}: parameter {name!r} contains NaN or Inf.")
 
 
-def _put_region(
-    tensor: LazyTensor, index: Index, device: Any, dtype: Any, name: str
-) -> jax.Array:
+def _put_region(tensor: LazyTensor, index: Index, device: Any, dtype: Any, name: str) -> jax.Array:
     """Read `index` of `tensor` into a new array on `device`, at most CHUNK_BYTES at a time."""
     shape = tuple(len(range(*s.indices(n))) for s, n in zip(index, tensor.shape, strict=True))
     itemsize = max(np.dtype(dtype).itemsize, tensor.dtype.itemsize)
@@ -291,7 +308,8 @@ def place(
     shards = []
     for device, index in index_map.items():
         index = tuple(
-            slice(*s.indices(n)[:2]) for s, n in zip(index or _full_index(tensor.shape), tensor.shape, strict=True)
+            slice(*s.indices(n)[:2])
+            for s, n in zip(index or _full_index(tensor.shape), tensor.shape, strict=True)
         )
         key = tuple((s.start, s.stop) for s in index)
         if key in built:  # replicated: copy the shard already read to this device

@@ -44,9 +44,13 @@ DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
 
 
 def detect(path: Path) -> bool:
-    return path.is_dir() and (path / "hyperparams.json").is_file() and (
-        (path / "checkpoints" / "final.safetensors").is_file()
-        or (path / "final.safetensors").is_file()
+    return (
+        path.is_dir()
+        and (path / "hyperparams.json").is_file()
+        and (
+            (path / "checkpoints" / "final.safetensors").is_file()
+            or (path / "final.safetensors").is_file()
+        )
     )
 
 
@@ -67,13 +71,17 @@ def decoder_column_norms(decoder_weight: Any, rows_per_read: int = 512) -> np.nd
     d_out, d_sae = decoder_weight.shape
     total = np.zeros(d_sae, np.float64)
     for start in range(0, d_out, rows_per_read):
-        block = decoder_weight.read((slice(start, min(start + rows_per_read, d_out)), slice(0, d_sae)))
+        block = decoder_weight.read(
+            (slice(start, min(start + rows_per_read, d_out)), slice(0, d_sae))
+        )
         block = block.astype(np.float32)
         total += np.sum(block * block, axis=0, dtype=np.float64)
     return np.sqrt(total).astype(np.float32)
 
 
-def norm_factors(hp: Mapping[str, Any], d_model: int, source: Any, fallback: float | None) -> tuple[float, float]:
+def norm_factors(
+    hp: Mapping[str, Any], d_model: int, source: Any, fallback: float | None
+) -> tuple[float, float]:
     """(s_in, s_out): the dataset-wise input scale and the output de-normalisation scale."""
     mode = hp.get("norm_activation", "dataset-wise")
     if mode == "inference":
@@ -86,7 +94,9 @@ def norm_factors(hp: Mapping[str, Any], d_model: int, source: Any, fallback: flo
     norms = hp.get("dataset_average_activation_norm")
     if isinstance(norms, Mapping) and norms.get("in") is not None:
         avg_in = as_float(norms["in"], "dataset_average_activation_norm.in", source)
-        avg_out = as_float(norms.get("out", norms["in"]), "dataset_average_activation_norm.out", source)
+        avg_out = as_float(
+            norms.get("out", norms["in"]), "dataset_average_activation_norm.out", source
+        )
         return math.sqrt(d_model) / avg_in, math.sqrt(d_model) / avg_out
     if fallback is not None:
         return float(fallback), float(fallback)
@@ -146,10 +156,14 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     act = str(hp.get("act_fn", "jumprelu")).lower()
     if act not in ("jumprelu", "relu"):
         raise FormatError(f"{path}: act_fn={act!r} is not supported (jumprelu or relu).")
-    d_sae, d_in = tensors["encoder.weight"].shape
+    d_in = tensors["encoder.weight"].shape[1]
     d_model = int(hp.get("d_model", d_in))
     s_in, s_out = norm_factors(hp, d_model, path / "hyperparams.json", hints.norm_scaling_factor)
-    threshold = as_float(hp.get("jump_relu_threshold", 0.0), "jump_relu_threshold", path) if act == "jumprelu" else 0.0
+    threshold = (
+        as_float(hp.get("jump_relu_threshold", 0.0), "jump_relu_threshold", path)
+        if act == "jumprelu"
+        else 0.0
+    )
     params = fold_openmoss(
         encoder_weight=tensors["encoder.weight"],
         encoder_bias=tensors["encoder.bias"],
@@ -158,14 +172,21 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
         threshold=threshold,
         s_in=s_in,
         s_out=s_out,
-        include_decoder_norm=bool(hp.get("sparsity_include_decoder_norm", True)) and act == "jumprelu",
+        include_decoder_norm=bool(hp.get("sparsity_include_decoder_norm", True))
+        and act == "jumprelu",
         subtract_decoder_bias=bool(hp.get("apply_decoder_bias_to_pre_encoder", False)),
     )
     return _config(NAME, hp, tensors["encoder.weight"].dtype, params, hints, s_in, s_out), params
 
 
 def _config(
-    fmt: str, hp: Mapping[str, Any], dtype: Any, params: dict, hints: Hints, s_in: float, s_out: float
+    fmt: str,
+    hp: Mapping[str, Any],
+    dtype: Any,
+    params: dict,
+    hints: Hints,
+    s_in: float,
+    s_out: float,
 ) -> SAEConfig:
     hook_in = hp.get("hook_point_in")
     hook_out = hp.get("hook_point_out", hook_in)

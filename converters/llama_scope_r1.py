@@ -57,16 +57,25 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     require(tensors, ("encoder.weight", "encoder.bias", "decoder.weight"), weights, "OpenMOSS")
     d_sae, d_in = tensors["encoder.weight"].shape
     d_model = int(hp.get("d_model", d_in))
-    expected = hp.get("d_sae") or (d_model * hp["expansion_factor"] if hp.get("expansion_factor") else d_sae)
+    expected = hp.get("d_sae") or (
+        d_model * hp["expansion_factor"] if hp.get("expansion_factor") else d_sae
+    )
     if int(expected) != d_sae:
         raise FormatError(f"{path}: config says d_sae={expected} but the weights have {d_sae}.")
     # Dataset norms saved next to the weights (newer OpenMOSS checkpoints).
-    stored = {k[len(_NORM_PREFIX) :]: float(np.asarray(v)) for k, v in tensors.items() if k.startswith(_NORM_PREFIX)}
+    stored = {
+        k[len(_NORM_PREFIX) :]: float(np.asarray(v))
+        for k, v in tensors.items()
+        if k.startswith(_NORM_PREFIX)
+    }
     if stored and not hp.get("dataset_average_activation_norm"):
         hook_in = hp.get("hook_point_in")
         hook_out = hp.get("hook_point_out", hook_in)
         if hook_in in stored:
-            hp["dataset_average_activation_norm"] = {"in": stored[hook_in], "out": stored.get(hook_out, stored[hook_in])}
+            hp["dataset_average_activation_norm"] = {
+                "in": stored[hook_in],
+                "out": stored.get(hook_out, stored[hook_in]),
+            }
     s_in, s_out = norm_factors(hp, d_model, path / "config.json", hints.norm_scaling_factor)
     if "log_jumprelu_threshold" in tensors:
         threshold = np.exp(np.asarray(tensors["log_jumprelu_threshold"], np.float32))

@@ -77,7 +77,9 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     if f"threshold_{layer}" in enc:
         architecture = "jumprelu_transcoder"
         params["threshold"] = np.asarray(enc[f"threshold_{layer}"], np.float32)
-    config = read_yaml(path.parent / "config.yaml") if (path.parent / "config.yaml").is_file() else {}
+    config = (
+        read_yaml(path.parent / "config.yaml") if (path.parent / "config.yaml").is_file() else {}
+    )
     hook_in, hook_out = config.get("feature_input_hook"), config.get("feature_output_hook")
     d_in, d_sae = params["W_enc"].shape
     cfg = build_config(

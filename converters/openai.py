@@ -90,10 +90,16 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     if activation == "TopK":
         post = act_state.get("postact_fn", "ReLU")
         if post != "ReLU":
-            raise FormatError(f"{path}: TopK with postact_fn={post!r} is not supported (only ReLU).")
+            raise FormatError(
+                f"{path}: TopK with postact_fn={post!r} is not supported (only ReLU)."
+            )
         if "k" not in act_state:
             raise FormatError(f"{path}: TopK autoencoder without activation_state_dict['k'].")
-        fields = {"architecture": "topk", "k": int(act_state["k"]), "normalize_activations": "layer_norm"}
+        fields = {
+            "architecture": "topk",
+            "k": int(act_state["k"]),
+            "normalize_activations": "layer_norm",
+        }
     elif activation == "ReLU":
         fields = {"architecture": "standard"}
     else:

@@ -43,7 +43,9 @@ def _oriented(matrix: Any, rows: int, cols: int, name: str, source: Any) -> Any:
         return matrix
     if shape == (cols, rows):
         return matrix.T
-    raise FormatError(f"{source}: {name} has shape {shape}, expected ({rows}, {cols}) or its transpose.")
+    raise FormatError(
+        f"{source}: {name} has shape {shape}, expected ({rows}, {cols}) or its transpose."
+    )
 
 
 def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:

@@ -57,9 +57,7 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     cfg = normalize_saelens_cfg(dict(read_json(path / CFG_FILENAME)))
     tensors = safetensors_tensors(path / WEIGHTS_FILENAME)
     needs_arithmetic = (
-        cfg.architecture not in _DIRECT
-        or "scaling_factor" in tensors
-        or "log_threshold" in tensors
+        cfg.architecture not in _DIRECT or "scaling_factor" in tensors or "log_threshold" in tensors
     )
     if needs_arithmetic:
         sae = load_saelens(path)

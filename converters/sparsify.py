@@ -78,7 +78,9 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
         if raw.get(flag):
             raise FormatError(f"{path}: {why} are not supported ({flag}=true in cfg.json).")
     if "W_skip" in tensors:
-        raise FormatError(f"{path}: skip connections on TopK SAEs are not supported (W_skip present).")
+        raise FormatError(
+            f"{path}: skip connections on TopK SAEs are not supported (W_skip present)."
+        )
     activation = raw.get("activation", "topk")
     if activation != "topk":
         raise FormatError(f"{path}: activation={activation!r} is not supported (only 'topk').")
@@ -91,10 +93,15 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     elif "decoder.weight" in tensors:
         W_dec = tensors["decoder.weight"].T  # an nn.Linear decoder is [d_in, d_sae]
     else:
-        raise FormatError(f"{path}/sae.safetensors has no decoder (W_dec); was it saved with decoder=False?")
+        raise FormatError(
+            f"{path}/sae.safetensors has no decoder (W_dec); was it saved with decoder=False?"
+        )
     expected = raw.get("num_latents") or d_in * raw.get("expansion_factor", 0)
     if int(raw.get("d_in", d_in)) != d_in or (expected and int(expected) != d_sae):
-        raise FormatError(f"{path}: cfg.json (d_in={raw.get('d_in')}, latents={expected}) does not match the weights ({d_in}, {d_sae}).")
+        raise FormatError(
+            f"{path}: cfg.json (d_in={raw.get('d_in')}, latents={expected}) does not match "
+            f"the weights ({d_in}, {d_sae})."
+        )
     b_enc = tensors.get("encoder.bias", tensors.get("b_enc"))
     if b_enc is None:
         import numpy as np

@@ -138,7 +138,9 @@ def _as_int_tuple(value: Any, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, hooks=None, metadata=None
+):
     if not isinstance(storage, _Storage) or not isinstance(storage_offset, int):
         raise FormatError("malformed tensor record in the pickle (storage or offset).")
     size = _as_int_tuple(size, "size")
@@ -282,7 +284,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage_type, key, _location, numel = pid[1:5]
         if kind != "storage" or not isinstance(storage_type, _StorageType):
             raise UnsafePickleError(
-                f"refusing to load {self._source}: persistent object {kind!r} is not a tensor storage."
+                f"refusing to load {self._source}: persistent object {kind!r} is not a "
+                "tensor storage."
             )
         if len(pid) > 5 and pid[5] is not None:
             raise FormatError(f"{self._source}: storage views from torch < 1.0 are not supported.")
@@ -372,7 +375,9 @@ def _load_legacy(path: Path, fh: BinaryIO, read_data: bool = True) -> Any:
             raise FormatError(f"{path} is truncated (storage {key}).")
         (numel,) = struct.unpack("<q" if little else ">q", header)
         if numel != storage.numel:
-            raise FormatError(f"{path}: storage {key} has {numel} elements, expected {storage.numel}.")
+            raise FormatError(
+                f"{path}: storage {key} has {numel} elements, expected {storage.numel}."
+            )
         nbytes = numel * storage.dtype.itemsize
         buf = np.empty(nbytes, np.uint8)
         if fh.readinto(memoryview(buf)) != nbytes:

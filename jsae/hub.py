@@ -193,9 +193,7 @@ def _snapshot_root(local_file: Path, filename: str) -> Path:
     return root
 
 
-def _list_files(
-    repo_id: str, revision: str | None, cache_dir: str | Path | None
-) -> list[str]:
+def _list_files(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> list[str]:
     """Every file path in the repo: from the hub, or from the local snapshot when offline."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
@@ -209,7 +207,9 @@ def _list_files(
         try:
             return list(HfApi().list_repo_files(repo_id, revision=revision))
         except RepositoryNotFoundError:
-            raise HubError(f"Hugging Face repository {repo_id!r} does not exist or is private.") from None
+            raise HubError(
+                f"Hugging Face repository {repo_id!r} does not exist or is private."
+            ) from None
         except RevisionNotFoundError:
             raise HubError(f"{repo_id} has no revision {revision!r}.") from None
         except (OfflineModeIsEnabled, OSError):
@@ -229,7 +229,9 @@ def _list_files(
             f"{repo_id}{at} is not in the local Hugging Face cache and the hub cannot be "
             "reached (HF_HUB_OFFLINE=1 or no network), so its files cannot be listed."
         ) from None
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()
+    )
 
 
 def _format_from_names(folder: str, files: list[str]) -> str | None:
@@ -310,11 +312,23 @@ def resolve(release: str, sae_id: str | None = None) -> tuple[str, str, str | No
             sae_id = next(iter(rel.saes))
         rel, entry = get_sae(release, sae_id)
         if rel.format in converters.UNSUPPORTED:
-            raise FormatError(f"release {rel.name!r} cannot be loaded: {converters.UNSUPPORTED[rel.format]}")
-        return rel.repo_id, entry.path, rel.format, _hints(rel, entry, rel.repo_id, entry.path, None)
+            raise FormatError(
+                f"release {rel.name!r} cannot be loaded: {converters.UNSUPPORTED[rel.format]}"
+            )
+        return (
+            rel.repo_id,
+            entry.path,
+            rel.format,
+            _hints(rel, entry, rel.repo_id, entry.path, None),
+        )
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", release):
         get_release(release)  # raises a ConfigError naming the closest releases
-    return release, (sae_id or "").strip("/"), None, _hints(None, None, release, (sae_id or "").strip("/"), None)
+    return (
+        release,
+        (sae_id or "").strip("/"),
+        None,
+        _hints(None, None, release, (sae_id or "").strip("/"), None),
+    )
 
 
 def from_pretrained(
@@ -345,7 +359,12 @@ def from_pretrained(
     repo_id, path, fmt, hints = resolve(release, sae_id)
     fmt = format or fmt
     get = lambda name, required=True: _download(  # noqa: E731
-        repo_id, name, revision=revision, force_download=force_download, cache_dir=cache_dir, required=required
+        repo_id,
+        name,
+        revision=revision,
+        force_download=force_download,
+        cache_dir=cache_dir,
+        required=required,
     )
     if fmt is None:
         fmt = _format_from_names(path, _list_files(repo_id, revision, cache_dir))

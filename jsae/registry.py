@@ -2,7 +2,8 @@
 
     jsae.registry.get_sae("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
     # -> (Release(repo_id="google/gemma-scope-2b-pt-res", format="gemma_scope", ...),
-    #     SAEEntry(path="layer_12/width_16k/average_l0_82", neuronpedia="gemma-2-2b/12-gemmascope-res-16k"))
+    #     SAEEntry(path="layer_12/width_16k/average_l0_82",
+    #              neuronpedia="gemma-2-2b/12-gemmascope-res-16k"))
 
 Two data files ship with jsae: `releases.json`, generated from SAELens's public
 `pretrained_saes.yaml` by `python -m jsae.registry_build` (its provenance is recorded inside),
@@ -61,7 +62,9 @@ def _entries(raw: Mapping[str, Any]) -> dict[str, SAEEntry]:
         first, last = layers
         for layer in range(int(first), int(last) + 1):
             for t in templates:
-                rows.append({k: (v.format(layer=layer) if isinstance(v, str) else v) for k, v in t.items()})
+                rows.append(
+                    {k: (v.format(layer=layer) if isinstance(v, str) else v) for k, v in t.items()}
+                )
     else:
         rows = templates
     out = {}
@@ -146,4 +149,12 @@ def get_sae(release: str, sae_id: str) -> tuple[Release, SAEEntry]:
     )
 
 
-__all__ = ["Release", "SAEEntry", "get_release", "get_sae", "provenance", "release_names", "releases"]
+__all__ = [
+    "Release",
+    "SAEEntry",
+    "get_release",
+    "get_sae",
+    "provenance",
+    "release_names",
+    "releases",
+]

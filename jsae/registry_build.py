@@ -63,7 +63,7 @@ def dumps(registry: dict[str, Any]) -> str:
         release = dict(registry["releases"][name])
         saes = release.pop("saes")
         head = json.dumps(release)[:-1]
-        lines.append(f"  {json.dumps(name)}: {head}, \"saes\": [")
+        lines.append(f'  {json.dumps(name)}: {head}, "saes": [')
         lines.extend(
             f"   {json.dumps(s)}{',' if j < len(saes) - 1 else ''}" for j, s in enumerate(saes)
         )

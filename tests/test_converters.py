@@ -5,7 +5,8 @@ checkpoints with random weights (their own save code) plus their own encode/deco
 jsae must reproduce them to 1e-5 (fp32). Gemma Scope (1 and 2), Llama Scope (+ R1), OpenAI,
 Goodfire, circuit-tracer, mntss, Qwen Scope, qresearch and Kissane files are built in their
 exact published layouts (.pt ones by torch.save in the reference environment) and checked
-against numpy implementations of each format's published math (tests/reference/converter_layouts.py).
+against numpy implementations of each format's published math
+(tests/reference/converter_layouts.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import ml_dtypes
 import numpy as np
 import pytest
 from helpers import assert_close, run_reference
+from jsae.converters import Hints
 from reference import converter_layouts as L
 from safetensors.numpy import load_file, save_file
 
 import jsae
 from jsae import converters
 from jsae.cli import main as cli
-from jsae.converters import Hints
 
 D_IN, D_SAE = 16, 64
 
@@ -91,7 +92,11 @@ def test_sparsify_matches_library_and_keeps_W_dec_orientation(ref: Path) -> None
     assert_close(sae.W_dec, load_file(folder / "sae.safetensors")["W_dec"])
     meta = sae.cfg.metadata
     assert meta.model_name == "EleutherAI/pythia-70m"
-    assert (meta.hook_name, meta.hf_hook_name, meta.context_size) == ("blocks.3.hook_resid_post", "layers.3", 256)
+    assert (meta.hook_name, meta.hf_hook_name, meta.context_size) == (
+        "blocks.3.hook_resid_post",
+        "layers.3",
+        256,
+    )
     assert meta.dataset_path == "togethercomputer/RedPajama-Data-1T-Sample"
 
 
@@ -120,9 +125,15 @@ def _gemma_dir(root: Path, site: str, layer_folder: str) -> Path:
 
 @pytest.mark.parametrize(
     ("site", "hook", "lower"),
-    [("res", "blocks.6.hook_resid_post", False), ("mlp", "blocks.6.hook_mlp_out", True), ("att", "blocks.6.attn.hook_z", False)],
+    [
+        ("res", "blocks.6.hook_resid_post", False),
+        ("mlp", "blocks.6.hook_mlp_out", True),
+        ("att", "blocks.6.attn.hook_z", False),
+    ],
 )
-def test_gemma_scope_matches_published_math(tmp_path: Path, rng, x, site: str, hook: str, lower: bool) -> None:
+def test_gemma_scope_matches_published_math(
+    tmp_path: Path, rng, x, site: str, hook: str, lower: bool
+) -> None:
     folder = _gemma_dir(tmp_path, site, "layer_6")
     p = L.write_gemma_scope(folder, rng, D_IN, D_SAE, lower=lower)
     sae = jsae.load(folder)
@@ -170,13 +181,33 @@ def test_gemma_scope_transcoder(tmp_path: Path, rng, x) -> None:
 @pytest.mark.parametrize(
     ("folder", "affine", "d_out", "architecture", "hook"),
     [
-        ("resid_post/layer_5_width_16k_l0_medium", False, None, "jumprelu", "blocks.5.hook_resid_post"),
+        (
+            "resid_post/layer_5_width_16k_l0_medium",
+            False,
+            None,
+            "jumprelu",
+            "blocks.5.hook_resid_post",
+        ),
         ("attn_out/layer_5_width_16k_l0_small", False, None, "jumprelu", "blocks.5.attn.hook_z"),
-        ("transcoder/layer_5_width_16k_l0_big", False, 12, "jumprelu_transcoder", "blocks.5.ln2.hook_normalized"),
-        ("transcoder/layer_5_width_16k_l0_big_affine", True, 12, "jumprelu_skip_transcoder", "blocks.5.ln2.hook_normalized"),
+        (
+            "transcoder/layer_5_width_16k_l0_big",
+            False,
+            12,
+            "jumprelu_transcoder",
+            "blocks.5.ln2.hook_normalized",
+        ),
+        (
+            "transcoder/layer_5_width_16k_l0_big_affine",
+            True,
+            12,
+            "jumprelu_skip_transcoder",
+            "blocks.5.ln2.hook_normalized",
+        ),
     ],
 )
-def test_gemma_scope_2_matches_published_math(tmp_path: Path, rng, x, folder, affine, d_out, architecture, hook) -> None:
+def test_gemma_scope_2_matches_published_math(
+    tmp_path: Path, rng, x, folder, affine, d_out, architecture, hook
+) -> None:
     path = tmp_path / folder
     p = L.write_gemma_scope_2(path, rng, D_IN, D_SAE, d_out=d_out, affine=affine)
     sae = jsae.load(path)
@@ -186,7 +217,11 @@ def test_gemma_scope_2_matches_published_math(tmp_path: Path, rng, x, folder, af
     assert_close(sae.encode(x), f_ref, what="encode")
     assert_close(sae(x), out_ref, what="output")
     meta = sae.cfg.metadata
-    assert (meta.model_name, meta.hook_name, meta.hf_hook_name) == ("google/gemma-3-1b-pt", hook, "model.layers.5.output")
+    assert (meta.model_name, meta.hook_name, meta.hf_hook_name) == (
+        "google/gemma-3-1b-pt",
+        hook,
+        "model.layers.5.output",
+    )
     if affine:
         assert_close(sae.W_skip, p["affine_skip_connection"].T)
 
@@ -203,7 +238,9 @@ def test_llama_scope_matches_openmoss_math(tmp_path: Path, rng, x, transcoder: b
     f_ref, out_ref = L.openmoss_ref(state, hp["jump_relu_threshold"], x, **kw)
     _firing(f_ref)
     # the decoder-norm gotcha matters here: one scalar threshold would select other latents
-    f_scalar, _ = L.openmoss_ref(state, hp["jump_relu_threshold"], x, **{**kw, "include_decoder_norm": False})
+    f_scalar, _ = L.openmoss_ref(
+        state, hp["jump_relu_threshold"], x, **{**kw, "include_decoder_norm": False}
+    )
     assert not np.array_equal(f_scalar != 0, f_ref != 0)
 
     sae = jsae.load(folder, dtype="float32")
@@ -224,10 +261,12 @@ def test_llama_scope_matches_openmoss_math(tmp_path: Path, rng, x, transcoder: b
 
 def test_llama_scope_r1_distill(tmp_path: Path, rng, x) -> None:
     folder = tmp_path / "800M-Slimpajama-0-OpenR1-Math-220k" / "L4R"
-    cfg, state = L.write_llama_scope_r1(folder, rng, D_IN, D_SAE)
+    _, state = L.write_llama_scope_r1(folder, rng, D_IN, D_SAE)
     assert converters.detect_format(folder) == "llama_scope_r1"
     threshold = np.exp(state["log_jumprelu_threshold"].astype(np.float64))
-    f_ref, out_ref = L.openmoss_ref(state, threshold, x, d_model=D_IN, avg_in=9.0, avg_out=9.0, include_decoder_norm=True)
+    f_ref, out_ref = L.openmoss_ref(
+        state, threshold, x, d_model=D_IN, avg_in=9.0, avg_out=9.0, include_decoder_norm=True
+    )
     _firing(f_ref)
     sae = jsae.load(folder)
     assert_close(sae.encode(x), f_ref, atol=2e-5)
@@ -241,7 +280,9 @@ def test_llama_scope_r1_distill(tmp_path: Path, rng, x) -> None:
     s = np.sqrt(D_IN) / 9.0
     sae2 = jsae.load(folder2, hints=Hints(norm_scaling_factor=s))
     t2 = np.exp(state2["log_jumprelu_threshold"].astype(np.float64))
-    f2, out2 = L.openmoss_ref(state2, t2, x, d_model=D_IN, avg_in=9.0, avg_out=9.0, include_decoder_norm=True)
+    f2, out2 = L.openmoss_ref(
+        state2, t2, x, d_model=D_IN, avg_in=9.0, avg_out=9.0, include_decoder_norm=True
+    )
     assert_close(sae2.encode(x), f2, atol=2e-5)
     assert_close(sae2(x), out2, atol=2e-5)
 
@@ -249,8 +290,16 @@ def test_llama_scope_r1_distill(tmp_path: Path, rng, x) -> None:
 # ----------------------------------------------------------------------- .pt formats
 
 
-@pytest.mark.parametrize(("location", "activation", "hook"), [("resid_post_mlp_v5_32k", "TopK", "blocks.5.hook_resid_post"), ("resid_delta_mlp_v4", "ReLU", "blocks.5.hook_mlp_out")])
-def test_openai_matches_published_math(ref: Path, x, location: str, activation: str, hook: str) -> None:
+@pytest.mark.parametrize(
+    ("location", "activation", "hook"),
+    [
+        ("resid_post_mlp_v5_32k", "TopK", "blocks.5.hook_resid_post"),
+        ("resid_delta_mlp_v4", "ReLU", "blocks.5.hook_mlp_out"),
+    ],
+)
+def test_openai_matches_published_math(
+    ref: Path, x, location: str, activation: str, hook: str
+) -> None:
     path = ref / "pt_layouts" / "openai" / "gpt2-small" / location / "autoencoders" / "5.pt"
     p = dict(np.load(str(path) + ".params.npz"))
     assert converters.detect_format(path) == "openai"
@@ -269,11 +318,20 @@ def test_goodfire_matches_published_math(ref: Path, x) -> None:
     p = np.load(str(path) + ".params.npz")
     assert converters.detect_format(path) == "goodfire"
     sae = jsae.load(path)
-    f_ref, recon_ref = L.linear_relu_ref(p["encoder_linear.weight"], p["encoder_linear.bias"], p["decoder_linear.weight"], p["decoder_linear.bias"], x)
+    f_ref, recon_ref = L.linear_relu_ref(
+        p["encoder_linear.weight"],
+        p["encoder_linear.bias"],
+        p["decoder_linear.weight"],
+        p["decoder_linear.bias"],
+        x,
+    )
     _firing(f_ref)
     assert_close(sae.encode(x), f_ref)
     assert_close(sae(x), recon_ref)
-    assert (sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name) == ("meta-llama/Llama-3.1-8B-Instruct", "blocks.19.hook_resid_post")
+    assert (sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name) == (
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "blocks.19.hook_resid_post",
+    )
 
 
 def test_linear_pt_and_hook_z_and_qwen_scope(ref: Path, x) -> None:
@@ -281,7 +339,9 @@ def test_linear_pt_and_hook_z_and_qwen_scope(ref: Path, x) -> None:
     p = np.load(str(path) + ".params.npz")
     assert converters.detect_format(path) == "linear_pt"
     sae = jsae.load(path)
-    f_ref, recon_ref = L.linear_relu_ref(p["encoder.weight"], p["encoder.bias"], p["decoder.weight"], p["decoder.bias"], x)
+    f_ref, recon_ref = L.linear_relu_ref(
+        p["encoder.weight"], p["encoder.bias"], p["decoder.weight"], p["decoder.bias"], x
+    )
     assert_close(sae.encode(x), f_ref)
     assert_close(sae(x), recon_ref)
     assert sae.cfg.metadata.model_name == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
@@ -311,20 +371,31 @@ def test_linear_pt_and_hook_z_and_qwen_scope(ref: Path, x) -> None:
 # ----------------------------------------------------------------------- transcoders
 
 
-@pytest.mark.parametrize(("jump", "skip"), [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(
+    ("jump", "skip"), [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_circuit_tracer_transcoders(tmp_path: Path, rng, x, jump: bool, skip: bool) -> None:
     file = tmp_path / "qwen3-4b-transcoders" / "layer_2.safetensors"
     p = L.write_circuit_tracer(file, rng, D_IN, D_SAE, jump=jump, skip=skip)
-    (file.parent / "config.yaml").write_text("model_name: Qwen/Qwen3-4B\nfeature_input_hook: mlp.hook_in\nfeature_output_hook: hook_mlp_out\n")
+    (file.parent / "config.yaml").write_text(
+        "model_name: Qwen/Qwen3-4B\nfeature_input_hook: mlp.hook_in\n"
+        "feature_output_hook: hook_mlp_out\n"
+    )
     assert converters.detect_format(file) == "circuit_tracer"
     sae = jsae.load(file)
-    assert sae.cfg.architecture == ("jumprelu_" if jump else "") + ("skip_transcoder" if skip else "transcoder")
+    assert sae.cfg.architecture == ("jumprelu_" if jump else "") + (
+        "skip_transcoder" if skip else "transcoder"
+    )
     f_ref, out_ref = L.circuit_tracer_ref(p, x)
     _firing(f_ref)
     assert_close(sae.encode(x), f_ref)
     assert_close(sae(x), out_ref)
     meta = sae.cfg.metadata
-    assert (meta.model_name, meta.hook_name, meta.hook_name_out) == ("Qwen/Qwen3-4B", "blocks.2.mlp.hook_in", "blocks.2.hook_mlp_out")
+    assert (meta.model_name, meta.hook_name, meta.hook_name_out) == (
+        "Qwen/Qwen3-4B",
+        "blocks.2.mlp.hook_in",
+        "blocks.2.hook_mlp_out",
+    )
 
 
 def test_mntss_clt_layer_sums_decoders(tmp_path: Path, rng, x) -> None:
@@ -335,7 +406,9 @@ def test_mntss_clt_layer_sums_decoders(tmp_path: Path, rng, x) -> None:
     f_ref = np.maximum(x.astype(np.float64) @ p["W_enc_3"].T + p["b_enc_3"], 0)
     assert_close(sae.encode(x), f_ref)
     assert_close(sae.W_dec, p["W_dec_3"].sum(axis=1), atol=1e-5)
-    assert_close(sae(x), f_ref @ p["W_dec_3"].astype(np.float64).sum(axis=1) + p["b_dec_3"], atol=1e-4)
+    assert_close(
+        sae(x), f_ref @ p["W_dec_3"].astype(np.float64).sum(axis=1) + p["b_dec_3"], atol=1e-4
+    )
     assert sae.cfg.metadata.hook_name == "blocks.3.hook_resid_mid"
 
 
@@ -356,14 +429,19 @@ def test_unrecognised_inputs_fail_clearly(tmp_path: Path, ref: Path) -> None:
     # dictionary_learning TopK vs BatchTopK are indistinguishable without config.json
     folder = tmp_path / "topk_no_cfg"
     folder.mkdir()
-    (folder / "ae.pt").write_bytes((ref / "dictionary_learning" / "AutoEncoderTopK" / "ae.pt").read_bytes())
-    with pytest.raises(jsae.FormatError, match="config.json"):
+    (folder / "ae.pt").write_bytes(
+        (ref / "dictionary_learning" / "AutoEncoderTopK" / "ae.pt").read_bytes()
+    )
+    with pytest.raises(jsae.FormatError, match=r"config\.json"):
         jsae.load(folder)
 
 
 def test_unsupported_variants_are_refused_with_reasons(tmp_path: Path, ref: Path, rng) -> None:
     src = ref / "sparsify" / "fp32" / "run" / "layers.3"
-    for key, value, match in (("activation", "groupmax", "groupmax"), ("transcode", True, "transcoders")):
+    for key, value, match in (
+        ("activation", "groupmax", "groupmax"),
+        ("transcode", True, "transcoders"),
+    ):
         folder = tmp_path / f"sparsify_{key}"
         folder.mkdir()
         raw = json.loads((src / "cfg.json").read_text())
@@ -422,7 +500,14 @@ def test_lazy_loading_matches_eager_for_sharded_placement(tmp_path: Path, rng, x
 # ----------------------------------------------------------------------- jsae convert
 
 
-CONVERT_CASES = ("dictionary_learning_gated", "sparsify", "gemma_scope", "openai_topk", "llama_scope_transcoder", "gemma_scope_2_affine")
+CONVERT_CASES = (
+    "dictionary_learning_gated",
+    "sparsify",
+    "gemma_scope",
+    "openai_topk",
+    "llama_scope_transcoder",
+    "gemma_scope_2_affine",
+)
 
 
 @pytest.fixture(scope="module")
@@ -434,7 +519,13 @@ def converted(ref: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     sources = {
         "dictionary_learning_gated": ref / "dictionary_learning" / "GatedAutoEncoder",
         "sparsify": ref / "sparsify" / "fp32" / "run" / "layers.3",
-        "openai_topk": ref / "pt_layouts" / "openai" / "gpt2-small" / "resid_post_mlp_v5_32k" / "autoencoders" / "5.pt",
+        "openai_topk": ref
+        / "pt_layouts"
+        / "openai"
+        / "gpt2-small"
+        / "resid_post_mlp_v5_32k"
+        / "autoencoders"
+        / "5.pt",
     }
     sources["gemma_scope"] = _gemma_dir(src, "res", "layer_2")
     L.write_gemma_scope(sources["gemma_scope"], rng, D_IN, D_SAE)
@@ -449,7 +540,9 @@ def converted(ref: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         save_file({"x": x}, out / "inputs.safetensors")
         sae = jsae.load(sources[case], dtype="float32")
         f = sae.encode(x)
-        save_file({"feature_acts": np.asarray(f), "forward": np.asarray(sae(x))}, out / "jsae.safetensors")
+        save_file(
+            {"feature_acts": np.asarray(f), "forward": np.asarray(sae(x))}, out / "jsae.safetensors"
+        )
     run_reference("converter_fixtures.py", "check", root)
     return root
 

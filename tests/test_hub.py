@@ -29,14 +29,32 @@ from jsae.registry_build import build
 D_IN, D_SAE = 16, 64
 
 
-def add_repo(cache: Path, repo_id: str, files: dict[str, Path | bytes | str], *, ref: str = "main", commit: str | None = None) -> str:
+def add_repo(
+    cache: Path,
+    repo_id: str,
+    files: dict[str, Path | bytes | str],
+    *,
+    ref: str = "main",
+    commit: str | None = None,
+) -> str:
     """Put `files` ({path in repo: source}) into `cache` as huggingface_hub lays them out."""
     root = cache / ("models--" + repo_id.replace("/", "--"))
     contents = {}
     for rel, src in files.items():
-        data = src.read_bytes() if isinstance(src, Path) else src.encode() if isinstance(src, str) else src
+        data = (
+            src.read_bytes()
+            if isinstance(src, Path)
+            else src.encode()
+            if isinstance(src, str)
+            else src
+        )
         contents[rel] = data
-    commit = commit or hashlib.sha1(repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in contents.items())).encode()).hexdigest()
+    commit = (
+        commit
+        or hashlib.sha1(
+            repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in contents.items())).encode()
+        ).hexdigest()
+    )
     for rel, data in contents.items():
         blob = root / "blobs" / hashlib.sha256(data).hexdigest()
         blob.parent.mkdir(parents=True, exist_ok=True)
@@ -70,26 +88,47 @@ def hub(ref: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     gs = work / "gs"
     p["gemma"] = L.write_gemma_scope(gs, rng, D_IN, D_SAE)
-    add_repo(cache, "google/gemma-scope-2b-pt-res", folder_files(gs, "layer_12/width_16k/average_l0_82"))
+    add_repo(
+        cache, "google/gemma-scope-2b-pt-res", folder_files(gs, "layer_12/width_16k/average_l0_82")
+    )
 
     gs2 = work / "gs2"
     p["gemma2"] = L.write_gemma_scope_2(gs2, rng, D_IN, D_SAE, d_out=12, affine=True)
-    add_repo(cache, "google/gemma-scope-2-1b-pt", folder_files(gs2, "transcoder/layer_13_width_16k_l0_big_affine"))
+    add_repo(
+        cache,
+        "google/gemma-scope-2-1b-pt",
+        folder_files(gs2, "transcoder/layer_13_width_16k_l0_big_affine"),
+    )
 
     saelens = work / "saelens"
     sae = jsae.SAE.from_params(
         jsae.SAEConfig(architecture="standard", d_in=D_IN, d_sae=D_SAE),
-        {"W_enc": L.rand(rng, D_IN, D_SAE), "b_enc": L.rand(rng, D_SAE), "W_dec": L.rand(rng, D_SAE, D_IN), "b_dec": L.rand(rng, D_IN)},
+        {
+            "W_enc": L.rand(rng, D_IN, D_SAE),
+            "b_enc": L.rand(rng, D_SAE),
+            "W_dec": L.rand(rng, D_SAE, D_IN),
+            "b_dec": L.rand(rng, D_IN),
+        },
     )
     sae.save(saelens, log_sparsity=np.linspace(-5, -1, D_SAE))
     legacy = {  # GPT2-Small-SAEs-Reformatted ships SAELens 2.x-era configs
-        "model_name": "gpt2-small", "hook_point": "blocks.8.hook_resid_pre", "hook_point_layer": 8,
-        "d_in": D_IN, "d_sae": D_SAE, "dtype": "torch.float32", "context_size": 128,
-        "dataset_path": "Skylion007/openwebtext", "apply_b_dec_to_input": True,
+        "model_name": "gpt2-small",
+        "hook_point": "blocks.8.hook_resid_pre",
+        "hook_point_layer": 8,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "torch.float32",
+        "context_size": 128,
+        "dataset_path": "Skylion007/openwebtext",
+        "apply_b_dec_to_input": True,
     }
     (saelens / "cfg.json").write_text(json.dumps(legacy))
     p["saelens"] = sae
-    add_repo(cache, "jbloom/GPT2-Small-SAEs-Reformatted", folder_files(saelens, "blocks.8.hook_resid_pre"))
+    add_repo(
+        cache,
+        "jbloom/GPT2-Small-SAEs-Reformatted",
+        folder_files(saelens, "blocks.8.hook_resid_pre"),
+    )
 
     llama = work / "llama"
     p["llama"] = L.write_llama_scope(llama, rng, D_IN, D_SAE)
@@ -97,25 +136,49 @@ def hub(ref: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     r1 = work / "r1"
     p["r1"] = L.write_llama_scope_r1(r1, rng, D_IN, D_SAE, with_norms=False)
-    add_repo(cache, "fnlp/Llama-Scope-R1-Distill", folder_files(r1, "800M-Slimpajama-0-OpenR1-Math-220k/L0R"))
+    add_repo(
+        cache,
+        "fnlp/Llama-Scope-R1-Distill",
+        folder_files(r1, "800M-Slimpajama-0-OpenR1-Math-220k/L0R"),
+    )
 
     topk = ref / "dictionary_learning" / "AutoEncoderTopK"
-    add_repo(cache, "canrager/lm_sae", folder_files(topk, "pythia70m_sweep_topk_ctx128_0730/resid_post_layer_3/trainer_0"))
+    add_repo(
+        cache,
+        "canrager/lm_sae",
+        folder_files(topk, "pythia70m_sweep_topk_ctx128_0730/resid_post_layer_3/trainer_0"),
+    )
 
     goodfire = ref / "pt_layouts" / "goodfire" / "Llama-3.1-8B-Instruct-SAE-l19.pth"
     add_repo(cache, "Goodfire/Llama-3.1-8B-Instruct-SAE-l19", {goodfire.name: goodfire})
 
     ct = work / "ct" / "layer_0.safetensors"
     p["ct"] = L.write_circuit_tracer(ct, rng, D_IN, D_SAE, jump=False, skip=True)
-    add_repo(cache, "mwhanna/qwen3-4b-transcoders", {"layer_0.safetensors": ct, "config.yaml": "model_name: Qwen/Qwen3-4B\n"})
+    add_repo(
+        cache,
+        "mwhanna/qwen3-4b-transcoders",
+        {"layer_0.safetensors": ct, "config.yaml": "model_name: Qwen/Qwen3-4B\n"},
+    )
 
     qwen = ref / "pt_layouts" / "qwen_scope" / "layer3.sae.pt"
     add_repo(cache, "Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50", {"layer3.sae.pt": qwen})
 
     # raw repos, not in the registry: the format comes from the files
     run = ref / "sparsify" / "fp32" / "run"
-    add_repo(cache, "someone/sparsify-run", {**folder_files(run / "layers.3", "layers.3"), "config.json": run / "config.json"})
-    openai = ref / "pt_layouts" / "openai" / "gpt2-small" / "resid_post_mlp_v5_32k" / "autoencoders" / "5.pt"
+    add_repo(
+        cache,
+        "someone/sparsify-run",
+        {**folder_files(run / "layers.3", "layers.3"), "config.json": run / "config.json"},
+    )
+    openai = (
+        ref
+        / "pt_layouts"
+        / "openai"
+        / "gpt2-small"
+        / "resid_post_mlp_v5_32k"
+        / "autoencoders"
+        / "5.pt"
+    )
     add_repo(cache, "someone/openai-gpt2", {"resid_post_mlp_v5_32k/5.pt": openai})
     return p
 
@@ -133,7 +196,10 @@ def x(rng: np.random.Generator) -> np.ndarray:
 
 
 def test_gemma_scope_canonical_release(hub: dict, x) -> None:
-    for release in ("gemma-scope-2b-pt-res-canonical", "gemma-scope-2b-pt-res"):  # canonical ids resolve via either
+    for release in (
+        "gemma-scope-2b-pt-res-canonical",
+        "gemma-scope-2b-pt-res",
+    ):  # canonical ids resolve via either
         sae = _get(hub, release, "layer_12/width_16k/canonical")
         f_ref, recon_ref = L.gemma_scope_ref(hub["gemma"], x)
         assert_close(sae.encode(x), f_ref)
@@ -150,7 +216,9 @@ def test_gemma_scope_canonical_release(hub: dict, x) -> None:
 
 
 def test_gemma_scope_2_affine_transcoder_release(hub: dict, x) -> None:
-    sae = _get(hub, "gemma-scope-2-1b-pt-transcoders", "transcoder/layer_13_width_16k_l0_big_affine")
+    sae = _get(
+        hub, "gemma-scope-2-1b-pt-transcoders", "transcoder/layer_13_width_16k_l0_big_affine"
+    )
     assert sae.cfg.architecture == "jumprelu_skip_transcoder"
     f_ref, out_ref = L.gemma_scope_2_ref(hub["gemma2"], x)
     assert_close(sae.encode(x), f_ref)
@@ -176,7 +244,15 @@ def test_saelens_release_with_legacy_config(hub: dict, x) -> None:
 def test_llama_scope_releases(hub: dict, x) -> None:
     hp, state = hub["llama"]
     sae = _get(hub, "llama_scope_lxr_8x", "l0r_8x", dtype="float32")
-    f_ref, out_ref = L.openmoss_ref(state, hp["jump_relu_threshold"], x, d_model=D_IN, avg_in=11.5, avg_out=11.5, include_decoder_norm=True)
+    f_ref, out_ref = L.openmoss_ref(
+        state,
+        hp["jump_relu_threshold"],
+        x,
+        d_model=D_IN,
+        avg_in=11.5,
+        avg_out=11.5,
+        include_decoder_norm=True,
+    )
     assert_close(sae.encode(x), f_ref, atol=2e-5)
     assert_close(sae(x), out_ref, atol=2e-5)
     assert sae.cfg.metadata.neuronpedia_id == "llama3.1-8b/0-llamascope-res-32k"
@@ -186,7 +262,9 @@ def test_llama_scope_releases(hub: dict, x) -> None:
     s = registry.get_sae("llama_scope_r1_distill", "l0r_800m_slimpajama")[1].norm_scaling_factor
     avg = np.sqrt(D_IN) / s
     threshold = np.exp(state["log_jumprelu_threshold"].astype(np.float64))
-    f_ref, out_ref = L.openmoss_ref(state, threshold, x * 30, d_model=D_IN, avg_in=avg, avg_out=avg, include_decoder_norm=True)
+    f_ref, out_ref = L.openmoss_ref(
+        state, threshold, x * 30, d_model=D_IN, avg_in=avg, avg_out=avg, include_decoder_norm=True
+    )
     assert_close(sae.encode(x * 30), f_ref, atol=1e-4)
     assert_close(sae(x * 30), out_ref, atol=1e-4)
     assert sae.cfg.metadata.model_name == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
@@ -194,21 +272,36 @@ def test_llama_scope_releases(hub: dict, x) -> None:
 
 def test_dictionary_learning_goodfire_circuit_tracer_qwen_releases(hub: dict, ref: Path, x) -> None:
     io = load_file(ref / "dictionary_learning" / "AutoEncoderTopK" / "io.safetensors")
-    sae = _get(hub, "sae_bench_pythia70m_sweep_topk_ctx128_0730", "blocks.3.hook_resid_post__trainer_0")
+    sae = _get(
+        hub, "sae_bench_pythia70m_sweep_topk_ctx128_0730", "blocks.3.hook_resid_post__trainer_0"
+    )
     assert_close(sae.encode(io["x"]), io["feature_acts"])
-    assert sae.cfg.metadata.neuronpedia_id == "pythia-70m-deduped/3-sae_bench-topk-res-4k__trainer_0_step_final"
+    assert (
+        sae.cfg.metadata.neuronpedia_id
+        == "pythia-70m-deduped/3-sae_bench-topk-res-4k__trainer_0_step_final"
+    )
 
     sae = _get(hub, "goodfire-llama-3.1-8b-instruct", "layer_19")
-    assert (sae.cfg.architecture, sae.cfg.metadata.hook_name) == ("standard", "blocks.19.hook_resid_post")
+    assert (sae.cfg.architecture, sae.cfg.metadata.hook_name) == (
+        "standard",
+        "blocks.19.hook_resid_post",
+    )
     assert sae.cfg.metadata.neuronpedia_id == "llama3.1-8b-it/19-resid-post-gf"
 
     sae = _get(hub, "mwhanna-qwen3-4b-transcoders", "layer_0")
-    f_ref, out_ref = L.circuit_tracer_ref(hub["ct"], x)
+    _, out_ref = L.circuit_tracer_ref(hub["ct"], x)
     assert_close(sae(x), out_ref)
-    assert (sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name) == ("Qwen/Qwen3-4B", "blocks.0.mlp.hook_in")
+    assert (sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name) == (
+        "Qwen/Qwen3-4B",
+        "blocks.0.mlp.hook_in",
+    )
 
     sae = _get(hub, "qwen-scope-3-1.7b-base-w32k-l50", "layer3")
-    assert (sae.cfg.architecture, sae.cfg.k, sae.cfg.metadata.model_name) == ("topk", 50, "Qwen/Qwen3-1.7B-Base")
+    assert (sae.cfg.architecture, sae.cfg.k, sae.cfg.metadata.model_name) == (
+        "topk",
+        50,
+        "Qwen/Qwen3-1.7B-Base",
+    )
 
 
 def test_raw_repos_are_detected_from_their_files(hub: dict, ref: Path) -> None:
@@ -274,7 +367,9 @@ def test_missing_files_and_names_fail_clearly(hub: dict) -> None:
 def test_from_pretrained_places_parameters_in_their_shards(hub: dict, x) -> None:
     base = _get(hub, "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
     mesh = jsae.parallel.make_mesh(2, 4)
-    sharded = _get(hub, "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", mesh=mesh)
+    sharded = _get(
+        hub, "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", mesh=mesh
+    )
     for name, value in sharded.params.items():
         assert value.sharding.spec == jsae.parallel.param_spec(name), name
         assert np.array_equal(np.asarray(value), np.asarray(base.params[name])), name
@@ -289,7 +384,8 @@ def test_from_pretrained_places_parameters_in_their_shards(hub: dict, x) -> None
 
 
 def test_registry_matches_saelens_and_its_provenance(ref: Path) -> None:
-    """Every SAELens release resolves to the same repo and folder; releases.json regenerates exactly."""
+    """Every SAELens release resolves to the same repo and folder; releases.json regenerates
+    exactly from SAELens's YAML."""
     theirs = json.loads((ref / "saelens_registry.json").read_text())
     ours = registry.releases()
     for name, rel in theirs["directory"].items():
@@ -298,7 +394,11 @@ def test_registry_matches_saelens_and_its_provenance(ref: Path) -> None:
         assert mine.format == converters.SAELENS_LOADERS[rel["conversion_func"]], name
         assert {k: v.path for k, v in mine.saes.items()} == rel["saes_map"], name
         assert {k: v.neuronpedia for k, v in mine.saes.items()} == rel["neuronpedia_id"], name
-        norms = {k: v.norm_scaling_factor for k, v in mine.saes.items() if v.norm_scaling_factor is not None}
+        norms = {
+            k: v.norm_scaling_factor
+            for k, v in mine.saes.items()
+            if v.norm_scaling_factor is not None
+        }
         assert norms == rel["norm_scaling_factor"], name
         assert dict(mine.config_overrides) == (rel["config_overrides"] or {}), name
     prov = registry.provenance()
@@ -309,4 +409,14 @@ def test_registry_matches_saelens_and_its_provenance(ref: Path) -> None:
     assert registry.get_release("llama_scope_lxtc_8x").format == "llama_scope"
     assert registry.get_release("sparsify-llama-3-8b-32x").saes["layers.10"].path == "layers.10"
     formats = {r.format for r in ours.values()}
-    assert {"gemma_scope", "gemma_scope_2", "saelens", "llama_scope", "llama_scope_r1", "dictionary_learning", "goodfire", "sparsify", "circuit_tracer"} <= formats
+    assert {
+        "gemma_scope",
+        "gemma_scope_2",
+        "saelens",
+        "llama_scope",
+        "llama_scope_r1",
+        "dictionary_learning",
+        "goodfire",
+        "sparsify",
+        "circuit_tracer",
+    } <= formats

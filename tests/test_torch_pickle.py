@@ -1,4 +1,4 @@
-"""The torch-free .pt reader: real torch.save files read exactly; malicious pickles refused unrun."""
+"""The torch-free .pt reader: torch.save files read exactly; malicious pickles refused, unrun."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from jsae.converters.torch_pickle import TensorInfo, describe_pt, load_pt
 from reference import converter_layouts as L
 
 import jsae
-from jsae.converters.torch_pickle import TensorInfo, describe_pt, load_pt
 
 
 @pytest.fixture(scope="session")
@@ -81,19 +81,31 @@ def _payloads(marker: Path) -> dict[str, bytes]:
     shell = f"touch {marker}".encode()
     return {
         "os.system via __reduce__": pickle.dumps(_RunsCommand(marker), protocol=2),
-        "os.system inside a state dict": pickle.dumps({"w": 1.0, "evil": _RunsCommand(marker)}, protocol=4),
-        "builtins.eval (GLOBAL)": b"cbuiltins\neval\n(V__import__('os').system('" + shell + b"')\ntR.",
-        "builtins.exec (STACK_GLOBAL)": b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x8c\x04exec\x93V__import__('os').system('" + shell + b"')\n\x85R.",
+        "os.system inside a state dict": pickle.dumps(
+            {"w": 1.0, "evil": _RunsCommand(marker)}, protocol=4
+        ),
+        "builtins.eval (GLOBAL)": b"cbuiltins\neval\n(V__import__('os').system('"
+        + shell
+        + b"')\ntR.",
+        "builtins.exec (STACK_GLOBAL)": b"\x80\x04\x95"
+        + bytes(8)  # frame length (ignored)
+        + b"\x8c\x08builtins\x8c\x04exec\x93V__import__('os').system('"
+        + shell
+        + b"')\n\x85R.",
         "posix.system (INST)": b"(V" + shell + b"\nios\nsystem\n.",
         "subprocess.Popen": b"csubprocess\nPopen\n((V/bin/sh\nV-c\nV" + shell + b"\nltR.",
-        "copyreg._reconstructor": b"ccopyreg\n_reconstructor\n(cos\n_wrap_close\ncbuiltins\nobject\nNtR.",
+        "copyreg._reconstructor": (
+            b"ccopyreg\n_reconstructor\n(cos\n_wrap_close\ncbuiltins\nobject\nNtR."
+        ),
         "getattr chain": b"cbuiltins\ngetattr\n(cbuiltins\nlist\nVappend\ntR.",
     }
 
 
 @pytest.mark.parametrize("kind", list(_payloads(Path("/x"))))
 @pytest.mark.parametrize("container", ["zip", "raw"])
-def test_malicious_pickles_are_refused_without_running(tmp_path: Path, kind: str, container: str) -> None:
+def test_malicious_pickles_are_refused_without_running(
+    tmp_path: Path, kind: str, container: str
+) -> None:
     marker = tmp_path / "pwned"
     payload = _payloads(marker)[kind]
     path = tmp_path / "evil.pt"
@@ -107,7 +119,11 @@ def test_malicious_pickles_are_refused_without_running(tmp_path: Path, kind: str
     if container == "zip" or payload[:1] != b"\x80":
         # zip: the payload is the main pickle; its first global is refused by name
         assert isinstance(err.value, jsae.UnsafePickleError) or "magic" in str(err.value)
-    assert "code" in str(err.value) or "torch checkpoint" in str(err.value) or "magic" in str(err.value)
+    assert (
+        "code" in str(err.value)
+        or "torch checkpoint" in str(err.value)
+        or "magic" in str(err.value)
+    )
 
 
 def test_refusal_names_the_global(tmp_path: Path) -> None:

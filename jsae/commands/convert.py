@@ -16,9 +16,13 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="local checkpoint (folder or file), registry release, or hub repo id")
+    parser.add_argument(
+        "src", help="local checkpoint (folder or file), registry release, or hub repo id"
+    )
     parser.add_argument("dst", help="output directory (SAELens format)")
-    parser.add_argument("--sae-id", help="SAE id within a release, or folder/file within a hub repo")
+    parser.add_argument(
+        "--sae-id", help="SAE id within a release, or folder/file within a hub repo"
+    )
     parser.add_argument("--format", help="source format, skipping detection (see docs/loading.md)")
     parser.add_argument("--dtype", help="parameter dtype of the output (default: the source's)")
     parser.add_argument("--revision", help="hub branch, tag or commit")

@@ -9,8 +9,8 @@
                 pickled nn.Module (must be refused)
   sparsify/     a sparsify run folder (SparseCoder.save_to_disk) for fp32 and bf16, with inputs and
                 sparsify's own encode/decode outputs (io.safetensors)
-  dictionary_learning/<DictClass>/   ae.pt + config.json for every dictionary class, with the outputs
-                of dictionary_learning's own load_dictionary() model
+  dictionary_learning/<DictClass>/   ae.pt + config.json for every dictionary class, with
+                the outputs of dictionary_learning's own load_dictionary() model
   pt_layouts/   .pt files in the published layouts of OpenAI, Goodfire, Qwen Scope, the
                 qresearch DeepSeek SAE and Kissane's hook_z SAEs (torch.save), each with a
                 params.npz of the same tensors for the closed-form references
@@ -95,7 +95,13 @@ def write_sparsify(out: Path):
         run = out / name / "run"
         run.mkdir(parents=True)
         (run / "config.json").write_text(
-            json.dumps({"model": "EleutherAI/pythia-70m", "dataset": "togethercomputer/RedPajama-Data-1T-Sample", "ctx_len": 256})
+            json.dumps(
+                {
+                    "model": "EleutherAI/pythia-70m",
+                    "dataset": "togethercomputer/RedPajama-Data-1T-Sample",
+                    "ctx_len": 256,
+                }
+            )
         )
         sae = SparseCoder(D_IN, SparseCoderConfig(num_latents=D_SAE, k=5), dtype=dtype)
         with torch.no_grad():
@@ -112,7 +118,12 @@ def write_sparsify(out: Path):
             recon = loaded.decode(top_acts, top_idx)
             fwd = loaded(x).sae_out
         save_file(
-            {"x": x.float(), "feature_acts": dense.float(), "recon": recon.float(), "forward": fwd.float()},
+            {
+                "x": x.float(),
+                "feature_acts": dense.float(),
+                "recon": recon.float(),
+                "forward": fwd.float(),
+            },
             out / name / "io.safetensors",
         )
 
@@ -139,12 +150,14 @@ def write_dictionary_learning(out: Path):
         "JumpReluAutoEncoder": JumpReluAutoEncoder(D_IN, D_SAE),
         "AutoEncoderTopK": AutoEncoderTopK(D_IN, D_SAE, k=6),
         "BatchTopKSAE": BatchTopKSAE(D_IN, D_SAE, k=6),
-        "MatryoshkaBatchTopKSAE": MatryoshkaBatchTopKSAE(D_IN, D_SAE, k=6, group_sizes=[16, 16, 32]),
+        "MatryoshkaBatchTopKSAE": MatryoshkaBatchTopKSAE(
+            D_IN, D_SAE, k=6, group_sizes=[16, 16, 32]
+        ),
     }
     x = inputs()
     for name, ae in models.items():
         with torch.no_grad():
-            for pname, p in ae.named_parameters():
+            for p in ae.parameters():
                 p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 2 else 0.2))
             if hasattr(ae, "threshold"):
                 if ae.threshold.ndim == 0:
@@ -164,7 +177,9 @@ def write_dictionary_learning(out: Path):
         }
         if hasattr(ae, "k"):
             trainer["k"] = int(ae.k)
-        (folder / "config.json").write_text(json.dumps({"trainer": trainer, "buffer": {"ctx_len": 128}}))
+        (folder / "config.json").write_text(
+            json.dumps({"trainer": trainer, "buffer": {"ctx_len": 128}})
+        )
         loaded, _ = load_dictionary(str(folder), "cpu")
         with torch.no_grad():
             f = loaded.encode(x)
@@ -178,7 +193,9 @@ def write_dictionary_learning(out: Path):
 def _save_pt(folder: Path, filename: str, state: dict):
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, folder / filename)
-    arrays = {k: v.detach().float().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    arrays = {
+        k: v.detach().float().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)
+    }
     np.savez(folder / (filename + ".params.npz"), **arrays)
 
 
@@ -214,20 +231,35 @@ def write_pt_layouts(out: Path):
     _save_pt(
         out / "qwen_scope",
         "layer3.sae.pt",
-        {"W_enc": r(D_SAE, D_IN), "W_dec": r(D_IN, D_SAE), "b_enc": r(D_SAE, s=0.2), "b_dec": r(D_IN)},
+        {
+            "W_enc": r(D_SAE, D_IN),
+            "W_dec": r(D_IN, D_SAE),
+            "b_enc": r(D_SAE, s=0.2),
+            "b_dec": r(D_IN),
+        },
     )
     # qresearch DeepSeek-R1 SAE: nn.Linear encoder / decoder
     _save_pt(
         out / "linear_pt",
         "DeepSeek-R1-Distill-Llama-8B-SAE-l19.pt",
-        {"encoder.weight": r(D_SAE, D_IN), "encoder.bias": r(D_SAE, s=0.2), "decoder.weight": r(D_IN, D_SAE), "decoder.bias": r(D_IN)},
+        {
+            "encoder.weight": r(D_SAE, D_IN),
+            "encoder.bias": r(D_SAE, s=0.2),
+            "decoder.weight": r(D_IN, D_SAE),
+            "decoder.bias": r(D_IN),
+        },
     )
     # Kissane hook_z SAEs: SAELens names + <name>_cfg.json
     name = "gpt2-small_L3_Hcat_z_lr1.20e-03_l11.80e+00_ds64_bs4096_v9.pt"
     _save_pt(
         out / "hook_z",
         name,
-        {"W_enc": r(D_IN, D_SAE), "b_enc": r(D_SAE, s=0.2), "W_dec": r(D_SAE, D_IN), "b_dec": r(D_IN)},
+        {
+            "W_enc": r(D_IN, D_SAE),
+            "b_enc": r(D_SAE, s=0.2),
+            "W_dec": r(D_SAE, D_IN),
+            "b_dec": r(D_IN),
+        },
     )
     (out / "hook_z" / name.replace(".pt", "_cfg.json")).write_text(
         json.dumps({"act_size": D_IN, "dict_size": D_SAE, "act_name": "blocks.3.attn.hook_z"})
@@ -251,7 +283,11 @@ def write_registry(out: Path):
         for name, r in get_pretrained_saes_directory().items()
     }
     yaml_path = Path(sae_lens.__file__).parent / "pretrained_saes.yaml"
-    out.write_text(json.dumps({"version": sae_lens.__version__, "yaml": str(yaml_path), "directory": directory}))
+    out.write_text(
+        json.dumps(
+            {"version": sae_lens.__version__, "yaml": str(yaml_path), "directory": directory}
+        )
+    )
 
 
 def write(out: Path):

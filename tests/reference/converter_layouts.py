@@ -31,7 +31,9 @@ def jumprelu(pre: np.ndarray, threshold: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------ Gemma Scope
 
 
-def write_gemma_scope(folder: Path, rng, d_in: int, d_sae: int, d_out: int | None = None, lower: bool = False) -> dict:
+def write_gemma_scope(
+    folder: Path, rng, d_in: int, d_sae: int, d_out: int | None = None, lower: bool = False
+) -> dict:
     """params.npz with W_enc [d_in, d_sae], W_dec [d_sae, d_out], b_enc, b_dec, threshold."""
     d_out = d_out or d_in
     p = {
@@ -56,8 +58,17 @@ def gemma_scope_ref(p: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------ Gemma Scope 2
 
 
-def write_gemma_scope_2(folder: Path, rng, d_in: int, d_sae: int, d_out: int | None = None, affine: bool = False, model: str = "gemma-v3-1b-pt") -> dict:
-    """params.safetensors (w_enc, w_dec, b_enc, b_dec, threshold[, affine_skip_connection]) + config.json."""
+def write_gemma_scope_2(
+    folder: Path,
+    rng,
+    d_in: int,
+    d_sae: int,
+    d_out: int | None = None,
+    affine: bool = False,
+    model: str = "gemma-v3-1b-pt",
+) -> dict:
+    """params.safetensors (w_enc, w_dec, b_enc, b_dec, threshold[, affine_skip_connection])
+    and config.json."""
     d_out = d_out or d_in
     p = {
         "w_enc": rand(rng, d_in, d_sae),
@@ -70,9 +81,16 @@ def write_gemma_scope_2(folder: Path, rng, d_in: int, d_sae: int, d_out: int | N
         p["affine_skip_connection"] = rand(rng, d_in, d_out, scale=0.1)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(p, folder / "params.safetensors")
-    cfg = {"architecture": "jump_relu", "model_name": model, "hf_hook_point_in": "model.layers.5.output"}
+    cfg = {
+        "architecture": "jump_relu",
+        "model_name": model,
+        "hf_hook_point_in": "model.layers.5.output",
+    }
     if affine or d_out != d_in:
-        cfg.update(affine_connection=affine, hf_hook_point_out="model.layers.5.post_feedforward_layernorm.output")
+        cfg.update(
+            affine_connection=affine,
+            hf_hook_point_out="model.layers.5.post_feedforward_layernorm.output",
+        )
     (folder / "config.json").write_text(json.dumps(cfg))
     return p
 
@@ -89,7 +107,16 @@ def gemma_scope_2_ref(p: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------ Llama Scope
 
 
-def write_llama_scope(folder: Path, rng, d_in: int, d_sae: int, *, transcoder: bool = False, include_decoder_norm: bool = True, layer: int = 7) -> tuple[dict, dict]:
+def write_llama_scope(
+    folder: Path,
+    rng,
+    d_in: int,
+    d_sae: int,
+    *,
+    transcoder: bool = False,
+    include_decoder_norm: bool = True,
+    layer: int = 7,
+) -> tuple[dict, dict]:
     """hyperparams.json + checkpoints/final.safetensors (bfloat16 nn.Linear weights)."""
     d_out = d_in
     state = {
@@ -100,7 +127,9 @@ def write_llama_scope(folder: Path, rng, d_in: int, d_sae: int, *, transcoder: b
         "decoder.bias": rand(rng, d_out),
     }
     state = {k: v.astype(ml_dtypes.bfloat16) for k, v in state.items()}
-    hook_in = f"blocks.{layer}.ln2.hook_normalized" if transcoder else f"blocks.{layer}.hook_resid_post"
+    hook_in = (
+        f"blocks.{layer}.ln2.hook_normalized" if transcoder else f"blocks.{layer}.hook_resid_post"
+    )
     hook_out = f"blocks.{layer}.hook_mlp_out" if transcoder else hook_in
     hp = {
         "d_model": d_in,
@@ -122,7 +151,16 @@ def write_llama_scope(folder: Path, rng, d_in: int, d_sae: int, *, transcoder: b
     return hp, state
 
 
-def openmoss_ref(state: dict, threshold, x: np.ndarray, *, d_model: int, avg_in: float, avg_out: float, include_decoder_norm: bool) -> tuple[np.ndarray, np.ndarray]:
+def openmoss_ref(
+    state: dict,
+    threshold,
+    x: np.ndarray,
+    *,
+    d_model: int,
+    avg_in: float,
+    avg_out: float,
+    include_decoder_norm: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """OpenMOSS SparseAutoEncoder (dataset-wise norm): encode + decode, de-normalised output."""
     W_E = np.asarray(state["encoder.weight"], f64)  # [d_sae, d_in]
     b_E = np.asarray(state["encoder.bias"], f64)
@@ -135,7 +173,9 @@ def openmoss_ref(state: dict, threshold, x: np.ndarray, *, d_model: int, avg_in:
     return f, (f @ W_D.T + b_D) / s_out
 
 
-def write_llama_scope_r1(folder: Path, rng, d_in: int, d_sae: int, *, with_norms: bool = True) -> tuple[dict, dict]:
+def write_llama_scope_r1(
+    folder: Path, rng, d_in: int, d_sae: int, *, with_norms: bool = True
+) -> tuple[dict, dict]:
     """config.json + sae_weights.safetensors with a per-latent log_jumprelu_threshold."""
     state = {
         "encoder.weight": rand(rng, d_sae, d_in, scale=0.05),
@@ -144,7 +184,13 @@ def write_llama_scope_r1(folder: Path, rng, d_in: int, d_sae: int, *, with_norms
         "decoder.bias": rand(rng, d_in),
         "log_jumprelu_threshold": np.log(rng.uniform(0.1, 0.6, d_sae)).astype(np.float32),
     }
-    cfg = {"d_model": d_in, "expansion_factor": d_sae // d_in, "hook_point_in": "blocks.4.hook_resid_post", "hook_point_out": "blocks.4.hook_resid_post", "act_fn": "jumprelu"}
+    cfg = {
+        "d_model": d_in,
+        "expansion_factor": d_sae // d_in,
+        "hook_point_in": "blocks.4.hook_resid_post",
+        "hook_point_out": "blocks.4.hook_resid_post",
+        "act_fn": "jumprelu",
+    }
     if with_norms:
         cfg["norm_activation"] = "dataset-wise"
         cfg["dataset_average_activation_norm"] = {"in": 9.0, "out": 9.0}
@@ -175,7 +221,7 @@ def write_circuit_tracer(file: Path, rng, d_in: int, d_sae: int, *, jump: bool, 
 
 
 def circuit_tracer_ref(p: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SingleLayerTranscoder: F.linear(x, W_enc, b_enc) -> act; acts @ W_dec + b_dec + x @ W_skipᵀ."""
+    """SingleLayerTranscoder: act(F.linear(x, W_enc, b_enc)) @ W_dec + b_dec + x @ W_skipᵀ."""
     pre = x.astype(f64) @ p["W_enc"].astype(f64).T + p["b_enc"]
     if "activation_function.threshold" in p:
         f = jumprelu(pre, p["activation_function.threshold"].astype(f64))
@@ -198,7 +244,9 @@ def write_mntss_clt(folder: Path, rng, d_in: int, d_sae: int, layer: int, n_targ
     save_file(p, folder / f"W_enc_{layer}.safetensors")
     save_file(dec, folder / f"W_dec_{layer}.safetensors")
     (folder / "config.yaml").write_text(
-        "model_name: google/gemma-2-2b\nfeature_input_hook: hook_resid_mid\nfeature_output_hook: hook_mlp_out\n"
+        "model_name: google/gemma-2-2b\n"
+        "feature_input_hook: hook_resid_mid\n"
+        "feature_output_hook: hook_mlp_out\n"
     )
     return {**p, **dec}
 
@@ -206,7 +254,9 @@ def write_mntss_clt(folder: Path, rng, d_in: int, d_sae: int, layer: int, n_targ
 # ------------------------------------------------------------------------------ .pt layouts
 
 
-def openai_ref(p: dict, x: np.ndarray, activation: str, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def openai_ref(
+    p: dict, x: np.ndarray, activation: str, k: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """openai/sparse_autoencoder Autoencoder.forward (TopK models LayerNorm their input)."""
     x = x.astype(f64)
     mu = std = None
