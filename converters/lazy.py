@@ -260,9 +260,36 @@ def _decompressing_reader(path: Path, key: str) -> Callable[[Index], np.ndarray]
 # ----------------------------------------------------------------------------- placement
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _write_rows(buf: jax.Array, chunk: jax.Array, start: jax.Array) -> jax.Array:
-    return lax.dynamic_update_slice_in_dim(buf, chunk, start, axis=0)
+def aligned_empty(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.ndarray:
+    """An uninitialised array whose data starts on an `align`-byte boundary (XLA's minimum
+    for adopting a host buffer without copying it)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+@functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
+def _bitcast(x: jax.Array, dtype: Any) -> jax.Array:
+    return lax.bitcast_convert_type(x, dtype)
+
+
+def _adopt(host: np.ndarray, device: Any) -> jax.Array:
+    """A jax array on `device` holding `host`'s values, sharing its memory where XLA can
+    (CPU device 0: DLPack import, no copy), else copied (other devices)."""
+    if device.platform == "cpu" and device == jax.devices("cpu")[0]:
+        try:
+            if host.dtype.kind in "biufc":
+                return jnp.from_dlpack(host, copy=False)
+            # bfloat16 & co. cannot cross DLPack: import the bits, reinterpret in place
+            bits = np.dtype(f"u{host.dtype.itemsize}")
+            return _bitcast(jnp.from_dlpack(host.view(bits), copy=False), host.dtype)
+        except (BufferError, ValueError, TypeError):
+            pass
+    out = jax.device_put(host, device)
+    out.block_until_ready()  # the host buffer may be freed once this returns
+    return out
 
 
 def _check_finite(values: np.ndarray, name: str, source: str) -> None:
@@ -274,26 +301,28 @@ def _check_finite(values: np.ndarray, name: str, source: str) -> None:
 
 
 def _put_region(tensor: LazyTensor, index: Index, device: Any, dtype: Any, name: str) -> jax.Array:
-    """Read `index` of `tensor` into a new array on `device`, at most CHUNK_BYTES at a time."""
+    """Read `index` of `tensor` into a new array on `device`, CHUNK_BYTES of file at a time.
+
+    The values go straight into an aligned host buffer of the final dtype, which becomes the
+    device array (adopted without a copy on CPU). Host memory is the parameter plus a chunk.
+    """
     shape = tuple(len(range(*s.indices(n))) for s, n in zip(index, tensor.shape, strict=True))
-    itemsize = max(np.dtype(dtype).itemsize, tensor.dtype.itemsize)
-    row_bytes = math.prod(shape[1:]) * itemsize if shape else itemsize
-    if not shape or math.prod(shape) * itemsize <= CHUNK_BYTES or shape[0] <= 1:
-        values = tensor.read(index)
-        _check_finite(values, name, tensor.source)
-        return jax.device_put(np.asarray(values, dtype), device)
+    host = aligned_empty(shape, dtype)
+    first = index[0].indices(tensor.shape[0])[0] if shape else 0
+    row_bytes = math.prod(shape[1:]) * max(np.dtype(dtype).itemsize, tensor.dtype.itemsize)
     rows = max(1, CHUNK_BYTES // max(row_bytes, 1))
-    buf = jnp.zeros(shape, dtype, device=device)
-    first = index[0].indices(tensor.shape[0])
-    for start in range(0, shape[0], rows):
+    for start in range(0, shape[0] if shape else 1, rows):
+        if not shape:
+            values = tensor.read(index)
+            _check_finite(values, name, tensor.source)
+            host[...] = values
+            break
         stop = min(start + rows, shape[0])
-        sub = (slice(first[0] + start, first[0] + stop), *index[1:])
-        values = tensor.read(sub)
+        values = tensor.read((slice(first + start, first + stop), *index[1:]))
         _check_finite(values, name, tensor.source)
-        chunk = jax.device_put(np.asarray(values, dtype), device)
+        host[start:stop] = values
         del values
-        buf = _write_rows(buf, chunk, jax.device_put(np.int32(start), device))
-    return buf
+    return _adopt(host, device)
 
 
 def place(
