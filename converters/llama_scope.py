@@ -26,6 +26,7 @@ series has its own format (`llama_scope_r1`) and shares `fold_openmoss` below.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,12 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     d_in = tensors["encoder.weight"].shape[1]
     d_model = int(hp.get("d_model", d_in))
     s_in, s_out = norm_factors(hp, d_model, path / "hyperparams.json", hints.norm_scaling_factor)
+    if hints.norm_scaling_factor and abs(s_in / hints.norm_scaling_factor - 1) > 1e-3:
+        warnings.warn(
+            f"{path}: hyperparams.json gives an input scale of {s_in:.6g}, the registry "
+            f"{hints.norm_scaling_factor:.6g}; using the checkpoint's own.",
+            stacklevel=2,
+        )
     threshold = (
         as_float(hp.get("jump_relu_threshold", 0.0), "jump_relu_threshold", path)
         if act == "jumprelu"
