@@ -19,6 +19,7 @@ at `sae.cfg.metadata.hook_name` feeds it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -380,7 +381,7 @@ def from_pretrained(
     for name in optional:
         get(name, required=False)
     snapshot = _snapshot_root(*first)
-    hints = Hints(**{**hints.__dict__, "revision": _commit_of(snapshot)})
+    hints = dataclasses.replace(hints, revision=_commit_of(snapshot))
     cfg, params = converters.convert(snapshot / module.hub_target(path), fmt, hints)
     if fmt == "saelens":
         cfg = _hub_model_name(cfg)

@@ -160,6 +160,10 @@ def hub(ref: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         {"layer_0.safetensors": ct, "config.yaml": "model_name: Qwen/Qwen3-4B\n"},
     )
 
+    clt = work / "clt"
+    p["clt"] = L.write_mntss_clt(clt, rng, D_IN, D_SAE, layer=2, n_targets=3)
+    add_repo(cache, "mntss/clt-gemma-2-2b-2.5M", {f.name: f for f in clt.iterdir()})
+
     qwen = ref / "pt_layouts" / "qwen_scope" / "layer3.sae.pt"
     add_repo(cache, "Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50", {"layer3.sae.pt": qwen})
 
@@ -299,6 +303,13 @@ def test_dictionary_learning_goodfire_circuit_tracer_qwen_releases(hub: dict, re
         "blocks.0.mlp.hook_in",
     )
 
+    sae = _get(hub, "mntss-gemma-2-2b-2.5m-clt-as-per-layer", "layer_2")
+    clt = hub["clt"]
+    assert_close(
+        sae.encode(x), np.maximum(x.astype(np.float64) @ clt["W_enc_2"].T + clt["b_enc_2"], 0)
+    )
+    assert sae.cfg.metadata.neuronpedia_id == "gemma-2-2b/2-clt-hp"
+
     sae = _get(hub, "qwen-scope-3-1.7b-base-w32k-l50", "layer3")
     assert (sae.cfg.architecture, sae.cfg.k, sae.cfg.metadata.model_name) == (
         "topk",
@@ -423,3 +434,33 @@ def test_registry_matches_saelens_and_its_provenance(ref: Path) -> None:
         "sparsify",
         "circuit_tracer",
     } <= formats
+
+
+def test_dtype_override_and_convert_from_the_hub(hub: dict, tmp_path: Path, x) -> None:
+    """bf16 on request (thresholds stay fp32); `jsae convert` of a release through the cache."""
+    from jsae.cli import main as cli
+
+    sae = _get(
+        hub, "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", dtype="bfloat16"
+    )
+    assert sae.cfg.dtype == "bfloat16" and str(sae.W_enc.dtype) == "bfloat16"
+    assert str(sae.threshold.dtype) == "float32"
+    assert np.array_equal(
+        np.asarray(sae.W_enc, np.float32),
+        hub["gemma"]["W_enc"].astype("bfloat16").astype(np.float32),
+    )
+    out = tmp_path / "converted"
+    argv = [
+        "convert",
+        "gemma-scope-2b-pt-res-canonical",
+        str(out),
+        "--sae-id",
+        "layer_12/width_16k/canonical",
+        "--cache-dir",
+        str(hub["cache"]),
+    ]
+    assert cli(argv) == 0
+    back = jsae.load(out)
+    assert back.cfg.metadata.neuronpedia_id == "gemma-2-2b/12-gemmascope-res-16k"
+    assert back.cfg.metadata["release"] == "gemma-scope-2b-pt-res-canonical"
+    assert_close(back(x), L.gemma_scope_ref(hub["gemma"], x)[1])

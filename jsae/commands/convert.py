@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="parameter dtype of the output (default: the source's)")
     parser.add_argument("--revision", help="hub branch, tag or commit")
     parser.add_argument("--force-download", action="store_true", help="re-download even if cached")
+    parser.add_argument("--cache-dir", help="Hugging Face cache directory (default: HF_HUB_CACHE)")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
 
 
@@ -40,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.src).expanduser()
     log_sparsity = None
     if src.exists():
-        if args.sae_id or args.revision or args.force_download:
+        if args.sae_id or args.revision or args.force_download or args.cache_dir:
             raise ConfigError(
-                f"{src} is a local path: --sae-id, --revision and --force-download apply only "
-                "to releases and hub repos."
+                f"{src} is a local path: --sae-id, --revision, --force-download and --cache-dir "
+                "apply only to releases and hub repos."
             )
         sae = jsae.load(src, format=args.format, dtype=args.dtype)
         if sae.cfg.metadata.get("source_format", "saelens") == "saelens" and src.is_dir():
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             revision=args.revision,
             force_download=args.force_download,
+            cache_dir=args.cache_dir,
             format=args.format,
         )
     sae.save(dst, log_sparsity=log_sparsity, overwrite=args.overwrite)
