@@ -1,11 +1,12 @@
-"""Tensors read from disk on demand, and their placement onto devices one chunk at a time.
+"""Tensors read from disk on demand, and their placement onto devices a chunk at a time.
 
 Converters return parameters as `LazyTensor`s where the file format allows it (safetensors,
 uncompressed `.npz`): a shape, a dtype and a `read(index)` that reads only that region of the
-file. `to_device` then builds each parameter directly in its final place (one device, or the
-shards of a mesh), writing row chunks into a donated device buffer. Host memory therefore
-peaks near the size of the parameters themselves plus one chunk, instead of two full copies
-(file contents in numpy, then on device).
+file. `to_device` then builds each parameter (or each of its shards on a mesh) by reading
+CHUNK_BYTES of file at a time into an aligned host buffer of the final dtype, which XLA adopts
+without a copy on CPU (DLPack) or copies to an accelerator. Host memory therefore peaks near
+the size of the parameters plus one chunk, instead of two full copies (file contents in
+numpy, then a device copy).
 
 A `LazyTensor` is also array-like (`np.asarray(t)` reads it whole), so code that does not care
 about memory can treat converter output as plain arrays.
