@@ -13,6 +13,7 @@ final-norm'd last hidden state); `attn.hook_z` = the input of the attention outp
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from collections.abc import Callable
@@ -45,6 +46,7 @@ class Family:
     rope: bool = False  # rotary embedding recomputed from config (see jsae.models.rope)
     specialize: Callable[[Family, Any], Family] | None = None  # config-dependent changes
     check: Callable[[Any], None] | None = None  # refuse configs the Flax class gets wrong
+    module_config: Callable[[Any], Any] | None = None  # config as the Flax class must see it
 
     def for_config(self, config: Any) -> Family:
         if self.check is not None:
@@ -116,6 +118,16 @@ def _bloom(family: Family, config: Any) -> Family:
     if config.apply_residual_connection_post_layernorm:
         return dataclasses.replace(family, resid_mid=None)
     return family
+
+
+def _mistral_module_config(config: Any) -> Any:
+    """transformers' Flax Mistral lets a token see `sliding_window + 1` positions (PyTorch:
+    `sliding_window`) and, with no window, only itself: hand it the window that gives
+    PyTorch's mask."""
+    flax_config = copy.deepcopy(config)
+    window = config.sliding_window
+    flax_config.sliding_window = window - 1 if window else config.max_position_embeddings
+    return flax_config
 
 
 def _xglm_scale(config: Any) -> float | None:
@@ -191,6 +203,7 @@ FAMILIES: tuple[Family, ...] = (
         "FlaxMistralForCausalLM",
         embed=("model", "embed_tokens"),
         check=_check_head_dim,
+        module_config=_mistral_module_config,
     ),
     # Gemma scales embeddings by sqrt(d_model) after the embedding module: hook_embed is the
     # scaled embedding, i.e. block 0's input, as in TransformerLens.
@@ -282,4 +295,6 @@ def flax_module(family: Family, config: Any, dtype: Any) -> Any:
         import transformers
 
         model_class = getattr(transformers, family.flax_class)
+    if family.module_config is not None:
+        config = family.module_config(config)
     return model_class.module_class(config=config, dtype=dtype)

@@ -285,7 +285,10 @@ class HookedModel:
         use_error_term: bool = False,
         attention_mask: Any = None,
     ) -> jax.Array:
-        """Logits with each SAE spliced in at its `cfg.metadata.hook_name` (see jsae.analysis.splice)."""
+        """Logits with each SAE spliced in at its `cfg.metadata.hook_name`.
+
+        See `jsae.analysis.splice` for transcoders, head-indexed SAEs and feature edits.
+        """
         from jsae.analysis.splice import sae_hooks
 
         return self.run_with_hooks(
@@ -344,8 +347,9 @@ class HookedModel:
 
     def __repr__(self) -> str:
         return (
-            f"HookedModel(family={self.family!r}, n_layers={self.n_layers}, d_model={self.d_model}, "
-            f"n_ctx={self.n_ctx}, dtype={jnp.dtype(self.dtype).name}, name_or_path={self.name_or_path!r})"
+            f"HookedModel(family={self.family!r}, n_layers={self.n_layers}, "
+            f"d_model={self.d_model}, n_ctx={self.n_ctx}, dtype={jnp.dtype(self.dtype).name}, "
+            f"name_or_path={self.name_or_path!r})"
         )
 
 

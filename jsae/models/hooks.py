@@ -48,7 +48,7 @@ class Site:
         return (self.path, self.port)
 
 
-class StopForward(Exception):  # noqa: N818 - control flow, not an error
+class StopForward(Exception):
     """Raised inside the forward pass once every requested activation has been recorded."""
 
 

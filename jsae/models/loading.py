@@ -95,7 +95,7 @@ def normalize_config(config: Any) -> Any:
     if rope and "rope_theta" not in data and "rope_theta" in rope:
         data["rope_theta"] = rope["rope_theta"]
     if rope and not data.get("rope_scaling") and rope.get("rope_type", "default") != "default":
-        data["rope_scaling"] = dict(rope)
+        data["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     if model_type in ("gemma", "gemma2") and not data.get("hidden_activation"):
         act = data.get("hidden_act") or "gelu_pytorch_tanh"
         # "gelu" in old Gemma configs means the tanh approximation (as transformers reads it)
