@@ -73,10 +73,7 @@ class HookedModel:
         for path in module_paths(params):
             sites.setdefault(".".join(path), Site(path))
         self._sites: dict[str, Site] = sites
-        self._patches: tuple[Callable[..., Any], ...] = ()
-        if family.rope:
-            head_dim = getattr(config, "head_dim", None) or self.d_model // self.n_heads
-            self._patches = (rotary_patch(config, head_dim),)
+        self._patches = family_patches(family, config)
         self._jitted: collections.OrderedDict[Any, Callable] = collections.OrderedDict()
         self._shapes: dict[str, tuple[int, ...]] = {}
 
@@ -93,8 +90,7 @@ class HookedModel:
         config = normalize_config(config)
         family = family_for(config)
         module = flax_module(family, config, dtype)
-        ids = jnp.zeros((1, 1), jnp.int32)
-        params = module.init(jax.random.key(seed), ids, **_call_kwargs(family, ids, None))["params"]
+        params = init_params(module, family, config, jax.random.key(seed))
         return cls(module, params, config, family, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ hook names
@@ -218,8 +214,8 @@ class HookedModel:
 
     def __call__(self, input_ids: Any, attention_mask: Any = None) -> jax.Array:
         """Logits `[B, T, V]` (jitted)."""
-        fn = self._jit(("logits",), lambda: jax.jit(self.apply))
-        return fn(self.params, *self._check_inputs(input_ids, attention_mask))
+        inputs = self._check_inputs(input_ids, attention_mask)
+        return self._jit(("logits",), lambda: jax.jit(self.apply))(self.params, *inputs)
 
     def run_with_cache(
         self,
@@ -237,6 +233,7 @@ class HookedModel:
         """
         names = (names,) if isinstance(names, str) else tuple(dict.fromkeys(names))
         self._check_names(names)
+        inputs = self._check_inputs(input_ids, attention_mask)
         key = ("cache", names, bool(stop_at_layer))
 
         def build() -> Callable:
@@ -246,7 +243,7 @@ class HookedModel:
                 )
             )
 
-        return self._jit(key, build)(self.params, *self._check_inputs(input_ids, attention_mask))
+        return self._jit(key, build)(self.params, *inputs)
 
     def run_with_hooks(
         self, input_ids: Any, hooks: Mapping[str, Hook], *, attention_mask: Any = None
@@ -258,6 +255,7 @@ class HookedModel:
         in; a new function object compiles anew.
         """
         self._check_names(hooks)
+        inputs = self._check_inputs(input_ids, attention_mask)
         leaves, treedef = jax.tree_util.tree_flatten(dict(hooks))
         is_array = [isinstance(x, jax.Array | np.ndarray) for x in leaves]
         dynamic = [x for x, a in zip(leaves, is_array, strict=True) if a]
@@ -274,8 +272,7 @@ class HookedModel:
 
             return jax.jit(fn)
 
-        fn = self._jit(key, build)
-        return fn(self.params, *self._check_inputs(input_ids, attention_mask), dynamic)
+        return self._jit(key, build)(self.params, *inputs, dynamic)
 
     def run_with_saes(
         self,
@@ -373,6 +370,22 @@ class _StaticKey:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _StaticKey) and self._key() == other._key()
+
+
+def family_patches(family: Family, config: Any) -> tuple[Callable[..., Any], ...]:
+    """Interceptor pieces that correct what the family's Flax class gets wrong (rotary)."""
+    if not family.rope:
+        return ()
+    head_dim = getattr(config, "head_dim", None)
+    head_dim = head_dim or config.hidden_size // config.num_attention_heads
+    return (rotary_patch(config, head_dim),)
+
+
+def init_params(module: nn.Module, family: Family, config: Any, key: jax.Array) -> Any:
+    """Random parameters for the module (under `jax.eval_shape`: their shapes only)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    with nn.intercept_methods(HookRun(sites={}, patches=family_patches(family, config))):
+        return module.init(key, ids, **_call_kwargs(family, ids, None))["params"]
 
 
 def _call_kwargs(family: Family, input_ids: jax.Array, attention_mask: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from flax.traverse_util import flatten_dict
 from jsae.errors import ConfigError, FormatError
 from jsae.io import read_json
 from jsae.models.families import family_for, flax_module, supported_model_types
-from jsae.models.hooked import HookedModel, _call_kwargs
+from jsae.models.hooked import HookedModel, init_params
 from jsae.models.weights import FLAX_MSGPACK, SAFETENSORS, SAFETENSORS_INDEX, load_params
 
 TOKENIZER_FILES = (
@@ -56,10 +56,7 @@ def load_model(
     family = family_for(config)
     dtype = jnp.dtype(dtype)
     module = flax_module(family, config, dtype)
-    ids = jnp.zeros((1, 1), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda: module.init(jax.random.key(0), ids, **_call_kwargs(family, ids, None))
-    )["params"]
+    shapes = jax.eval_shape(lambda: init_params(module, family, config, jax.random.key(0)))
     params = load_params(
         model_dir,
         flatten_dict(shapes),
