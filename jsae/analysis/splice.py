@@ -2,7 +2,8 @@
 
 Every hook here is a small pytree (its arrays are traced, its settings static), so
 `model.run_with_hooks(tokens, hooks)` compiles once and reuses the compiled forward for new
-SAE weights, vectors or feature indices of the same shapes.
+SAE weights, vectors or feature indices of the same shapes. Python numbers in them are static:
+pass `jnp.asarray(...)` for values you will vary.
 
     hooks = splice_sae(sae)                                   # x -> sae(x) at its hook
     hooks = splice_sae(sae, use_error_term=True, edit=SetFeatures([12], 0.0))  # ablate latent 12
