@@ -19,6 +19,7 @@ from jsae.errors import (
 )
 from jsae.hub import from_pretrained, load
 from jsae.io import load_log_sparsity, save
+from jsae.models import HookedModel, load_model
 from jsae.sae import SAE, decode, encode, encode_with_hidden_pre, forward, forward_with_activations
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "SAE",
     "ConfigError",
     "FormatError",
+    "HookedModel",
     "JsaeError",
     "NonFiniteError",
     "SAEConfig",
@@ -43,6 +45,7 @@ __all__ = [
     "get_architecture",
     "load",
     "load_log_sparsity",
+    "load_model",
     "register_architecture",
     "save",
 ]
