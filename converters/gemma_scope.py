@@ -106,13 +106,15 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
         params["W_dec"] = _scaled(params["W_dec"], factor)
         params["b_dec"] = _scaled(params["b_dec"], factor)
 
-    hook = hook_out = None
+    hook = hook_out = hf_in = hf_out = None
     architecture, reshape, extra = "jumprelu", "none", {}
     if site == "transcoders":
         architecture = "jumprelu_transcoder"
         extra["d_out"] = d_out
         if layer is not None:
             hook, hook_out = f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+            hf_in = f"model.layers.{layer}.pre_feedforward_layernorm"
+            hf_out = f"model.layers.{layer}.post_feedforward_layernorm"
     elif site == "res":
         hook = (
             "hook_embed"
@@ -137,6 +139,8 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
             "model_name": model,
             "hook_name": hook,
             "hook_name_out": hook_out,
+            "hf_hook_name": hf_in,
+            "hf_hook_name_out": hf_out,
             "context_size": 1024,
             "prepend_bos": True,
             "dataset_path": "monology/pile-uncopyrighted",
