@@ -464,3 +464,21 @@ def test_dtype_override_and_convert_from_the_hub(hub: dict, tmp_path: Path, x) -
     assert back.cfg.metadata.neuronpedia_id == "gemma-2-2b/12-gemmascope-res-16k"
     assert back.cfg.metadata["release"] == "gemma-scope-2b-pt-res-canonical"
     assert_close(back(x), L.gemma_scope_ref(hub["gemma"], x)[1])
+
+
+def test_metadata_feeds_the_activation_pipeline(hub: dict, tmp_path: Path) -> None:
+    """load_model(sae.cfg.metadata.model_name), then hook at sae.cfg.metadata.hook_name."""
+    from transformers import GPT2Config
+
+    sae = _get(hub, "gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+    config = GPT2Config(n_layer=9, n_embd=D_IN, n_head=2, vocab_size=64, n_positions=32)
+    model_dir = jsae.HookedModel.from_config(config, seed=0).save_pretrained(tmp_path / "gpt2")
+    add_repo(hub["cache"], "gpt2", {p.name: p for p in model_dir.iterdir()})
+    model = jsae.load_model(sae.cfg.metadata.model_name, cache_dir=hub["cache"])
+    tokens = np.arange(10).reshape(2, 5)
+    _, acts = model.run_with_cache(tokens, [sae.cfg.metadata.hook_name])
+    f = sae.encode(acts[sae.cfg.metadata.hook_name])
+    assert f.shape == (2, 5, D_SAE)
+    assert_close(
+        sae(acts[sae.cfg.metadata.hook_name]), hub["saelens"](acts[sae.cfg.metadata.hook_name])
+    )
