@@ -1,9 +1,10 @@
 """jsae: sparse autoencoders on language-model activations, in JAX.
 
-    import jsae
-    sae = jsae.load("path/to/sae")                 # SAELens-format directory
-    f = sae.encode(x); x_hat = sae.decode(f)       # jittable, x: [..., d_in]
-    sae.save("out/")                               # SAELens loads it back
+import jsae
+sae = jsae.load("path/to/sae")                 # any supported format, detected from its files
+sae = jsae.from_pretrained("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
+f = sae.encode(x); x_hat = sae.decode(f)       # jittable, x: [..., d_in]
+sae.save("out/")                               # SAELens loads it back
 """
 
 from jsae.architectures import architecture_names, get_architecture, register_architecture
@@ -16,8 +17,9 @@ from jsae.errors import (
     ShapeError,
     UnsafePickleError,
 )
+from jsae.hub import from_pretrained, load
 from jsae.io import load_log_sparsity, save
-from jsae.io import load_saelens as load
+from jsae.models import HookedModel, load_model
 from jsae.sae import SAE, decode, encode, encode_with_hidden_pre, forward, forward_with_activations
 from jsae.training import TrainConfig, Trainer, train
 
@@ -27,6 +29,7 @@ __all__ = [
     "SAE",
     "ConfigError",
     "FormatError",
+    "HookedModel",
     "JsaeError",
     "NonFiniteError",
     "SAEConfig",
@@ -41,9 +44,11 @@ __all__ = [
     "encode_with_hidden_pre",
     "forward",
     "forward_with_activations",
+    "from_pretrained",
     "get_architecture",
     "load",
     "load_log_sparsity",
+    "load_model",
     "register_architecture",
     "save",
     "train",

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "info": ("jsae.commands.info", "show an SAE's config and parameter shapes"),
     "demo": ("jsae.commands.demo", "offline end-to-end run on an embedded default"),
+    "convert": ("jsae.commands.convert", "convert any supported SAE checkpoint to SAELens format"),
     "train": ("jsae.commands.train", "train an SAE from a YAML config and key=value overrides"),
 }
 

@@ -1,1 +1,1 @@
-"""Activation sources: synthetic data, Flax-model-backed stores, tokenisation and packing, disk caches."""
+"""Activation sources: synthetic data, Flax-model-backed stores, token packing, disk caches."""

@@ -1,4 +1,4 @@
-"""Training: configs, the jitted sharded step, schedules, the loop, checkpoints, logging.
+"""Training: configs, the jitted and sharded train step, schedules, the loop, checkpoints, logs.
 
     import jsae
     sae = jsae.train({"architecture": "topk", "d_in": 768, "d_sae": 16384, "k": 32}, activations)
