@@ -185,27 +185,31 @@ def main() -> None:
     if "archs" in parts:
         print(f"\ntraining step, d_in {D_IN}, d_sae {D_SAE}, batch {BATCH}, fp32; achieved = the "
               "architecture's needed matmul FLOPs / step time:")  # fmt: skip
+        print("  (peak: the matmul rate measured just before each timing; the machine is shared)")
         for label in args.archs.split(","):
             arch = dict(ARCHS[label])
             arch.setdefault("architecture", label)
+            local_peak = matmul_peak(3)
             seconds = trainer_step_time(arch, args.steps)
             if label == "standard":
                 jsae_standard = seconds
             rate = MATMULS[label] * needed / 5 / seconds
             print(f"  {label:22s} {seconds:6.2f} s/step  {BATCH / seconds:8.0f} tok/s  "
                   f"{MATMULS[label]:5.2f} matmuls  {rate / 1e9:6.1f} GFLOP/s = "
-                  f"{rate / peak:5.1%} of peak")  # fmt: skip
+                  f"{rate / local_peak:5.1%} of peak ({local_peak / 1e9:.0f})")  # fmt: skip
     if "saelens" in parts:
         # Alternate the two, `rounds` times, and keep each one's fastest step: on a shared
         # machine this compares both at their least disturbed.
         standard = {"architecture": "standard", "l1_coefficient": 5.0}
-        ours, theirs = [], []
+        ours, theirs, peaks = [], [], []
         for _ in range(args.rounds):
             theirs.append(saelens_step_time(args.steps))
+            peaks.append(matmul_peak(3))
             ours.append(trainer_step_time(standard, args.steps))
         ref = min(theirs, key=lambda r: r["seconds"])
         jsae_standard = min(ours)
         torch_peak = max(r["matmul_flops"] for r in theirs)
+        peak = max(peaks)
         print(
             f"\nSAELens SAETrainer.step, standard, same config (torch {ref['torch']}, "
             f"{ref['threads']} threads, torch matmul {torch_peak / 1e9:.0f} GFLOP/s): "

@@ -1,0 +1,92 @@
+"""What training produces: the activation scale folded exactly into the weights, TopK decoder
+norms folded, BatchTopK exported as JumpReLU, and an output directory that SAELens itself loads
+and runs to the same outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_close, run_reference
+from safetensors.numpy import load_file, save_file
+
+import jsae
+
+
+def _batches(n: int, scale: float = 7.0, d: int = 12) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(scale * rng.normal(0.3, 1.0, (64, d))).astype(np.float32) for _ in range(n)]
+
+
+def _config(tmp: Path, name: str, **extra) -> dict:
+    return {
+        "d_in": 12, "d_sae": 48, "train_batch_size_tokens": 64, "training_tokens": 64 * 25,
+        "normalize_activations": "expected_average_only_in", "n_batches_for_norm_estimate": 4,
+        "log_to_wandb": False, "progress_bar": False, "checkpoint_path": None,
+        "output_path": str(tmp / name), **extra,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"architecture": "standard"},
+        {"architecture": "topk", "k": 4},
+        {"architecture": "batchtopk", "k": 4},
+    ],
+    ids=lambda a: a["architecture"],
+)
+def test_scale_is_estimated_applied_and_folded(tmp_path: Path, arch: dict) -> None:
+    batches = _batches(30)
+    trainer = jsae.Trainer(_config(tmp_path, "out", **arch), batches)
+    final = trainer.fit()
+    x = batches[-1]
+    norms = np.linalg.norm(np.concatenate(batches[:4]), axis=-1)
+    assert trainer.scale == pytest.approx(np.sqrt(12) / norms.mean(), rel=1e-5)
+    assert final.cfg.normalize_activations == "none"
+    # the training-form SAE works on scaled activations; the saved one on raw activations
+    trained = trainer.sae.to_inference()
+    s = trainer.scale
+    assert_close(final(x), np.asarray(trained(s * x)) / s, atol=1e-4, rtol=1e-4)
+    # the same latents fire (BatchTopK: only because its threshold is rescaled with the fold)
+    active = np.asarray(final.encode(x)) > 0
+    assert np.array_equal(active, np.asarray(trained.encode(s * x)) > 0)
+    assert 0 < active.mean() < 1
+    saved = jsae.load(tmp_path / "out")
+    assert saved.cfg.architecture == final.cfg.architecture
+    assert_close(saved(x), final(x))
+    if arch["architecture"] == "batchtopk":
+        assert final.cfg.architecture == "jumprelu"
+    if arch["architecture"] == "topk":
+        assert_close(np.linalg.norm(np.asarray(final.W_dec), axis=1), np.ones(48), atol=1e-5)
+    meta = final.cfg.metadata
+    assert meta["l0"] > 0 and meta["num_dead_features"] is not None
+
+
+def test_saelens_loads_and_runs_what_jsae_trained(tmp_path: Path) -> None:
+    """Each architecture's output directory, loaded by SAELens 6.54 (reference env)."""
+    root = tmp_path / "cases"
+    x = _batches(1, scale=1.0)[0]
+    cases = {
+        "standard": {"architecture": "standard"},
+        "gated": {"architecture": "gated"},
+        "jumprelu": {"architecture": "jumprelu", "jumprelu_init_threshold": 0.05},
+        "topk": {"architecture": "topk", "k": 4},
+        "batchtopk": {"architecture": "batchtopk", "k": 4},
+        "transcoder": {"architecture": "transcoder", "d_out": 5},
+    }
+    saes = {}
+    for name, arch in cases.items():
+        config = _config(root / name, "sae", **arch, normalize_activations="none")
+        batches = _batches(25, scale=1.0)
+        if arch["architecture"] == "transcoder":
+            batches = [(b, b[:, :5] * 2) for b in batches]
+        saes[name] = jsae.train(config, batches)
+        save_file({"x": x}, root / name / "inputs.safetensors")
+    run_reference("saelens_fixtures.py", "check", root)
+    for name, sae in saes.items():
+        out = load_file(root / name / "saelens_outputs.safetensors")
+        assert_close(out["feature_acts"], sae.encode(x), atol=1e-5, what=f"{name} encode")
+        assert_close(out["forward"], sae(x), atol=1e-5, what=f"{name} forward")
+    assert (root / "batchtopk" / "saelens_class.txt").read_text() == "JumpReLUSAE"
