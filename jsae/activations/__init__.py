@@ -1,1 +1,30 @@
-"""Activation sources: synthetic data, Flax-model-backed stores, tokenisation and packing, disk caches."""
+"""Activations from language models: tokens, activation store, disk cache.
+
+source = TokenSource("dataset", tokenizer, context_size=128)      # packed like SAELens
+store = ActivationStore(model, source, hook_names=["blocks.4.hook_resid_post"], batch_size=4096)
+for x in store: ...                                                 # [4096, d_in] on device
+"""
+
+from jsae.activations.data import TokenSource, detect_column, load_dataset_any
+from jsae.activations.pretokenize import pretokenize_dataset
+from jsae.activations.tokenization import (
+    PackingConfig,
+    PackPosition,
+    concat_and_batch_sequences,
+    pack_documents,
+    special_token_ids,
+    tokenize_texts,
+)
+
+__all__ = [
+    "PackPosition",
+    "PackingConfig",
+    "TokenSource",
+    "concat_and_batch_sequences",
+    "detect_column",
+    "load_dataset_any",
+    "pack_documents",
+    "pretokenize_dataset",
+    "special_token_ids",
+    "tokenize_texts",
+]
