@@ -152,7 +152,7 @@ def test_dataset_without_text_or_token_column_names_its_columns(tokenizer) -> No
     ds = datasets.Dataset.from_dict({"content": ["a b c"], "label": [1]})
     with pytest.raises(ConfigError, match=r"no text or token column.*\['content', 'label'\]"):
         TokenSource(ds, tokenizer, context_size=4, process_index=0, process_count=1)
-    with pytest.raises(ConfigError, match="no column 'body'.*'content'"):
+    with pytest.raises(ConfigError, match=r"no column 'body'.*'content'"):
         TokenSource(
             ds, tokenizer, context_size=4, column_name="body", process_index=0, process_count=1
         )
@@ -178,7 +178,7 @@ def test_text_dataset_without_tokenizer_is_refused() -> None:
 def test_short_pretokenized_rows_are_refused_with_the_row_number() -> None:
     ds = datasets.Dataset.from_dict({"input_ids": [[1] * 8, [1] * 8, [1] * 5]})
     src = TokenSource(ds, None, context_size=8, loop=False, process_index=0, process_count=1)
-    with pytest.raises(ConfigError, match="row 2 has 5 tokens.*context_size=8"):
+    with pytest.raises(ConfigError, match=r"row 2 has 5 tokens.*context_size=8"):
         list(src)
 
 

@@ -8,8 +8,9 @@ DIR/inputs.json holds the cases (written by the test):
   "pretokenize": {"tokenizer": dir, "data_files": jsonl path, "configs": [{name, context_size,
                  begin_batch_token, begin_sequence_token, sequence_separator_token,
                  disable_concat_sequences, pretokenize_batch_size}]}
-  "store":      {"tokenizers": {style: dir}, "data_files": jsonl path, "tokens_data_files": jsonl path with
-                 a "tokens" column, "configs": [{name, tokenizer (a style), context_size, prepend_bos,
+  "store":      {"tokenizers": {style: dir}, "data_files": jsonl path,
+                 "tokens_data_files": jsonl path with a "tokens" column,
+                 "configs": [{name, tokenizer (a style), context_size, prepend_bos,
                  sequence_separator_token, disable_concat_sequences, pretokenized}]}
   "special":    {"tokenizers": [dirs]}
 
