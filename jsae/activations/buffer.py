@@ -1,0 +1,199 @@
+"""An on-device mixing buffer: activation rows in, shuffled `[B, D]` batches out.
+
+Rows arrive in chunks (one model forward's tokens); once `capacity` rows are held, they are
+permuted on device, `n_serve` of them leave as training batches and the rest (a fraction
+`mix_fraction` of the capacity) stay to mix with the next chunks, so consecutive batches
+draw on many documents, as SAELens's mixing buffer does. Every shape is static, so the whole
+cycle is two jitted functions and nothing round-trips through the host:
+
+    buf [capacity + chunk, D]     rows [0, fill) are live; the tail absorbs one extra chunk
+    write_rows(buf, rows, keep, fill)    kept rows (special tokens dropped) appended at fill
+    shuffle_split(buf, key, ...)         -> (buf with the kept rows in front, served [n, B, D])
+
+The host knows `fill` without asking the device (it counts kept tokens from the token ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsae.errors import ConfigError
+
+
+def write_rows(buf: jax.Array, rows: jax.Array, keep: jax.Array, fill: jax.Array) -> jax.Array:
+    """Append the rows whose `keep` is True at row `fill` (kept rows first, order preserved).
+
+    buf [C + M, D], rows [M, D], keep [M] bool, fill scalar int. Rows past `fill + keep.sum()`
+    are scratch and will be overwritten by the next write.
+    """
+    order = jnp.argsort(~keep, stable=True)  # [M], kept rows first
+    return jax.lax.dynamic_update_slice(buf, rows[order].astype(buf.dtype), (fill, 0))
+
+
+def shuffle_split(
+    buf: jax.Array, key: jax.Array, *, capacity: int, n_serve: int, batch_size: int, shuffle: bool
+) -> tuple[jax.Array, jax.Array]:
+    """Permute the first `capacity` rows; serve `n_serve` of them as `[n_serve/B, B, D]` batches.
+
+    Returns the buffer with the `capacity - n_serve` unserved rows moved to the front,
+    followed by the rows that were beyond `capacity` (written after the buffer filled).
+    """
+    head = buf[:capacity]
+    if shuffle:
+        head = head[jax.random.permutation(key, capacity)]
+    served = head[:n_serve].reshape(n_serve // batch_size, batch_size, buf.shape[1])
+    rest = jnp.concatenate(
+        [head[n_serve:], buf[capacity:], jnp.zeros((n_serve, buf.shape[1]), buf.dtype)]
+    )
+    return rest, served
+
+
+@dataclass(frozen=True)
+class BufferLayout:
+    """Sizes of a mixing buffer, checked once: rows held, rows served per cycle, batch size."""
+
+    capacity: int  # rows held before a shuffle
+    chunk_rows: int  # most rows one write can add
+    batch_size: int  # rows per served batch
+    n_serve: int  # rows served per shuffle (a multiple of batch_size)
+
+    @classmethod
+    def make(
+        cls, capacity: int, chunk_rows: int, batch_size: int, mix_fraction: float
+    ) -> BufferLayout:
+        if not 0.0 <= mix_fraction < 1.0:
+            raise ConfigError(f"activations_mixing_fraction must be in [0, 1), got {mix_fraction}.")
+        if batch_size <= 0 or chunk_rows <= 0:
+            raise ConfigError(
+                f"batch size and chunk size must be positive ({batch_size}, {chunk_rows})."
+            )
+        n_serve = int(capacity * (1.0 - mix_fraction)) // batch_size * batch_size
+        if n_serve < batch_size:
+            need = int(np.ceil(batch_size / (1.0 - mix_fraction)))
+            raise ConfigError(
+                f"the activation buffer holds {capacity} tokens, too few to serve a batch of "
+                f"{batch_size} while keeping a fraction {mix_fraction} for mixing; it needs at "
+                f"least {need} tokens: raise n_batches_in_buffer or store_batch_size_prompts, "
+                "or lower train_batch_size_tokens."
+            )
+        return cls(capacity, chunk_rows, batch_size, n_serve)
+
+    @property
+    def rows(self) -> int:
+        """Allocated rows: the capacity plus room for one chunk written past it."""
+        return self.capacity + self.chunk_rows
+
+
+class MixingBuffer:
+    """Host-side bookkeeping around the jitted buffer functions (fill level, RNG key)."""
+
+    def __init__(
+        self,
+        layout: BufferLayout,
+        width: int,
+        *,
+        dtype: Any = jnp.float32,
+        seed: int = 0,
+        shuffle: bool = True,
+        device: Any = None,
+    ) -> None:
+        self.layout = layout
+        self.width = int(width)
+        self.dtype = jnp.dtype(dtype)
+        self.shuffle = shuffle
+        self.device = device
+        self.fill = 0
+        self.key = jax.random.key(seed)
+        self.buf = self._zeros()
+        self._write = jax.jit(write_rows, donate_argnums=0)
+        self._split = jax.jit(
+            partial(
+                shuffle_split,
+                capacity=layout.capacity,
+                n_serve=layout.n_serve,
+                batch_size=layout.batch_size,
+                shuffle=shuffle,
+            ),
+            donate_argnums=0,
+        )
+
+    def _zeros(self) -> jax.Array:
+        return jax.device_put(jnp.zeros((self.layout.rows, self.width), self.dtype), self.device)
+
+    @property
+    def ready(self) -> bool:
+        """Whether enough rows are held to serve batches."""
+        return self.fill >= self.layout.capacity
+
+    def add(self, rows: jax.Array, keep: np.ndarray) -> None:
+        """Append `rows [M, D]` (M <= chunk_rows) keeping those with `keep [M]` True."""
+        keep = np.asarray(keep, bool)
+        if self.ready:
+            raise RuntimeError("buffer is full; call drain() before adding more rows")
+        if rows.shape[0] > self.layout.chunk_rows or rows.shape[1] != self.width:
+            raise ValueError(
+                f"rows {rows.shape} do not fit chunks of [{self.layout.chunk_rows}, {self.width}]"
+            )
+        self.buf = self._write(self.buf, rows, jnp.asarray(keep), jnp.int32(self.fill))
+        self.fill += int(keep.sum())
+
+    def commit(self, buf: jax.Array, n_kept: int) -> None:
+        """Install a buffer updated by the caller's own jitted `write_rows` (fused steps)."""
+        if self.ready:
+            raise RuntimeError("buffer is full; call drain() before adding more rows")
+        self.buf = buf
+        self.fill += int(n_kept)
+
+    def drain(self) -> jax.Array:
+        """Shuffle and serve: `[n_serve / B, B, D]` batches; the unserved rows stay."""
+        if not self.ready:
+            raise RuntimeError("buffer is not full yet")
+        self.key, sub = jax.random.split(self.key)
+        self.buf, served = self._split(self.buf, sub)
+        self.fill -= self.layout.n_serve
+        return served
+
+    def leftover(self) -> jax.Array:
+        """What remains at the end of a finite stream, as full batches `[n, B, D]` (shuffled)."""
+        n = self.fill // self.layout.batch_size * self.layout.batch_size
+        rows = self.buf[: self.fill]
+        if self.shuffle and self.fill:
+            self.key, sub = jax.random.split(self.key)
+            rows = rows[jax.random.permutation(sub, self.fill)]
+        self.fill = 0
+        return rows[:n].reshape(-1, self.layout.batch_size, self.width)
+
+    # -------------------------------------------------------------- state
+
+    def state(self, include_rows: bool = True) -> dict[str, Any]:
+        """Fill level, RNG key and (optionally) the held rows, as host data."""
+        out: dict[str, Any] = {
+            "fill": self.fill,
+            "key": np.asarray(jax.random.key_data(self.key)).tolist(),
+        }
+        if include_rows:
+            out["rows"] = np.asarray(self.buf[: self.fill])
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Back to a `state()`; without saved rows the buffer restarts empty."""
+        self.key = jax.random.wrap_key_data(jnp.asarray(state["key"], jnp.uint32))
+        rows = state.get("rows")
+        self.buf = self._zeros()
+        if rows is None:
+            self.fill = 0
+            return
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.width or rows.shape[0] > self.layout.rows:
+            raise ConfigError(
+                f"saved buffer rows have shape {rows.shape}, which does not fit this buffer "
+                f"([{self.layout.rows}, {self.width}]): restore with the same configuration."
+            )
+        self.buf = self.buf.at[: rows.shape[0]].set(jnp.asarray(rows, self.dtype))
+        self.fill = rows.shape[0]
