@@ -42,6 +42,8 @@ $(REF_VENV)/.installed: requirements/reference.txt requirements/reference-constr
 	touch $@
 
 test: venv refenv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	JSAE_REFERENCE_PYTHON=$(abspath $(REF_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: venv

@@ -1,9 +1,9 @@
 """jsae: sparse autoencoders on language-model activations, in JAX.
 
-    import jsae
-    sae = jsae.load("path/to/sae")                 # SAELens-format directory
-    f = sae.encode(x); x_hat = sae.decode(f)       # jittable, x: [..., d_in]
-    sae.save("out/")                               # SAELens loads it back
+import jsae
+sae = jsae.load("path/to/sae")                 # SAELens-format directory
+f = sae.encode(x); x_hat = sae.decode(f)       # jittable, x: [..., d_in]
+sae.save("out/")                               # SAELens loads it back
 """
 
 from jsae.architectures import architecture_names, get_architecture, register_architecture

@@ -140,9 +140,7 @@ def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- save
 
 
-def save(
-    sae: SAE, path: str | Path, *, log_sparsity: Any = None, overwrite: bool = False
-) -> Path:
+def save(sae: SAE, path: str | Path, *, log_sparsity: Any = None, overwrite: bool = False) -> Path:
     """Write `sae` in SAELens format to directory `path`, atomically.
 
     `log_sparsity` ([d_sae], log10 of each latent's firing frequency) is written to
@@ -180,7 +178,9 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path} is not valid JSON ({exc}); the file is corrupt or truncated.") from None
+        raise FormatError(
+            f"{path} is not valid JSON ({exc}); the file is corrupt or truncated."
+        ) from None
     if not isinstance(data, dict):
         raise FormatError(f"{path} must hold a JSON object, got {type(data).__name__}.")
     return data
@@ -203,14 +203,12 @@ def check_finite(tensors: dict[str, Any], source: str) -> None:
     """Raise NonFiniteError naming the first tensor holding NaN or Inf."""
     for name, value in tensors.items():
         arr = np.asarray(value)
-        if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
-            if not np.all(np.isfinite(arr.astype(np.float32))):
-                raise NonFiniteError(f"{source}: tensor {name!r} contains NaN or Inf.")
+        is_float = arr.dtype.kind == "f" or arr.dtype.name == "bfloat16"
+        if is_float and not np.all(np.isfinite(arr.astype(np.float32))):
+            raise NonFiniteError(f"{source}: tensor {name!r} contains NaN or Inf.")
 
 
-def fold_legacy_scaling_factor(
-    cfg_dict: dict[str, Any], state: dict[str, Any]
-) -> dict[str, Any]:
+def fold_legacy_scaling_factor(cfg_dict: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """SAELens < 6 could scale latents by a learned `scaling_factor` before decoding; fold it.
 
     `(f * s) @ W_dec == f @ (s[:, None] * W_dec)`, so the folded SAE has the same outputs

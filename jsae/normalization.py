@@ -3,8 +3,8 @@
 SAELens keeps the per-token statistics on the module between `encode` and `decode`; here they
 are explicit values returned by `normalize_in` and consumed by `normalize_out`.
 
-    constant_norm_rescale  x <- x * sqrt(d_in)/||x||         y <- y / (sqrt(d_in)/||x||)
-    layer_norm             x <- (x - μ)/(σ + 1e-5)            y <- y * σ + μ   (σ unbiased, as torch.std)
+    constant_norm_rescale  x <- x * sqrt(d_in)/||x||     y <- y / (sqrt(d_in)/||x||)
+    layer_norm             x <- (x - μ)/(σ + 1e-5)        y <- y * σ + μ   (σ unbiased, torch.std)
     expected_average_only_in, none: identity at inference (the trainer scales; see jsae.training)
 """
 

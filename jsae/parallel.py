@@ -60,8 +60,8 @@ def make_mesh(
     if data * model > len(devices):
         raise ConfigError(
             f"a {data}x{model} mesh needs {data * model} devices but only {len(devices)} exist "
-            f"({devices[0].platform}). On CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
-            f"{data * model} before importing jax."
+            f"({devices[0].platform}). On CPU, set XLA_FLAGS="
+            f"--xla_force_host_platform_device_count={data * model} before importing jax."
         )
     grid = np.asarray(devices[: data * model], dtype=object).reshape(data, model)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))

@@ -143,7 +143,11 @@ class SAE:
 
     def __repr__(self) -> str:
         shapes = {k: getattr(v, "shape", v) for k, v in sorted(self.params.items())}
-        return f"SAE(architecture={self.cfg.architecture!r}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}, dtype={self.cfg.dtype!r}, params={shapes})"
+        cfg = self.cfg
+        return (
+            f"SAE(architecture={cfg.architecture!r}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, "
+            f"dtype={cfg.dtype!r}, params={shapes})"
+        )
 
 
 jax.tree_util.register_dataclass(SAE, data_fields=["params"], meta_fields=["cfg"])
@@ -169,7 +173,11 @@ def _as_input(cfg: SAEConfig, x: Any) -> tuple[jax.Array, tuple[int, ...] | None
         if n_heads * d_head == cfg.d_in and d_head != cfg.d_in:
             return x.reshape(*x.shape[:-2], cfg.d_in), (n_heads, d_head)
     if x.shape[-1] != cfg.d_in:
-        layout = "[..., n_heads, d_head] with n_heads*d_head" if cfg.reshape_activations == "hook_z" else "[..., d_in] with d_in"
+        layout = (
+            "[..., n_heads, d_head] with n_heads*d_head"
+            if cfg.reshape_activations == "hook_z"
+            else "[..., d_in] with d_in"
+        )
         raise ShapeError(
             f"SAE input has shape {tuple(x.shape)} but this SAE expects {layout} = {cfg.d_in}. "
             f"Check that the activations come from the hook the SAE was trained on"

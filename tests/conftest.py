@@ -38,4 +38,5 @@ def rng() -> np.random.Generator:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}, python {sys.version.split()[0]}"
+    devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
+    return f"jax {jax.__version__}, devices: {devices}, python {sys.version.split()[0]}"

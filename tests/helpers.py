@@ -29,9 +29,7 @@ def reference_python() -> str:
 
 def run_reference(script: str, *args: str | Path, timeout: int = 900) -> str:
     """Run tests/reference/<script> in the reference environment; return its stdout."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "PYTHONPATH"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "PYTHONPATH"))}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="2")
     proc = subprocess.run(
         [reference_python(), str(REFERENCE_SCRIPTS / script), *map(str, args)],

@@ -163,7 +163,7 @@ def test_bfloat16_cache_round_trip(tmp_path) -> None:
 
 
 def test_bad_caches_are_refused(tmp_path) -> None:
-    with pytest.raises(FormatError, match="manifest.json is missing"):
+    with pytest.raises(FormatError, match=r"manifest\.json is missing"):
         CachedActivations(tmp_path, batch_size=2)
     (tmp_path / "notempty").mkdir()
     (tmp_path / "notempty" / "x").write_text("x")

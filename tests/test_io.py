@@ -55,7 +55,9 @@ def test_save_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_failed_save_leaves_nothing_and_keeps_the_old_directory(tmp_path: Path, monkeypatch) -> None:
+def test_failed_save_leaves_nothing_and_keeps_the_old_directory(
+    tmp_path: Path, monkeypatch
+) -> None:
     path = saved(tmp_path)
     before = {p.name: p.read_bytes() for p in path.iterdir()}
 
@@ -107,11 +109,11 @@ def test_missing_files_name_what_is_missing(tmp_path: Path) -> None:
         jsae.load(tmp_path / "nowhere")
     path = saved(tmp_path)
     os.remove(path / "sae_weights.safetensors")
-    with pytest.raises(jsae.FormatError, match="sae_weights.safetensors is missing"):
+    with pytest.raises(jsae.FormatError, match=r"sae_weights\.safetensors is missing"):
         jsae.load(path)
     path2 = saved(tmp_path / "b")
     os.remove(path2 / "cfg.json")
-    with pytest.raises(jsae.FormatError, match="cfg.json is missing"):
+    with pytest.raises(jsae.FormatError, match=r"cfg\.json is missing"):
         jsae.load(path2)
 
 
@@ -134,7 +136,16 @@ def test_corrupt_config_is_reported(tmp_path: Path) -> None:
     (path / "cfg.json").write_text(json.dumps({"d_in": 16, "architecture": "jumprelu"}))
     with pytest.raises(jsae.FormatError, match="no 'd_sae'"):
         jsae.load(path)
-    (path / "cfg.json").write_text(json.dumps({"d_in": 16, "d_sae": 64, "architecture": "jumprelux", "metadata": {"sae_lens_version": "6.1.0"}}))
+    (path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "d_in": 16,
+                "d_sae": 64,
+                "architecture": "jumprelux",
+                "metadata": {"sae_lens_version": "6.1.0"},
+            }
+        )
+    )
     with pytest.raises(jsae.ConfigError, match="known architectures"):
         jsae.load(path)
 
@@ -144,7 +155,9 @@ def test_shapes_that_contradict_the_config_are_reported(tmp_path: Path) -> None:
     cfg = json.loads((path / "cfg.json").read_text())
     cfg["d_sae"] = 32
     (path / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(jsae.FormatError, match=r"'W_enc' has shape \(16, 64\) but the config .* needs \(16, 32\)"):
+    with pytest.raises(
+        jsae.FormatError, match=r"'W_enc' has shape \(16, 64\) but the config .* needs \(16, 32\)"
+    ):
         jsae.load(path)
 
 
@@ -158,13 +171,22 @@ def test_unexpected_tensors_are_reported(tmp_path: Path) -> None:
 
 
 def test_legacy_scaling_factor_is_folded_into_the_decoder(tmp_path: Path) -> None:
-    """SAELens < 6 scaled latents by `scaling_factor` before decoding when finetuning_scaling_factor."""
+    """SAELens < 6 could scale latents by `scaling_factor` before decoding; jsae folds it."""
     sae = random_sae("standard")
     path = tmp_path / "legacy"
     path.mkdir()
     scale = np.linspace(0.5, 2.0, 64).astype(np.float32)
-    save_file({**{k: np.asarray(v) for k, v in sae.params.items()}, "scaling_factor": scale}, path / "sae_weights.safetensors")
-    legacy = {"d_in": 16, "d_sae": 64, "dtype": "torch.float32", "hook_point": "blocks.0.hook_resid_pre", "finetuning_scaling_factor": True}
+    save_file(
+        {**{k: np.asarray(v) for k, v in sae.params.items()}, "scaling_factor": scale},
+        path / "sae_weights.safetensors",
+    )
+    legacy = {
+        "d_in": 16,
+        "d_sae": 64,
+        "dtype": "torch.float32",
+        "hook_point": "blocks.0.hook_resid_pre",
+        "finetuning_scaling_factor": True,
+    }
     (path / "cfg.json").write_text(json.dumps(legacy))
     loaded = jsae.load(path)
     x = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
@@ -176,7 +198,10 @@ def test_legacy_scaling_factor_is_folded_into_the_decoder(tmp_path: Path) -> Non
 
 def test_atomic_output_dir_refuses_a_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("not a dir")
-    with pytest.raises(FileExistsError, match="is a file"), atomic_output_dir(tmp_path / "x", overwrite=True):
+    with (
+        pytest.raises(FileExistsError, match="is a file"),
+        atomic_output_dir(tmp_path / "x", overwrite=True),
+    ):
         pass
 
 

@@ -39,3 +39,20 @@ def test_mesh_errors_are_clear() -> None:
     sae = jsae.SAE.init(jsae.SAEConfig(architecture="standard", d_in=8, d_sae=12))
     with pytest.raises(jsae.ConfigError, match="cannot be split"):
         parallel.shard_sae(sae, parallel.make_mesh(1, 8))
+
+
+@pytest.mark.parametrize("threshold", [0.9, 4.0], ids=["dense-branch", "gather-branch"])
+def test_default_sparse_decode_stays_exact_when_latents_are_sharded(threshold: float) -> None:
+    """sparse="auto" with d_sae split over "model": slower than sparse=False, never wrong."""
+    cfg = jsae.SAEConfig(architecture="jumprelu", d_in=32, d_sae=4096)
+    rng = np.random.default_rng(0)
+    shapes = jsae.get_architecture("jumprelu").param_shapes(cfg)
+    params = {k: rng.normal(0, 0.3, s).astype(np.float32) for k, s in shapes.items()}
+    params["threshold"] = np.full(4096, threshold, np.float32)
+    sae = jsae.SAE.from_params(cfg, params)
+    x = rng.normal(size=(64, 32)).astype(np.float32)
+    mesh = parallel.make_mesh(2, 4)
+    out = jax.jit(lambda s, x: s(x))(
+        parallel.shard_sae(sae, mesh), jax.device_put(x, parallel.batch_sharding(mesh))
+    )
+    assert_close(out, sae(x, sparse=False), atol=1e-4)

@@ -27,7 +27,9 @@ ARCH_KWARGS = {
 
 def random_sae(architecture: str, seed: int = 0, d_in: int = 16, d_sae: int = 64, **kw) -> jsae.SAE:
     """An SAE with every parameter random and some latents that never fire."""
-    cfg = jsae.SAEConfig(architecture=architecture, d_in=d_in, d_sae=d_sae, **{**ARCH_KWARGS[architecture], **kw})
+    cfg = jsae.SAEConfig(
+        architecture=architecture, d_in=d_in, d_sae=d_sae, **{**ARCH_KWARGS[architecture], **kw}
+    )
     rng = np.random.default_rng(seed)
     shapes = jsae.get_architecture(architecture).param_shapes(cfg)
     params = {n: rng.normal(0, 0.4, s).astype(np.float32) for n, s in shapes.items()}
@@ -151,7 +153,9 @@ def test_batchtopk_serves_as_jumprelu() -> None:
     np.testing.assert_allclose(rows, 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", ["standard", "gated", "jumprelu", "transcoder", "jumprelu_skip_transcoder"])
+@pytest.mark.parametrize(
+    "architecture", ["standard", "gated", "jumprelu", "transcoder", "jumprelu_skip_transcoder"]
+)
 def test_fold_W_dec_norm_preserves_outputs(architecture: str) -> None:
     sae = random_sae(architecture)
     x = inputs((10, 16))
@@ -178,7 +182,9 @@ def test_fold_activation_norm_scaling_factor_makes_raw_inputs_equivalent() -> No
     assert_close(folded.encode(x), sae.encode(3.0 * x), atol=1e-5)
     assert_close(folded(x), sae(3.0 * x) / 3.0, atol=1e-5)
     with pytest.raises(jsae.ConfigError, match="normalises every token"):
-        random_sae("standard", normalize_activations="layer_norm").fold_activation_norm_scaling_factor(2.0)
+        random_sae(
+            "standard", normalize_activations="layer_norm"
+        ).fold_activation_norm_scaling_factor(2.0)
 
 
 def test_error_term_splices_losslessly_and_applies_edits_exactly() -> None:
@@ -245,16 +251,24 @@ def test_astype_bfloat16_keeps_thresholds_fp32_and_tracks_fp32() -> None:
 # ----------------------------------------------------------------------------- sparse decode
 
 
-@pytest.mark.parametrize("density", [0.002, 0.02, 0.3])
-def test_sparse_decode_equals_dense_at_every_density(density: float) -> None:
+@pytest.mark.parametrize(
+    ("density", "dense_rows"),
+    [(0.002, 0), (0.002, 2), (0.002, 40), (0.02, 0), (0.3, 0)],
+    ids=["sparse", "sparse+spilled-rows", "too-many-dense-rows", "over-budget", "dense"],
+)
+def test_sparse_decode_equals_dense_at_every_density(density: float, dense_rows: int) -> None:
+    """Exact whichever branch runs: gather, gather + dense spill rows, or the dense matmul."""
     rng = np.random.default_rng(0)
     W = rng.normal(size=(8192, 32)).astype(np.float32)
-    f = rng.normal(size=(50, 8192)).astype(np.float32) * (rng.random((50, 8192)) < density)
+    f = rng.normal(size=(64, 8192)).astype(np.float32) * (rng.random((64, 8192)) < density)
     f[3] = 0.0  # an all-zero row
     f[4, :5] = -2.0  # negative latents (edited features) are exact too
-    dense = f @ W
+    f[10 : 10 + dense_rows] = rng.normal(size=(dense_rows, 8192))  # BOS-like rows
+    exact = f.astype(np.float64) @ W.astype(np.float64)
+    scale = np.abs(f).astype(np.float64) @ np.abs(W).astype(np.float64)  # bound on rounding
     for sparse in ("auto", True, 16, False):
-        assert_close(decode_matmul(jnp.asarray(f), jnp.asarray(W), sparse=sparse), dense, atol=1e-4)
+        out = np.asarray(decode_matmul(jnp.asarray(f), jnp.asarray(W), sparse=sparse), np.float64)
+        assert np.all(np.abs(out - exact) <= 1e-6 * scale + 1e-6), sparse
 
 
 def test_sparse_decode_gradient_is_the_dense_gradient() -> None:
@@ -273,7 +287,9 @@ def test_sparse_decode_gradient_is_the_dense_gradient() -> None:
 
 def test_wrong_input_width_names_the_expected_shape() -> None:
     sae = random_sae("standard", metadata={"hook_name": "blocks.3.hook_resid_post"})
-    with pytest.raises(jsae.ShapeError, match=r"expects \[\.\.\., d_in\] with d_in = 16.*blocks\.3"):
+    with pytest.raises(
+        jsae.ShapeError, match=r"expects \[\.\.\., d_in\] with d_in = 16.*blocks\.3"
+    ):
         sae.encode(np.zeros((4, 15), np.float32))
     with pytest.raises(jsae.ShapeError, match="scalar"):
         sae.encode(np.float32(1.0))
@@ -284,7 +300,9 @@ def test_wrong_input_width_names_the_expected_shape() -> None:
 
 
 def test_unknown_architecture_lists_the_known_ones() -> None:
-    with pytest.raises(jsae.ConfigError, match="known architectures: .*jumprelu.*Did you mean 'jumprelu'"):
+    with pytest.raises(
+        jsae.ConfigError, match=r"known architectures: .*jumprelu.*Did you mean 'jumprelu'"
+    ):
         jsae.SAEConfig(architecture="jumprelux", d_in=4, d_sae=8)
 
 
@@ -296,9 +314,18 @@ def test_unknown_architecture_lists_the_known_ones() -> None:
         ({"architecture": "topk", "d_in": 4, "d_sae": 8}, "integer k"),
         ({"architecture": "standard", "d_in": 4, "d_sae": 8, "k": 3}, "only meaningful for topk"),
         ({"architecture": "standard", "d_in": 0, "d_sae": 8}, "d_in must be a positive integer"),
-        ({"architecture": "standard", "d_in": 4, "d_sae": 8, "normalize_activations": "l2"}, "choose one of"),
-        ({"architecture": "standard", "d_in": 4, "d_sae": 8, "dtype": "float8"}, "unsupported dtype"),
-        ({"architecture": "transcoder", "d_in": 4, "d_sae": 8, "apply_b_dec_to_input": True}, "apply_b_dec_to_input=False"),
+        (
+            {"architecture": "standard", "d_in": 4, "d_sae": 8, "normalize_activations": "l2"},
+            "choose one of",
+        ),
+        (
+            {"architecture": "standard", "d_in": 4, "d_sae": 8, "dtype": "float8"},
+            "unsupported dtype",
+        ),
+        (
+            {"architecture": "transcoder", "d_in": 4, "d_sae": 8, "apply_b_dec_to_input": True},
+            "apply_b_dec_to_input=False",
+        ),
     ],
 )
 def test_invalid_configs_are_refused_with_the_fix(kwargs: dict, match: str) -> None:

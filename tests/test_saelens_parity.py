@@ -50,7 +50,9 @@ def test_saelens_saes_load_and_match(saelens_fixtures: Path, case: str) -> None:
 
     f = sae.encode(x)
     assert_close(f, ref["feature_acts"], what="encode")
-    assert 0 < int((np.asarray(f) > 0).sum()) < f.size, "fixture must have firing and silent latents"
+    assert 0 < int((np.asarray(f) > 0).sum()) < f.size, (
+        "fixture must have firing and silent latents"
+    )
     assert_close(sae.decode(f, x), ref["recon"], what="decode")
     assert_close(sae(x), ref["forward"], what="forward")
     assert_close(jax.jit(lambda s, x: s(x))(sae, x), ref["forward"], what="jitted forward")
@@ -165,7 +167,9 @@ def jsae_written(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out = {"feature_acts": served.encode(x), "forward": served(x)}
         out["recon"] = served.decode(out["feature_acts"], x)
         save_file({"x": x}, root / name / "inputs.safetensors")
-        save_file({k: np.asarray(v, np.float32) for k, v in out.items()}, root / name / "jsae.safetensors")
+        save_file(
+            {k: np.asarray(v, np.float32) for k, v in out.items()}, root / name / "jsae.safetensors"
+        )
     run_reference("saelens_fixtures.py", "check", root)
     return root
 
@@ -175,7 +179,7 @@ def test_jsae_saes_load_in_saelens_with_same_outputs(jsae_written: Path, case: s
     d = jsae_written / case
     ours = load_file(d / "jsae.safetensors")
     theirs = load_file(d / "saelens_outputs.safetensors")
-    expected_class = SAELENS_CLASS.get(case.removesuffix("_rescale"), None)
+    expected_class = SAELENS_CLASS.get(case.removesuffix("_rescale"))
     if expected_class:
         assert (d / "saelens_class.txt").read_text() == expected_class
     if case.startswith("bf16"):
@@ -186,10 +190,13 @@ def test_jsae_saes_load_in_saelens_with_same_outputs(jsae_written: Path, case: s
 
 
 def _assert_bf16_close(ours: dict, theirs: dict) -> None:
-    """bf16: SAELens rounds thresholds to bf16, jsae keeps them fp32 (see jsae.architectures.jumprelu),
+    """bf16: SAELens rounds thresholds to bf16, jsae keeps them fp32 (jsae.architectures.jumprelu),
     so a latent whose pre-activation sits within bf16 rounding of its threshold may fire on one
     side only. Everything else agrees at bf16 resolution."""
-    a, b = np.asarray(ours["feature_acts"], np.float32), np.asarray(theirs["feature_acts"], np.float32)
+    a, b = (
+        np.asarray(ours["feature_acts"], np.float32),
+        np.asarray(theirs["feature_acts"], np.float32),
+    )
     same = np.isclose(a, b, atol=5e-2, rtol=2e-2)
     assert same.mean() > 0.995, f"{(~same).sum()} latent activations differ"
     rows = same.all(axis=-1)

@@ -85,7 +85,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise FormatError(f"{file} is not a {FORMAT_NAME} manifest.")
     if int(manifest.get("version", 0)) > FORMAT_VERSION:
         raise FormatError(
-            f"{path} was written by a newer jsae (format version {manifest['version']}); upgrade jsae."
+            f"{path} was written by a newer jsae (format version {manifest['version']}); "
+            "upgrade jsae."
         )
     return manifest
 
@@ -141,7 +142,8 @@ class CacheWriter:
                 raise ConfigError(
                     f"{self.path} holds a cache made with different {diff} "
                     f"(cached: {[manifest.get(k) for k in diff]}, now: "
-                    f"{[fresh[k] for k in diff]}); write to another directory or pass overwrite=True."
+                    f"{[fresh[k] for k in diff]}); write to another directory or pass "
+                    "overwrite=True."
                 )
             self.manifest = manifest
         else:

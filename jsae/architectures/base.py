@@ -34,13 +34,13 @@ def decoder_norms(W_dec: jax.Array) -> jax.Array:
 
 
 def kaiming_uniform(key: jax.Array, shape: tuple[int, int], dtype: Any) -> jax.Array:
-    """torch.nn.init.kaiming_uniform_ with its defaults (a=0, fan_in = shape[1]): U(±sqrt(6/fan_in))."""
+    """torch.nn.init.kaiming_uniform_ with its defaults (a=0, fan_in=shape[1]): U(±√(6/fan_in))."""
     bound = (6.0 / shape[1]) ** 0.5
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
 
 
 class Architecture:
-    """Base class: a ReLU SAE with `W_enc, b_enc, W_dec, b_dec`; subclasses override what differs."""
+    """Base class: a ReLU SAE with W_enc, b_enc, W_dec, b_dec; subclasses override what differs."""
 
     name: ClassVar[str] = ""
     is_transcoder: ClassVar[bool] = False
@@ -107,7 +107,9 @@ class Architecture:
         return cls.activation(cfg, params, hidden_pre, x), hidden_pre
 
     @classmethod
-    def decode(cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto") -> jax.Array:
+    def decode(
+        cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto"
+    ) -> jax.Array:
         """f @ W_dec + b_dec, before output de-normalisation. [..., d_out]"""
         return decode_matmul(f, params["W_dec"], sparse=sparse) + params["b_dec"]
 

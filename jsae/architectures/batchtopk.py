@@ -67,7 +67,9 @@ class BatchTopK(Architecture):
         return batch_topk_activation(hidden_pre, cfg.k)
 
     @classmethod
-    def decode(cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto") -> jax.Array:
+    def decode(
+        cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto"
+    ) -> jax.Array:
         if cfg.rescale_acts_by_decoder_norm:
             f = f / row_norms(params["W_dec"]).astype(f.dtype)
         return super().decode(cfg, params, f, sparse)

@@ -62,7 +62,9 @@ class TopK(Architecture):
         return topk_activation(hidden_pre, cfg.k)
 
     @classmethod
-    def decode(cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto") -> jax.Array:
+    def decode(
+        cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto"
+    ) -> jax.Array:
         if cfg.rescale_acts_by_decoder_norm:
             f = f / row_norms(params["W_dec"]).astype(f.dtype)
         if sparse is True or (sparse == "auto" and cfg.d_sae >= AUTO_MIN_D_SAE):

@@ -1,1 +1,1 @@
-"""Hooked Hugging Face Flax language models, and Flax ports of families transformers lacks (Gemma 2)."""
+"""Hooked Hugging Face Flax language models, and Flax ports of families transformers lacks."""

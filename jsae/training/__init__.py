@@ -1,1 +1,1 @@
-"""Training: configs, the jitted and sharded train step, schedules, the trainer loop, checkpoints, logging."""
+"""Training: configs, the jitted and sharded train step, schedules, the loop, checkpoints, logs."""

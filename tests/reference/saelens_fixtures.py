@@ -3,10 +3,11 @@
     python saelens_fixtures.py write OUT_DIR    SAEs of every architecture, with inputs and outputs
     python saelens_fixtures.py check DIR        load jsae-written SAEs with SAELens, record outputs
 
-`write` makes, for each case, OUT_DIR/<case>/sae (saved by SAELens) and OUT_DIR/<case>/io.safetensors
-holding the inputs and SAELens's encode / decode / forward outputs (and, where SAELens supports it,
-the outputs after fold_W_dec_norm and fold_activation_norm_scaling_factor). Every parameter is
-random and non-trivial; thresholds and biases are set so that some latents fire and some never do.
+`write` makes, for each case, OUT_DIR/<case>/sae (saved by SAELens) and
+OUT_DIR/<case>/io.safetensors holding the inputs and SAELens's encode / decode / forward
+outputs (and, where SAELens supports it, the outputs after fold_W_dec_norm and
+fold_activation_norm_scaling_factor). Every parameter is random and non-trivial; thresholds
+and biases make some latents fire and some never do.
 
 `check` reads DIR/<case>/sae (written by jsae) and DIR/<case>/inputs.safetensors, and writes
 DIR/<case>/saelens_outputs.safetensors.
@@ -23,8 +24,8 @@ from safetensors.torch import load_file, save_file
 warnings.filterwarnings("ignore")
 torch.manual_seed(0)
 
-import sae_lens  # noqa: E402
-from sae_lens import (  # noqa: E402
+import sae_lens
+from sae_lens import (
     SAE,
     BatchTopKTrainingSAE,
     BatchTopKTrainingSAEConfig,
@@ -57,7 +58,7 @@ N_HEADS, D_HEAD = 4, 6  # hook_z: N_HEADS * D_HEAD == D_IN
 
 
 def randomize(sae, *, threshold=True):
-    """Every parameter random; thresholds near the pre-activation median; a block of dead latents."""
+    """Every parameter random; thresholds near the pre-activation median; some dead latents."""
     with torch.no_grad():
         for name, p in sae.named_parameters():
             p.copy_(torch.randn_like(p) * (0.3 if name.startswith("W") else 0.2))
