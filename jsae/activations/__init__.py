@@ -1,8 +1,8 @@
 """Activation sources: Flax-model-backed stores, token packing, disk caches, synthetic data.
 
-    source = TokenSource("dataset", tokenizer, context_size=128)   # packed as SAELens packs
-    store = ActivationStore(model, source, hook_names=["blocks.4.hook_resid_post"], batch_size=4096)
-    for x in store: ...                                              # [4096, d_in] on device
+source = TokenSource("dataset", tokenizer, context_size=128)   # packed as SAELens packs
+store = ActivationStore(model, source, hook_names=["blocks.4.hook_resid_post"], batch_size=4096)
+for x in store: ...                                              # [4096, d_in] on device
 """
 
 from jsae.activations.data import TokenSource, detect_column, load_dataset_any
