@@ -54,6 +54,14 @@ def shuffle_split(
     return rest, served
 
 
+_write_jit = jax.jit(write_rows, donate_argnums=0)
+_split_jit = jax.jit(
+    shuffle_split,
+    static_argnames=("capacity", "n_serve", "batch_size", "shuffle"),
+    donate_argnums=0,
+)
+
+
 @dataclass(frozen=True)
 class BufferLayout:
     """Sizes of a mixing buffer, checked once: rows held, rows served per cycle, batch size."""
@@ -111,16 +119,13 @@ class MixingBuffer:
         self.fill = 0
         self.key = jax.random.key(seed)
         self.buf = self._zeros()
-        self._write = jax.jit(write_rows, donate_argnums=0)
-        self._split = jax.jit(
-            partial(
-                shuffle_split,
-                capacity=layout.capacity,
-                n_serve=layout.n_serve,
-                batch_size=layout.batch_size,
-                shuffle=shuffle,
-            ),
-            donate_argnums=0,
+        self._write = _write_jit
+        self._split = partial(
+            _split_jit,
+            capacity=layout.capacity,
+            n_serve=layout.n_serve,
+            batch_size=layout.batch_size,
+            shuffle=shuffle,
         )
 
     def _zeros(self) -> jax.Array:

@@ -20,8 +20,11 @@ identical to the uninterrupted one.
 
 from __future__ import annotations
 
+import itertools
 import math
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -184,7 +187,6 @@ class ActivationStore:
         self.sharding = sharding
         self.prefetch = int(prefetch)
         self._step = self._build_step()
-        self._split = jax.jit(self._split_hooks)
         self._prefetcher: Prefetcher | None = None
         self._served: dict[str, jax.Array] | None = None  # {hook: [n, B, d]} shuffled batches
         self._served_next = 0
@@ -193,39 +195,20 @@ class ActivationStore:
 
     # -------------------------------------------------------------- device work
 
-    def _activations(self, params: Any, tokens: jax.Array) -> jax.Array:
-        """Rows `[B * T', sum d_in]` for a token batch (traced inside the jitted step)."""
-        _, cache = self.model.apply_with_cache(params, tokens, self.hook_names, stop_at_layer=True)
-        parts = []
-        for h in self.hook_names:
-            acts = select_heads(cache[h][:, self.seqpos], self.head_index[h])
-            parts.append(acts.reshape(-1, self.d_in[h]).astype(jax_dtype(self.dtype)))
-        return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-
     def _build_step(self) -> Any:
-        if hasattr(self.model, "apply_with_cache"):
-
-            def step(params, buf, tokens, keep, fill):
-                return write_rows(buf, self._activations(params, tokens), keep, fill)
-
-            return jax.jit(step, donate_argnums=1)
-
-        def eager(params, buf, tokens, keep, fill):  # models exposing only run_with_cache
-            _, cache = self.model.run_with_cache(tokens, self.hook_names, stop_at_layer=True)
-            parts = [
-                select_heads(cache[h][:, self.seqpos], self.head_index[h]).reshape(-1, self.d_in[h])
-                for h in self.hook_names
-            ]
-            return self.buffer._write(buf, jnp.concatenate(parts, axis=1), keep, fill)
-
-        return eager
-
-    def _split_hooks(self, served: jax.Array) -> dict[str, jax.Array]:
-        out, start = {}, 0
-        for h in self.hook_names:
-            out[h] = served[..., start : start + self.d_in[h]]
-            start += self.d_in[h]
-        return out
+        key = (
+            tuple(self.hook_names),
+            (self.seqpos.start, self.seqpos.stop, self.seqpos.step),
+            tuple(self.head_index[h] for h in self.hook_names),
+            tuple(self.d_in[h] for h in self.hook_names),
+            self.dtype,
+        )
+        if not hasattr(self.model, "apply_with_cache"):
+            return _eager_step(self.model, key, self.buffer)
+        per_model = _STEPS.setdefault(self.model, {})
+        if key not in per_model:
+            per_model[key] = _fused_step(self.model, key)
+        return per_model[key]
 
     # -------------------------------------------------------------- host work
 
@@ -284,7 +267,10 @@ class ActivationStore:
             )
             self.buffer.commit(buf, int(keep.sum()))
             self._source_state = position
-        self._served = self._split(self.buffer.drain())
+        widths = tuple(self.d_in[h] for h in self.hook_names)
+        self._served = dict(
+            zip(self.hook_names, _split_columns(self.buffer.drain(), widths), strict=True)
+        )
         self._served_next = 0
         self._served_count = self.layout.n_serve // self.layout.batch_size
 
@@ -363,6 +349,49 @@ class ActivationStore:
     def __del__(self) -> None:
         if getattr(self, "_prefetcher", None) is not None:
             self._prefetcher.close()
+
+
+# Compiled steps per model and per (hooks, slice, heads, widths, dtype): stores built with the
+# same settings reuse one compiled function instead of compiling again.
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _rows(cache: Mapping[str, jax.Array], key: tuple) -> jax.Array:
+    """`[B * T', sum d_in]` rows from a model cache, per the step key's settings."""
+    hook_names, seqpos, heads, widths, dtype = key
+    parts = []
+    for h, head, d in zip(hook_names, heads, widths, strict=True):
+        acts = select_heads(cache[h][:, slice(*seqpos)], head)
+        parts.append(acts.reshape(-1, d).astype(jax_dtype(dtype)))
+    return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+@partial(jax.jit, static_argnums=1)
+def _split_columns(served: jax.Array, widths: tuple[int, ...]) -> list[jax.Array]:
+    """[n, B, sum d] -> one [n, B, d] array per hook."""
+    bounds = np.cumsum((0, *widths))
+    return [served[..., a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _fused_step(model: Any, key: tuple) -> Any:
+    """One jitted function: forward to the deepest hook, cut rows, append to the buffer."""
+    hook_names = list(key[0])
+
+    def step(params, buf, tokens, keep, fill):
+        _, cache = model.apply_with_cache(params, tokens, hook_names, stop_at_layer=True)
+        return write_rows(buf, _rows(cache, key), keep, fill)
+
+    return jax.jit(step, donate_argnums=1)
+
+
+def _eager_step(model: Any, key: tuple, buffer: MixingBuffer) -> Any:
+    """For models that only offer `run_with_cache` (itself jitted): forward, then write."""
+
+    def step(params, buf, tokens, keep, fill):
+        _, cache = model.run_with_cache(tokens, list(key[0]), stop_at_layer=True)
+        return buffer._write(buf, _rows(cache, key), keep, fill)
+
+    return step
 
 
 class _HookView:
