@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import datasets
-import jax
 import numpy as np
 import pytest
 from transformers import GPT2Config
