@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from transformers import GPT2Config
 
+import jsae.models
 from jsae.activations import TokenSource
 from jsae.activations.store import ActivationStore
 from jsae.activations.toy import make_corpus, make_tokenizer
-import jsae.models
 from jsae.errors import ConfigError, ShapeError
 
 if not hasattr(jsae.models, "HookedModel"):

@@ -123,8 +123,8 @@ def end2end(directory):
 
     from datasets import load_dataset
     from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
     from sae_lens.evals import get_eval_everything_config, run_evals
+    from sae_lens.saes.sae import SAEMetadata
     from sae_lens.training.activation_scaler import ActivationScaler
     from sae_lens.training.activations_store import ActivationsStore
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
