@@ -137,7 +137,8 @@ def test_state_restore_continues_the_stream(model, corpus, include_buffer: bool)
     for _ in range(5):
         next(a)
     state = a.state(include_buffer=include_buffer)
-    json.dumps(state["source"])  # the data position is plain JSON
+    if not include_buffer:
+        json.dumps(state)  # the position alone is plain JSON (checkpoint metadata)
     expected = [next(a) for _ in range(12)]
     b = ActivationStore(model, _source(model, corpus), **kw)
     b.restore(state)

@@ -8,7 +8,7 @@ cycle is two jitted functions and nothing round-trips through the host:
 
     buf [capacity + chunk, D]     rows [0, fill) are live; the tail absorbs one extra chunk
     write_rows(buf, rows, keep, fill)    kept rows (special tokens dropped) appended at fill
-    shuffle_split(buf, key, ...)         -> (buf with the kept rows in front, served [n, B, D])
+    shuffle_split(buf, seed, i, ...)     -> (buf with the kept rows in front, served [n, B, D])
 
 The host knows `fill` without asking the device (it counts kept tokens from the token ids).
 """
@@ -37,7 +37,14 @@ def write_rows(buf: jax.Array, rows: jax.Array, keep: jax.Array, fill: jax.Array
 
 
 def shuffle_split(
-    buf: jax.Array, key: jax.Array, *, capacity: int, n_serve: int, batch_size: int, shuffle: bool
+    buf: jax.Array,
+    seed: jax.Array,
+    draw: jax.Array,
+    *,
+    capacity: int,
+    n_serve: int,
+    batch_size: int,
+    shuffle: bool,
 ) -> tuple[jax.Array, jax.Array]:
     """Permute the first `capacity` rows; serve `n_serve` of them as `[n_serve/B, B, D]` batches.
 
@@ -46,6 +53,7 @@ def shuffle_split(
     """
     head = buf[:capacity]
     if shuffle:
+        key = jax.random.fold_in(jax.random.key(seed), draw)
         head = head[jax.random.permutation(key, capacity)]
     served = head[:n_serve].reshape(n_serve // batch_size, batch_size, buf.shape[1])
     rest = jnp.concatenate(
@@ -99,7 +107,11 @@ class BufferLayout:
 
 
 class MixingBuffer:
-    """Host-side bookkeeping around the jitted buffer functions (fill level, RNG key)."""
+    """Host-side bookkeeping around the jitted buffer functions (fill level, shuffle count).
+
+    Shuffle `i` uses the key `fold_in(key(seed), i)`, so the random state is two integers held
+    on the host: reading it never waits for the device.
+    """
 
     def __init__(
         self,
@@ -117,7 +129,8 @@ class MixingBuffer:
         self.shuffle = shuffle
         self.device = device
         self.fill = 0
-        self.key = jax.random.key(seed)
+        self.seed = int(seed)
+        self.draws = 0  # shuffles done so far
         self.buf = self._zeros()
         self._write = _write_jit
         self._split = partial(
@@ -159,8 +172,8 @@ class MixingBuffer:
         """Shuffle and serve: `[n_serve / B, B, D]` batches; the unserved rows stay."""
         if not self.ready:
             raise RuntimeError("buffer is not full yet")
-        self.key, sub = jax.random.split(self.key)
-        self.buf, served = self._split(self.buf, sub)
+        self.buf, served = self._split(self.buf, jnp.uint32(self.seed), jnp.uint32(self.draws))
+        self.draws += 1
         self.fill -= self.layout.n_serve
         return served
 
@@ -169,26 +182,24 @@ class MixingBuffer:
         n = self.fill // self.layout.batch_size * self.layout.batch_size
         rows = self.buf[: self.fill]
         if self.shuffle and self.fill:
-            self.key, sub = jax.random.split(self.key)
-            rows = rows[jax.random.permutation(sub, self.fill)]
+            key = jax.random.fold_in(jax.random.key(self.seed), self.draws)
+            self.draws += 1
+            rows = rows[jax.random.permutation(key, self.fill)]
         self.fill = 0
         return rows[:n].reshape(-1, self.layout.batch_size, self.width)
 
     # -------------------------------------------------------------- state
 
     def state(self, include_rows: bool = True) -> dict[str, Any]:
-        """Fill level, RNG key and (optionally) the held rows, as host data."""
-        out: dict[str, Any] = {
-            "fill": self.fill,
-            "key": np.asarray(jax.random.key_data(self.key)).tolist(),
-        }
+        """Fill level, shuffle seed and count, and (optionally) the held rows, as host data."""
+        out: dict[str, Any] = {"fill": self.fill, "seed": self.seed, "draws": self.draws}
         if include_rows:
             out["rows"] = np.asarray(self.buf[: self.fill])
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
         """Back to a `state()`; without saved rows the buffer restarts empty."""
-        self.key = jax.random.wrap_key_data(jnp.asarray(state["key"], jnp.uint32))
+        self.seed, self.draws = int(state["seed"]), int(state["draws"])
         rows = state.get("rows")
         self.buf = self._zeros()
         if rows is None:
