@@ -384,6 +384,38 @@ def _fused_step(model: Any, key: tuple) -> Any:
     return jax.jit(step, donate_argnums=1)
 
 
+def rows_fn(
+    model: Any,
+    hook_names: Sequence[str],
+    *,
+    seqpos_slice: Any = (None,),
+    hook_head_index: Any = None,
+    dtype: str = "float32",
+) -> Any:
+    """Jitted `(params, tokens [P, T]) -> {hook: [P * T', d_in]}`, unshuffled (for caching)."""
+    hook_names = list(hook_names)
+    heads = _per_hook(hook_head_index, hook_names, "hook_head_index")
+    seqpos = seqpos_to_slice(seqpos_slice)
+    widths = tuple(hook_width(model.hook_shape(h), heads[h], h) for h in hook_names)
+    key = (
+        tuple(hook_names),
+        (seqpos.start, seqpos.stop, seqpos.step),
+        tuple(heads[h] for h in hook_names),
+        widths,
+        canonical_dtype(dtype),
+    )
+    per_model = _STEPS.setdefault(model, {})
+    if ("rows", key) not in per_model:
+
+        def fn(params, tokens):
+            _, cache = model.apply_with_cache(params, tokens, hook_names, stop_at_layer=True)
+            rows = _rows(cache, key)
+            return dict(zip(hook_names, _split_columns(rows, widths), strict=True))
+
+        per_model[("rows", key)] = jax.jit(fn)
+    return per_model[("rows", key)]
+
+
 def _eager_step(model: Any, key: tuple, buffer: MixingBuffer) -> Any:
     """For models that only offer `run_with_cache` (itself jitted): forward, then write."""
 
