@@ -653,3 +653,26 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, A
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def format_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """The nested metrics as an aligned two-column table, group by group."""
+    lines = []
+    width = max((len(k) for g in metrics.values() for k in g), default=0)
+    for group, values in metrics.items():
+        lines.append(group)
+        for key, value in values.items():
+            shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+            lines.append(f"  {key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def nan_to_none(obj: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become None (SAELens writes -1 for NaN)."""
+    if isinstance(obj, Mapping):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [nan_to_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from jsae.config import canonical_dtype
@@ -190,3 +191,61 @@ class LanguageModelSettings:
             "sequence_separator_token": self.sequence_separator_token,
             "disable_concat_sequences": self.disable_concat_sequences,
         }
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["key=value", ...]` -> dict, values read as YAML (`8`, `true`, `null`, `[1, 2]`)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {item!r}.")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value != "" else None
+    return out
+
+
+def load_yaml(path: str | None) -> dict[str, Any]:
+    """A YAML mapping from a file (empty when `path` is None)."""
+    if path is None:
+        return {}
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist.")
+    data = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{file} must hold a mapping of settings, got {type(data).__name__}.")
+    return dict(data)
+
+
+def settings_from_sources(
+    config_path: str | None, overrides: list[str], **explicit: Any
+) -> LanguageModelSettings:
+    """Settings from a YAML file, then `key=value` overrides, then explicit (non-None) values.
+
+    The YAML file may be a full `jsae train` config: keys of other concerns are ignored here,
+    and a nested `model:` section is read too.
+    """
+    data = load_yaml(config_path)
+    nested = data.pop("model", None)
+    known = {f.name for f in fields(LanguageModelSettings)}
+    merged = {k: v for k, v in data.items() if k in known}
+    if isinstance(nested, Mapping):
+        merged.update(nested)
+    cli = parse_overrides(overrides)
+    unknown = [k for k in cli if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {unknown}."
+            + choices_hint(unknown[0], known)
+            + f" Valid: {sorted(known)}."
+        )
+    merged.update(cli)
+    merged.update({k: v for k, v in explicit.items() if v is not None})
+    return LanguageModelSettings.from_dict(merged)

@@ -141,3 +141,31 @@ def save_text_dataset(
     else:
         raise ValueError(f"fmt must be 'disk', 'jsonl' or 'parquet', got {fmt!r}")
     return path
+
+
+def make_model_dir(
+    out_dir: str | Path,
+    tokenizer: Any,
+    *,
+    n_layer: int = 2,
+    d_model: int = 64,
+    n_head: int = 4,
+    n_positions: int = 128,
+    seed: int = 0,
+) -> Path:
+    """A randomly initialised GPT-2 saved with its tokenizer, loadable by `jsae.load_model`."""
+    from transformers import GPT2Config
+
+    from jsae.models import HookedModel
+
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_embd=d_model,
+        n_head=n_head,
+        n_positions=n_positions,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = HookedModel.from_config(config, seed=seed, tokenizer=tokenizer)
+    return model.save_pretrained(out_dir, overwrite=True)
