@@ -12,12 +12,12 @@ config's keys route here unchanged; every field is documented where it is declar
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from jsae.config import canonical_dtype
+from jsae.config import canonical_dtype, freeze, unfreeze
 from jsae.errors import ConfigError, choices_hint
 
 
@@ -72,10 +72,10 @@ class LanguageModelSettings:
     disable_concat_sequences: bool = option(
         False, "one document per context (shorter documents skipped) instead of packing"
     )
-    seqpos_slice: tuple = option(
+    seqpos_slice: Sequence[int | None] = option(
         (None,), "positions kept from each context, as (start, stop, step) of a Python slice"
     )
-    exclude_special_tokens: bool | tuple = option(
+    exclude_special_tokens: bool | Sequence[int] = option(
         False, "drop activations at special tokens: True (BOS/EOS/PAD/SEP) or a list of ids"
     )
     # activation store
@@ -106,13 +106,26 @@ class LanguageModelSettings:
     )
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        if isinstance(self.seqpos_slice, list):
-            set_(self, "seqpos_slice", tuple(self.seqpos_slice))
-        if isinstance(self.exclude_special_tokens, list):
+        set_ = object.__setattr__  # frozen and hashable: lists become tuples, dicts FrozenDicts
+        if isinstance(self.seqpos_slice, str):
+            set_(self, "seqpos_slice", _parse_seqpos(self.seqpos_slice))
+        set_(
+            self,
+            "seqpos_slice",
+            tuple(None if v is None else int(v) for v in (self.seqpos_slice or (None,))),
+        )
+        if isinstance(self.exclude_special_tokens, list | tuple):
             set_(self, "exclude_special_tokens", tuple(int(t) for t in self.exclude_special_tokens))
-        if isinstance(self.model_from_pretrained_kwargs, Mapping):
-            set_(self, "model_from_pretrained_kwargs", dict(self.model_from_pretrained_kwargs))
+        set_(
+            self,
+            "model_from_pretrained_kwargs",
+            freeze(dict(self.model_from_pretrained_kwargs or {})),
+        )
+        if (
+            isinstance(self.sequence_separator_token, str)
+            and self.sequence_separator_token.isdigit()
+        ):
+            set_(self, "sequence_separator_token", int(self.sequence_separator_token))
         canonical_dtype(self.model_dtype)
         canonical_dtype(self.activation_dtype)
         for name in (
@@ -151,11 +164,8 @@ class LanguageModelSettings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        """Plain JSON/YAML-ready values."""
+        return {f.name: unfreeze(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LanguageModelSettings:
@@ -176,7 +186,7 @@ class LanguageModelSettings:
         return {
             "model_name": self.model_name,
             "model_class_name": self.model_class_name,
-            "model_from_pretrained_kwargs": self.model_from_pretrained_kwargs or None,
+            "model_from_pretrained_kwargs": unfreeze(self.model_from_pretrained_kwargs) or None,
             "hook_name": self.hook_name,
             "hook_head_index": self.hook_head_index,
             "context_size": self.context_size,
@@ -191,6 +201,17 @@ class LanguageModelSettings:
             "sequence_separator_token": self.sequence_separator_token,
             "disable_concat_sequences": self.disable_concat_sequences,
         }
+
+
+def _parse_seqpos(text: str) -> tuple:
+    """ "(1, None)", "[1, null, 2]" or "1:-1" -> a tuple for slice(*...)."""
+    import yaml
+
+    text = text.strip()
+    if ":" in text and not text.startswith(("(", "[")):
+        return tuple(int(p) if p.strip() else None for p in text.split(":"))
+    value = yaml.safe_load(text.replace("(", "[").replace(")", "]").replace("None", "null"))
+    return tuple(value) if isinstance(value, list) else (value,)
 
 
 # ------------------------------------------------------------------------------ command line

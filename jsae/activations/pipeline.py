@@ -32,6 +32,7 @@ from jsae.activations.store import (
     sliced_length,
 )
 from jsae.activations.tokenization import resolve_exclude_special_tokens
+from jsae.config import unfreeze
 from jsae.errors import ConfigError
 
 
@@ -309,3 +310,102 @@ def spliced_evaluator(
         return evals.flatten_metrics(metrics)
 
     return evaluate
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def with_model_metadata(config: Any) -> Any:
+    """The training config with the SAE metadata filled from its model/data settings."""
+    lm = config.model
+    filled = {k: v for k, v in lm.sae_metadata().items() if v is not None}
+    merged = {**filled, **unfreeze(config.sae.metadata)}
+    if merged == unfreeze(config.sae.metadata):
+        return config
+    return config.replace(metadata=merged)
+
+
+def train_language_model_sae(
+    config: Any,
+    *,
+    model: Any = None,
+    final_evals: bool = True,
+    eval_config: Any = None,
+    log: Callable[[str], None] | None = print,
+) -> tuple[Any, dict[str, Any] | None]:
+    """model -> activations -> training -> evals -> save: what `jsae train` runs for a model.
+
+    `config` is a `TrainConfig` whose `model` concern names the model, hook and dataset (or a
+    cache with `use_cached_activations`). Returns the trained SAE and the final eval metrics
+    (written next to the SAE as `eval_results.json` when `output_path` is set).
+    """
+    import jax
+
+    from jsae import evals
+    from jsae.training import Trainer
+
+    config = with_model_metadata(config)
+    lm, tr = config.model, config.training
+    if model is None and lm.model_name is not None:
+        model = load_model_for(lm)
+    if lm.use_cached_activations:
+        source: Any = cached_source(
+            lm,
+            batch_size=tr.train_batch_size_tokens // jax.process_count(),
+            seed=tr.seed,
+            tokenizer=getattr(model, "tokenizer", None),
+        )
+    else:
+        if model is None:
+            raise ConfigError("set model_name (or use_cached_activations) to train on a model.")
+        source = activation_store(
+            lm, model, batch_size=tr.train_batch_size_tokens, seed=tr.seed, d_in=config.sae.d_in
+        )
+    trainer = Trainer(config, source)
+    if model is not None:
+        trainer.evaluator = spliced_evaluator(lm, model, activation_scale=lambda: trainer.scale)
+    t0 = time.perf_counter()
+    sae = trainer.fit()
+    if log:
+        log(f"trained for {trainer.steps_done} steps ({time.perf_counter() - t0:.1f} s)")
+    if hasattr(source, "close"):
+        source.close()
+    results = None
+    if final_evals and model is not None:
+        prompts = lm.eval_batch_size_prompts or lm.store_batch_size_prompts
+        cfg = eval_config or evals.EvalConfig.everything(
+            batch_size_prompts=prompts,
+            n_eval_reconstruction_batches=lm.n_eval_batches,
+            n_eval_sparsity_variance_batches=lm.n_eval_batches,
+        )
+        held_out = token_source(lm, model.tokenizer, shuffle_seed=4321)
+        metrics, features = evals.run_evals(
+            sae,
+            model,
+            held_out,
+            cfg,
+            exclude_special_tokens=lm.exclude_special_tokens or True,
+            hook_name=lm.hook_name,
+            hook_head_index=lm.hook_head_index,
+        )
+        results = {
+            "metrics": metrics,
+            "feature_metrics": features,
+            "eval_cfg": {
+                **cfg.to_dict(),
+                "dataset": lm.dataset_path,
+                "context_size": lm.context_size,
+            },
+        }
+        if tr.output_path and jax.process_index() == 0:
+            import json
+
+            from jsae.fsutil import atomic_write_bytes
+
+            atomic_write_bytes(
+                Path(tr.output_path) / "eval_results.json",
+                json.dumps(evals.nan_to_none(results), indent=2).encode(),
+            )
+        if log:
+            log(evals.format_metrics(metrics))
+    return sae, results
