@@ -409,3 +409,53 @@ def train_language_model_sae(
         if log:
             log(evals.format_metrics(metrics))
     return sae, results
+
+
+def train_saes(
+    configs: Mapping[str, Any], store: ActivationStore, *, max_lag: int = 4
+) -> dict[str, Any]:
+    """Train one SAE per hook of a multi-hook store; every model forward feeds all of them.
+
+    `configs` maps each of the store's hook names to its training config (a `TrainConfig` or a
+    dict of SAELens field names). Each SAE trains in its own thread with the full trainer
+    (logging, checkpoints, output), consuming its hook's batches in lockstep with the others.
+    """
+    import threading
+
+    from jsae.training import Trainer
+
+    unknown = sorted(set(configs) - set(store.hook_names))
+    missing = sorted(set(store.hook_names) - set(configs))
+    if unknown or missing:
+        raise ConfigError(
+            f"train_saes needs one config per hook of the store {store.hook_names}: "
+            f"missing {missing}, not in the store {unknown}."
+        )
+    views = store.hook_iterators(max_lag)
+    trainers = {h: Trainer(cfg, views[h]) for h, cfg in configs.items()}
+    for h, trainer in trainers.items():
+        if trainer.cfg.d_in != store.d_in[h]:
+            raise ConfigError(
+                f"the SAE for {h} has d_in={trainer.cfg.d_in} but the activations have "
+                f"{store.d_in[h]}."
+            )
+    results: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
+
+    def fit(hook: str) -> None:
+        try:
+            results[hook] = trainers[hook].fit()
+        except BaseException as exc:  # re-raised in the caller below
+            errors[hook] = exc
+        finally:
+            views[hook].close()
+
+    threads = [threading.Thread(target=fit, args=(h,), daemon=True) for h in trainers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        hook, exc = next(iter(errors.items()))
+        raise RuntimeError(f"training the SAE for {hook} failed: {exc}") from exc
+    return results

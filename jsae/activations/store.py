@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
+import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
@@ -295,9 +297,14 @@ class ActivationStore:
             return jax.make_array_from_process_local_data(self.sharding, x)
         return jax.device_put(x, self.sharding)
 
-    def hook_iterators(self) -> dict[str, Iterator[jax.Array]]:
-        """One iterator per hook over the same shared stream (consume them in lockstep)."""
-        return {h: _HookView(self, h) for h in self.hook_names}
+    def hook_iterators(self, max_lag: int = 4) -> dict[str, Iterator[jax.Array]]:
+        """One iterator per hook over the shared stream, safe to consume from several threads.
+
+        Each batch is produced once (one model forward) and handed to every hook's iterator;
+        an iterator more than `max_lag` batches ahead of the slowest one waits for it, so
+        consumers run in lockstep and memory stays bounded (see `train_saes`).
+        """
+        return _HookViews(self, max_lag).views
 
     # -------------------------------------------------------------- state
 
@@ -426,21 +433,55 @@ def _eager_step(model: Any, key: tuple, buffer: MixingBuffer) -> Any:
     return step
 
 
+class _HookViews:
+    """Fan-out of a multi-hook store: one bounded queue per hook, filled under a lock."""
+
+    def __init__(self, store: ActivationStore, max_lag: int) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        self.queues = {h: queue.Queue(maxsize=max(1, max_lag)) for h in store.hook_names}
+        self.closed: set[str] = set()  # hooks whose consumer stopped: nothing more is queued
+        self.views = {h: _HookView(self, h) for h in store.hook_names}
+
+    def close(self, hook: str) -> None:
+        """The consumer of `hook` is done (finished or failed); stop queueing for it."""
+        self.closed.add(hook)
+
+    def fill(self) -> None:
+        batch = next(self.store)
+        batch = batch if isinstance(batch, dict) else {self.store.hook_names[0]: batch}
+        for h, q in self.queues.items():
+            while h not in self.closed:  # waits while that consumer is max_lag batches behind
+                try:
+                    q.put(batch[h], timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+
+
 class _HookView:
     """Iterator over one hook's batches of a shared multi-hook store."""
 
-    def __init__(self, store: ActivationStore, hook: str) -> None:
-        self.store, self.hook = store, hook
-        self._pending: list[jax.Array] = []
-        store.__dict__.setdefault("_views", []).append(self)
+    def __init__(self, views: _HookViews, hook: str) -> None:
+        self._views, self.hook = views, hook
+
+    def close(self) -> None:
+        """No more batches will be read from this view (the others no longer wait for it)."""
+        self._views.close(self.hook)
 
     def __iter__(self) -> _HookView:
         return self
 
     def __next__(self) -> jax.Array:
-        if not self._pending:
-            batch = next(self.store)
-            batch = batch if isinstance(batch, dict) else {self.store.hook_names[0]: batch}
-            for view in self.store._views:
-                view._pending.append(batch[view.hook])
-        return self._pending.pop(0)
+        q = self._views.queues[self.hook]
+        while True:
+            try:
+                return q.get_nowait()
+            except queue.Empty:
+                pass
+            if self._views.lock.acquire(timeout=0.01):
+                try:
+                    if q.empty():
+                        self._views.fill()
+                finally:
+                    self._views.lock.release()
