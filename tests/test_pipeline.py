@@ -1,4 +1,4 @@
-"""The whole flow: `jsae train --config run.yaml` from a model, a cache, several hooks; `jsae eval`."""
+"""The whole flow: `jsae train --config` from a model, a cache, several hooks; `jsae eval`."""
 
 from __future__ import annotations
 
