@@ -12,6 +12,7 @@ difference (both compute the same function).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, run_reference, time_it
+from common import ReferenceWorker, machine, time_each
 
 import jsae
 
@@ -52,7 +53,8 @@ def _erfinv(y: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (reference, then jsae)")
+    parser.add_argument("--reps", type=int, default=3, help="timed calls per round and side")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -62,37 +64,44 @@ def main() -> None:
         tmp = Path(tmp)
         sae.save(tmp / "sae")
         save_file({"x": x}, tmp / "x.safetensors")
-        ref = run_reference(
-            "saelens_inference.py",
-            tmp / "sae",
-            tmp / "x.safetensors",
-            tmp / "ref.safetensors",
-            args.reps,
+        worker = ReferenceWorker(
+            "saelens_inference.py", tmp / "sae", tmp / "x.safetensors", tmp / "ref.safetensors"
         )
         ref_out = load_file(tmp / "ref.safetensors")["out"]
         loaded = jsae.load(tmp / "sae")
 
-    x_dev = jax.device_put(x)
-    sparse_fn = jax.jit(lambda s, x: s.decode(s.encode(x)))
-    dense_fn = jax.jit(lambda s, x: s.decode(s.encode(x), sparse=False))
-    t_sparse = time_it(lambda: sparse_fn(loaded, x_dev).block_until_ready(), reps=args.reps)
-    t_dense = time_it(lambda: dense_fn(loaded, x_dev).block_until_ready(), reps=args.reps)
+        x_dev = jax.device_put(x)
+        sparse_fn = jax.jit(lambda s, x: s.decode(s.encode(x)))
+        dense_fn = jax.jit(lambda s, x: s.decode(s.encode(x), sparse=False))
+        times = {"ref": [], "sparse": [], "dense": []}
+        for _ in range(args.rounds):  # alternate so every side sees the same machine load
+            times["ref"] += worker.request(reps=args.reps)["times"]
+            times["sparse"] += time_each(
+                lambda: sparse_fn(loaded, x_dev).block_until_ready(), reps=args.reps
+            )
+            times["dense"] += time_each(
+                lambda: dense_fn(loaded, x_dev).block_until_ready(), reps=args.reps
+            )
+        worker.close()
     out = np.asarray(sparse_fn(loaded, x_dev))
     l0 = float((np.asarray(jax.jit(lambda s, x: s.encode(x))(loaded, x_dev)) > 0).sum(-1).mean())
 
-    t_ref = ref["seconds"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    info = worker.info
     print(
-        f"machine: {machine()}; reference: torch {ref['torch']} "
-        f"({ref['threads']} threads), {ref['saelens_class']}"
+        f"machine: {machine()}; reference: torch {info['torch']} "
+        f"({info['threads']} threads), {info['saelens_class']}"
     )
     print(f"config: jumprelu d_in={D_IN} d_sae={D_SAE} batch={BATCH} float32, mean L0 {l0:.1f}")
+    print(f"timing: median of {args.rounds} alternating rounds x {args.reps} calls per side")
     print(f"{'implementation':32s} {'s/batch':>8s} {'tokens/s':>10s} {'vs SAELens':>10s}")
-    for name, t in [
-        ("SAELens 6.x (torch)", t_ref),
-        ("jsae (sparse decode, default)", t_sparse),
-        ("jsae (dense decode)", t_dense),
-    ]:
-        print(f"{name:32s} {t:8.3f} {BATCH / t:10.0f} {t_ref / t:9.2f}x")
+    rows = [
+        ("SAELens 6.x (torch)", med["ref"]),
+        ("jsae (sparse decode, default)", med["sparse"]),
+        ("jsae (dense decode)", med["dense"]),
+    ]
+    for name, t in rows:
+        print(f"{name:32s} {t:8.3f} {BATCH / t:10.0f} {med['ref'] / t:9.2f}x")
     print(f"max |jsae - SAELens| output difference: {float(np.abs(out - ref_out).max()):.2e}")
 
 

@@ -38,8 +38,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}; {backend}"
 
 
-def time_it(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5) -> float:
-    """Median wall time of fn() in seconds (fn must block until its result is ready)."""
+def time_each(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5) -> list[float]:
+    """Wall time of each of `reps` calls of fn() (fn must block until its result is ready)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -47,7 +47,12 @@ def time_it(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5) -> floa
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def time_it(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5) -> float:
+    """Median wall time of fn() in seconds."""
+    return statistics.median(time_each(fn, warmup=warmup, reps=reps))
 
 
 def reference_python() -> str:
@@ -58,6 +63,47 @@ def reference_python() -> str:
             "run `make refenv` or set JSAE_REFERENCE_PYTHON"
         )
     return path
+
+
+class ReferenceWorker:
+    """A long-lived reference-environment process answering timing requests over stdin/stdout.
+
+    Benchmarks alternate rounds between jsae and the reference (A/B/A/B...), so both see the
+    same machine load; the worker script reads one JSON request per line and prints one JSON
+    reply per line.
+    """
+
+    def __init__(self, script: str, *args: object):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+        env["HF_HUB_OFFLINE"] = "1"
+        self.proc = subprocess.Popen(
+            [reference_python(), str(REFERENCE_DIR / script), *map(str, args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"reference worker died:\n{self.proc.stderr.read()}")
+            line = line.strip()
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def request(self, **kwargs: object) -> dict:
+        self.proc.stdin.write(json.dumps(kwargs) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
 def run_reference(script: str, *args: object) -> dict:

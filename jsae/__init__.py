@@ -18,6 +18,7 @@ from jsae.errors import (
 )
 from jsae.io import load_log_sparsity, save
 from jsae.io import load_saelens as load
+from jsae.models import HookedModel, load_model
 from jsae.sae import SAE, decode, encode, encode_with_hidden_pre, forward, forward_with_activations
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "SAE",
     "ConfigError",
     "FormatError",
+    "HookedModel",
     "JsaeError",
     "NonFiniteError",
     "SAEConfig",
@@ -41,6 +43,7 @@ __all__ = [
     "get_architecture",
     "load",
     "load_log_sparsity",
+    "load_model",
     "register_architecture",
     "save",
 ]

@@ -1,7 +1,10 @@
-"""Reference side of bench_inference: SAELens encode+decode on the same SAE file and inputs."""
+"""Reference worker for bench_inference: SAELens encode+decode on the same SAE file and inputs.
+
+Started once with (sae_dir, inputs, outputs); then answers {"reps": n} requests on stdin with
+the wall time of each of n encode+decode calls.
+"""
 
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -12,24 +15,28 @@ from safetensors.torch import load_file, save_file
 warnings.filterwarnings("ignore")
 from sae_lens import SAE  # noqa: E402
 
-sae_dir, inputs, out_file, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sae_dir, inputs, out_file = sys.argv[1:4]
 sae = SAE.load_from_disk(sae_dir)
 x = load_file(inputs)["x"]
 with torch.no_grad():
     out = sae.decode(sae.encode(x))  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = sae.decode(sae.encode(x))
-        times.append(time.perf_counter() - t0)
 save_file({"out": out.contiguous()}, out_file)
 print(
     json.dumps(
         {
-            "seconds": statistics.median(times),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "saelens_class": type(sae).__name__,
         }
-    )
+    ),
+    flush=True,
 )
+for line in sys.stdin:
+    reps = json.loads(line)["reps"]
+    times = []
+    with torch.no_grad():
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            sae.decode(sae.encode(x))
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({"times": times}), flush=True)

@@ -1,0 +1,255 @@
+"""Interventions as data: hooks that splice SAEs into a model, edit features, steer, ablate.
+
+Every hook here is a small pytree (its arrays are traced, its settings static), so
+`model.run_with_hooks(tokens, hooks)` compiles once and reuses the compiled forward for new
+SAE weights, vectors or feature indices of the same shapes. Python numbers in them are static:
+pass `jnp.asarray(...)` for values you will vary.
+
+    hooks = splice_sae(sae)                                   # x -> sae(x) at its hook
+    hooks = splice_sae(sae, use_error_term=True, edit=SetFeatures([12], 0.0))  # ablate latent 12
+    hooks = {"blocks.6.hook_resid_post": Steer(4.0 * sae.W_dec[12])}          # steering
+    logits = model.run_with_hooks(tokens, hooks)
+
+With `use_error_term=True` the SAE's reconstruction error is added back, so the spliced model
+is the original model exactly, except for what `edit` changes (SAELens's semantics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jsae.errors import ConfigError
+from jsae.sae import SAE, cfg_arch
+
+Hook = Callable[[jax.Array], jax.Array]
+
+
+# --------------------------------------------------------------------------- feature edits
+
+
+@dataclass(frozen=True)
+class SetFeatures:
+    """Set latents `indices` to `values` (0 ablates them; a positive value clamps them on)."""
+
+    indices: Any
+    values: Any = 0.0
+
+    def __call__(self, f: jax.Array) -> jax.Array:
+        idx = jnp.asarray(self.indices, jnp.int32)
+        return f.at[..., idx].set(jnp.asarray(self.values, f.dtype))
+
+
+@dataclass(frozen=True)
+class ScaleFeatures:
+    """Multiply latents `indices` by `factor`."""
+
+    indices: Any
+    factor: Any
+
+    def __call__(self, f: jax.Array) -> jax.Array:
+        idx = jnp.asarray(self.indices, jnp.int32)
+        return f.at[..., idx].multiply(jnp.asarray(self.factor, f.dtype))
+
+
+jax.tree_util.register_dataclass(SetFeatures, data_fields=["indices", "values"], meta_fields=[])
+jax.tree_util.register_dataclass(ScaleFeatures, data_fields=["indices", "factor"], meta_fields=[])
+
+
+# --------------------------------------------------------------------------- activation hooks
+
+
+@dataclass(frozen=True)
+class SAESplice:
+    """Replace the activation by the SAE's reconstruction of it.
+
+    `edit(f) -> f'` changes the latents before decoding. `head_index` (SAELens's
+    `hook_head_index`) applies the SAE to one attention head of a `[..., n_heads, d_head]` hook.
+    """
+
+    sae: SAE
+    edit: Any = None
+    use_error_term: bool = False
+    head_index: int | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.head_index is not None:
+            head = self.sae.forward(
+                x[..., self.head_index, :],
+                use_error_term=self.use_error_term,
+                edit_features=self.edit,
+            )
+            return x.at[..., self.head_index, :].set(head.astype(x.dtype))
+        out = self.sae.forward(x, use_error_term=self.use_error_term, edit_features=self.edit)
+        return out.astype(x.dtype)
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add `scale * vector` to the activation (at every position, or only at `positions`)."""
+
+    vector: Any
+    scale: Any = 1.0
+    positions: Any = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        delta = (jnp.asarray(self.scale) * jnp.asarray(self.vector)).astype(x.dtype)
+        if self.positions is None:
+            return x + delta
+        return x.at[:, jnp.asarray(self.positions, jnp.int32)].add(delta)
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Replace the activation by `value` (zeros by default; pass a mean for mean-ablation)."""
+
+    value: Any = 0.0
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.broadcast_to(jnp.asarray(self.value, x.dtype), x.shape)
+
+
+jax.tree_util.register_dataclass(
+    SAESplice, data_fields=["sae", "edit"], meta_fields=["use_error_term", "head_index"]
+)
+jax.tree_util.register_dataclass(
+    Steer, data_fields=["vector", "scale", "positions"], meta_fields=[]
+)
+jax.tree_util.register_dataclass(Ablate, data_fields=["value"], meta_fields=[])
+
+
+# --------------------------------------------------------------------------- transcoders
+
+
+@dataclass(eq=False)
+class _Carry:
+    """Passes the transcoder's input from its read hook to its write hook within one trace."""
+
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class _TranscoderRead:
+    carry: _Carry = field(default_factory=_Carry)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.carry.value = x
+        return x
+
+
+@dataclass(frozen=True)
+class _TranscoderWrite:
+    sae: SAE
+    edit: Any = None
+    carry: _Carry = field(default_factory=_Carry)
+    use_error_term: bool = False
+
+    def __call__(self, y: jax.Array) -> jax.Array:
+        x, self.carry.value = self.carry.value, None
+        if x is None:
+            raise ConfigError(
+                f"transcoder output hook {self.sae.cfg.metadata.hook_name_out!r} ran before its "
+                f"input hook {self.sae.cfg.metadata.hook_name!r}: the input must come first."
+            )
+        out = self.sae.forward(x, edit_features=self.edit)
+        if self.use_error_term:
+            clean = out if self.edit is None else self.sae.forward(x)
+            out = out + jax.lax.stop_gradient(y - clean.astype(y.dtype))
+        return out.astype(y.dtype)
+
+
+jax.tree_util.register_dataclass(_TranscoderRead, data_fields=[], meta_fields=["carry"])
+jax.tree_util.register_dataclass(
+    _TranscoderWrite, data_fields=["sae", "edit"], meta_fields=["carry", "use_error_term"]
+)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def splice_sae(
+    sae: SAE,
+    *,
+    use_error_term: bool = False,
+    edit: Any = None,
+    hook_name: str | None = None,
+) -> dict[str, Hook]:
+    """Hooks that splice `sae` in at `hook_name` (default: the SAE's `metadata.hook_name`).
+
+    A transcoder reads its input at `hook_name` and replaces the activation at
+    `metadata.hook_name_out` with its output.
+    """
+    meta = sae.cfg.metadata
+    name = hook_name or meta.hook_name
+    if not name:
+        raise ConfigError(
+            "this SAE's metadata has no hook_name: pass hook_name='blocks.L.hook_...' to say "
+            "where it belongs."
+        )
+    if cfg_arch(sae.cfg).is_transcoder:
+        if not meta.hook_name_out:
+            raise ConfigError(
+                "this transcoder's metadata has no hook_name_out: set it to the hook its "
+                "output replaces (e.g. 'blocks.L.hook_mlp_out')."
+            )
+        carry = _Carry()
+        return {
+            name: _TranscoderRead(carry),
+            meta.hook_name_out: _TranscoderWrite(sae, edit, carry, use_error_term),
+        }
+    head = getattr(meta, "hook_head_index", None)
+    return {name: SAESplice(sae, edit, use_error_term, head)}
+
+
+def sae_hooks(saes: SAE | Iterable[SAE], *, use_error_term: bool = False) -> dict[str, Hook]:
+    """Hooks splicing one or several SAEs in at their own hook points."""
+    saes = [saes] if isinstance(saes, SAE) else list(saes)
+    hooks: dict[str, Hook] = {}
+    for sae in saes:
+        for name, hook in splice_sae(sae, use_error_term=use_error_term).items():
+            if name in hooks:
+                raise ConfigError(
+                    f"two SAEs hook {name!r}; splice them one at a time or compose them yourself."
+                )
+            hooks[name] = hook
+    return hooks
+
+
+def ablate_features(sae: SAE, indices: Any) -> dict[str, Hook]:
+    """Zero SAE latents `indices` and keep everything else exact (error term on)."""
+    return splice_sae(sae, use_error_term=True, edit=SetFeatures(jnp.asarray(indices), 0.0))
+
+
+def clamp_features(sae: SAE, indices: Any, values: Any) -> dict[str, Hook]:
+    """Fix SAE latents `indices` at `values` and keep everything else exact (error term on)."""
+    return splice_sae(
+        sae, use_error_term=True, edit=SetFeatures(jnp.asarray(indices), jnp.asarray(values))
+    )
+
+
+def feature_steering(
+    sae: SAE, indices: Any, coefficients: Any, *, hook_name: str | None = None
+) -> dict[str, Hook]:
+    """Add `sum_i coefficients[i] * W_dec[indices[i]]` at the SAE's hook (steering vectors)."""
+    idx = jnp.atleast_1d(jnp.asarray(indices, jnp.int32))
+    coef = jnp.broadcast_to(jnp.asarray(coefficients, sae.W_dec.dtype), idx.shape)
+    vector = coef @ sae.W_dec[idx]  # [d_in]
+    name = hook_name or sae.cfg.metadata.hook_name
+    if not name:
+        raise ConfigError("this SAE's metadata has no hook_name: pass hook_name=...")
+    return {name: Steer(vector)}
+
+
+def merge_hooks(*hook_dicts: Mapping[str, Hook]) -> dict[str, Hook]:
+    """Several hook dicts as one; the same hook name twice is refused."""
+    merged: dict[str, Hook] = {}
+    for hooks in hook_dicts:
+        for name, hook in hooks.items():
+            if name in merged:
+                raise ConfigError(f"hook {name!r} is set twice; compose the functions yourself.")
+            merged[name] = hook
+    return merged
