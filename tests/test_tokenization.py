@@ -196,6 +196,15 @@ def test_dataset_with_no_full_context_is_refused(tokenizer) -> None:
         next(src)
 
 
+def test_unknown_dataset_names_the_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ConfigError, match="'nobody/no-such-dataset' is neither a local path"):
+        load_dataset_any("nobody/no-such-dataset")
+    with pytest.raises(ConfigError, match="neither a local path"):
+        load_dataset_any(str(tmp_path / "missing-dir"))
+
+
 def test_empty_dataset_and_bad_tokens_are_refused(tokenizer, tmp_path) -> None:
     with pytest.raises(ConfigError, match="empty"):
         TokenSource(

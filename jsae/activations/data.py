@@ -103,11 +103,11 @@ def load_dataset_any(
         kwargs["trust_remote_code"] = trust_remote_code
     try:
         return datasets.load_dataset(str(path), **kwargs)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ConnectionError) as exc:
         raise ConfigError(
-            f"dataset {str(path)!r} was not found as a local path or in the Hugging Face hub "
-            f"cache ({exc}). Check the path or hub id; offline (HF_HUB_OFFLINE=1) only cached "
-            "datasets load."
+            f"dataset {str(path)!r} is neither a local path nor a hub dataset that could be "
+            f"loaded ({type(exc).__name__}: {exc}). Check the path or hub id; offline "
+            "(HF_HUB_OFFLINE=1) only datasets already in the datasets cache load."
         ) from None
 
 
