@@ -35,14 +35,14 @@ def _sizes(quick: bool) -> dict[str, Any]:
             "lm_steps": 60,
             "training_tokens": 40_960,
             "eval_batches": 2,
-            "d_sae": 256,
+            "d_sae": 128,
         }
     return {
         "docs": 3000,
         "lm_steps": 400,
         "training_tokens": 1_024_000,
         "eval_batches": 8,
-        "d_sae": 512,
+        "d_sae": 256,
     }
 
 
@@ -95,7 +95,7 @@ def demo_config(work: Path, sizes: dict[str, Any], seed: int) -> dict[str, Any]:
         "architecture": "topk",
         "d_in": 64,
         "d_sae": sizes["d_sae"],
-        "k": 16,
+        "k": 8,
         # training
         "lr": 2e-3,
         "train_batch_size_tokens": 512,
