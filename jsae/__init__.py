@@ -1,7 +1,8 @@
 """jsae: sparse autoencoders on language-model activations, in JAX.
 
 import jsae
-sae = jsae.load("path/to/sae")                 # SAELens-format directory
+sae = jsae.load("path/to/sae")                 # any supported format, detected from its files
+sae = jsae.from_pretrained("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
 f = sae.encode(x); x_hat = sae.decode(f)       # jittable, x: [..., d_in]
 sae.save("out/")                               # SAELens loads it back
 """
@@ -16,8 +17,8 @@ from jsae.errors import (
     ShapeError,
     UnsafePickleError,
 )
+from jsae.hub import from_pretrained, load
 from jsae.io import load_log_sparsity, save
-from jsae.io import load_saelens as load
 from jsae.models import HookedModel, load_model
 from jsae.sae import SAE, decode, encode, encode_with_hidden_pre, forward, forward_with_activations
 
@@ -40,6 +41,7 @@ __all__ = [
     "encode_with_hidden_pre",
     "forward",
     "forward_with_activations",
+    "from_pretrained",
     "get_architecture",
     "load",
     "load_log_sparsity",

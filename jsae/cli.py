@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("jsae.commands.demo", "offline end-to-end run on an embedded default"),
     "eval": ("jsae.commands.eval", "evaluate an SAE spliced into its model (SAELens metrics)"),
     "cache": ("jsae.commands.cache", "write a model's activations to disk, resumably"),
+    "convert": ("jsae.commands.convert", "convert any supported SAE checkpoint to SAELens format"),
 }
 
 

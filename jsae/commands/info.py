@@ -7,7 +7,7 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="SAE directory (SAELens format)")
+    parser.add_argument("path", help="SAE directory or file, in any format jsae.load detects")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -90,7 +90,9 @@ class HookedModel:
         config = normalize_config(config)
         family = family_for(config)
         module = flax_module(family, config, dtype)
-        params = init_params(module, family, config, jax.random.key(seed))
+        # jitted: some Flax classes build [max_positions, max_positions] masks at setup, which
+        # XLA fuses away under jit but eager execution would materialise
+        params = jax.jit(lambda key: init_params(module, family, config, key))(jax.random.key(seed))
         return cls(module, params, config, family, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ hook names
