@@ -1,6 +1,7 @@
 """`jsae eval`: evaluate an SAE with SAELens's metrics, the SAE spliced into its model.
 
     jsae eval path/to/sae dataset_path=NeelNanda/pile-10k --batch-size-prompts 8
+    jsae eval gpt2-small-res-jb --sae-id blocks.8.hook_resid_pre dataset_path=NeelNanda/pile-10k
 
 The model, hook and context come from the SAE's metadata unless set (`model_name=...`,
 `hook_name=...`, `context_size=...`). Prints the metrics by group and, with `--output`, writes
@@ -14,7 +15,14 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sae", help="SAE directory (SAELens format)")
+    parser.add_argument(
+        "sae",
+        help="SAE directory or file (any format jsae.load reads), or a "
+        "registry release / hub repo with --sae-id",
+    )
+    parser.add_argument(
+        "--sae-id", default=None, help="load SAE_ID of release SAE with jsae.from_pretrained"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from jsae.activations.pipeline import load_model_for, token_source
     from jsae.fsutil import atomic_write_bytes
 
-    sae = jsae.load(args.sae)
+    sae = jsae.from_pretrained(args.sae, args.sae_id) if args.sae_id else jsae.load(args.sae)
     given = {**load_yaml(args.config), **parse_overrides(args.overrides)}
     defaults = {k: v for k, v in _defaults_from_sae(sae).items() if k not in given}
     settings = settings_from_sources(args.config, args.overrides, **defaults)
