@@ -179,3 +179,37 @@ def test_bad_caches_are_refused(tmp_path) -> None:
     shutil.rmtree(tmp_path / "c" / "shards" / "000001")
     with pytest.raises(FormatError, match="000001"):
         CachedActivations(tmp_path / "c", batch_size=2)
+
+
+def test_saelens_cache_format_both_ways(tmp_path) -> None:
+    """SAELens's own cache writer -> jsae import; jsae export -> SAELens's ActivationsStore."""
+    from helpers import run_reference
+
+    from jsae.activations.cache import export_saelens_cache, import_saelens_cache
+
+    rng = np.random.default_rng(0)
+    n, ctx, d = 6, 5, 3
+    acts = rng.normal(size=(n, ctx, d)).astype(np.float32)
+    ids = rng.integers(0, 100, (n, ctx)).astype(np.int32)
+    hook = "blocks.0.hook_resid_post"
+    w = CacheWriter(tmp_path / "jsae", hook_names=[hook], d_in={hook: d}, context_size=ctx)
+    w.add_shard({hook: acts[:4].reshape(-1, d)}, ids[:4])
+    w.add_shard({hook: acts[4:].reshape(-1, d)}, ids[4:])
+    w.finish()
+    export_saelens_cache(tmp_path / "jsae", tmp_path / "jsae_export")
+    np.savez(tmp_path / "cache_inputs.npz", acts=acts, token_ids=ids)
+    (tmp_path / "cache_hook.txt").write_text(hook)
+    run_reference("saelens_packing.py", "cache", tmp_path)
+    with np.load(tmp_path / "read_back.npz") as back:  # SAELens reading jsae's export
+        assert np.array_equal(back["acts"], acts.reshape(-1, d))
+        assert np.array_equal(back["token_ids"], ids.reshape(-1))
+    import_saelens_cache(tmp_path / "saelens_cache", tmp_path / "imported", shard_tokens=10)
+    manifest = read_manifest(tmp_path / "imported")
+    assert manifest["hook_names"] == [hook] and manifest["context_size"] == ctx
+    reader = CachedActivations(
+        tmp_path / "imported", batch_size=ctx, shuffle=False, loop=False, prefetch=0
+    )
+    assert np.array_equal(np.concatenate(list(reader)), acts.reshape(-1, d))
+    assert np.array_equal(np.concatenate(reader.token_ids), ids.reshape(-1))
+    with pytest.raises(FormatError, match=r"not a jsae activation cache.*SAELens Arrow cache"):
+        CachedActivations(tmp_path / "saelens_cache", batch_size=2)

@@ -453,3 +453,101 @@ class CachedActivations:
 
     def __del__(self) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------ SAELens caches
+
+
+def import_saelens_cache(
+    source: str | Path, path: str | Path, *, shard_tokens: int = 1 << 20, overwrite: bool = False
+) -> Path:
+    """Convert a SAELens activation cache (an Arrow dataset) into a jsae cache directory.
+
+    SAELens's `CacheActivationsRunner` writes one row per context: a column per hook holding
+    `[context_size, d_in]` and optionally `token_ids` `[context_size]`. Rows are copied in
+    order (context by context, tokens flattened).
+    """
+    import datasets
+
+    ds = datasets.load_from_disk(str(source))
+    if isinstance(ds, datasets.DatasetDict):
+        raise FormatError(f"{source} holds several splits {list(ds)}; point at one of them.")
+    hooks = [c for c in ds.column_names if c != "token_ids"]
+    shapes = {h: getattr(ds.features[h], "shape", None) for h in hooks}
+    if not hooks or any(s is None or len(s) != 2 for s in shapes.values()):
+        raise FormatError(
+            f"{source} is not a SAELens activation cache: expected columns of [context, d_in] "
+            f"arrays (and token_ids), found {ds.features}."
+        )
+    context = {s[0] for s in shapes.values()}
+    if len(context) != 1:
+        raise FormatError(f"{source}: hook columns disagree on the context size {shapes}.")
+    ctx = context.pop()
+    dtype = str(ds.features[hooks[0]].dtype)
+    writer = CacheWriter(
+        path,
+        hook_names=hooks,
+        d_in={h: shapes[h][1] for h in hooks},
+        dtype=dtype,
+        context_size=ctx,
+        settings={"imported_from": str(Path(source).resolve())},
+        resume=False,
+        overwrite=overwrite,
+    )
+    ds = ds.with_format("numpy")
+    rows = max(1, int(shard_tokens) // ctx)
+    for start in range(0, len(ds), rows):
+        chunk = ds[start : start + rows]
+        n = len(chunk[hooks[0]])
+        ids = chunk["token_ids"] if "token_ids" in chunk else np.full((n, ctx), -1, np.int32)
+        writer.add_shard(
+            {h: np.asarray(chunk[h]).reshape(n * ctx, -1) for h in hooks},
+            np.asarray(ids).reshape(-1),
+        )
+    writer.finish()
+    return Path(path)
+
+
+def export_saelens_cache(
+    path: str | Path, out: str | Path, *, hook_names: Sequence[str] | None = None
+) -> Path:
+    """Write a jsae cache as a SAELens activation cache (Arrow, `datasets.save_to_disk`).
+
+    SAELens trains on it with `use_cached_activations=True, cached_activations_path=out`.
+    Rows are contexts (`[context_size, d_in]` per hook, `token_ids`); every shard must hold
+    whole contexts, which caches written by `jsae cache` do.
+    """
+    import datasets
+
+    manifest = read_manifest(path)
+    names = list(hook_names or manifest["hook_names"])
+    ctx, dtype = int(manifest["context_size"]), manifest["dtype"]
+    if dtype == "bfloat16":
+        raise FormatError("SAELens's Arrow caches have no bfloat16; export a float32 cache.")
+    reader = CachedActivations(path, 1, hook_names=names, shuffle=False, prefetch=0)
+    features = datasets.Features(
+        {
+            **{h: datasets.Array2D(shape=(ctx, manifest["d_in"][h]), dtype=dtype) for h in names},
+            "token_ids": datasets.Sequence(datasets.Value("int32"), length=ctx),
+        }
+    )
+
+    def rows():
+        for i in range(len(reader.token_ids)):
+            ids = np.asarray(reader.token_ids[i])
+            if len(ids) % ctx:
+                raise FormatError(f"shard {i} of {path} does not hold whole contexts.")
+            acts = {
+                h: np.asarray(reader.acts[h][i]).reshape(-1, ctx, manifest["d_in"][h])
+                for h in names
+            }
+            for j, seq in enumerate(ids.reshape(-1, ctx)):
+                yield {**{h: acts[h][j] for h in names}, "token_ids": seq}
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch, atomic_output_dir(out) as tmp:
+        # a fresh datasets cache: generator fingerprints can never hit another cache's rows
+        ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=scratch)
+        ds.save_to_disk(str(tmp))
+    return Path(out)

@@ -1,6 +1,7 @@
 """Runs in the reference environment: SAELens's own token packing, on inputs jsae also packs.
 
     python saelens_packing.py DIR
+    python saelens_packing.py cache DIR
 
 DIR/inputs.json holds the cases (written by the test):
   "raw":        {"docs": [[ids...], ...], "configs": [{name, context_size, begin_batch_token_id,
@@ -16,6 +17,12 @@ DIR/inputs.json holds the cases (written by the test):
 
 Writes DIR/outputs.npz: "<section>/<name>" -> int64 array [n_contexts, context_size], plus
 "special/<i>" -> the ids SAELens excludes with exclude_special_tokens=True.
+
+`cache`: the packed contexts' activations in SAELens's cache format. DIR/cache_inputs.npz holds
+`acts` [n_contexts, context, d_in] and `token_ids` [n_contexts, context]; SAELens's own
+CacheActivationsRunner shard writer and consolidation write them to DIR/saelens_cache (hook
+DIR/cache_hook.txt). Then SAELens's ActivationsStore reads DIR/jsae_export (a cache exported by
+jsae) with `cached_activations_path`, and its raw batches are written to DIR/read_back.npz.
 """
 
 import json
@@ -152,5 +159,76 @@ def main(directory):
     np.savez(directory / "outputs.npz", **out)
 
 
+def cache(directory):
+    from datasets import Array2D, Features, Sequence, Value
+    from sae_lens.cache_activations_runner import CacheActivationsRunner
+    from sae_lens.config import CacheActivationsRunnerConfig
+
+    directory = Path(directory)
+    data = np.load(directory / "cache_inputs.npz")
+    hook = (directory / "cache_hook.txt").read_text().strip()
+    acts, ids = torch.as_tensor(data["acts"]), torch.as_tensor(data["token_ids"])
+    n, ctx, d_in = acts.shape
+    half = n // 2
+    cfg = CacheActivationsRunnerConfig(  # sized so that one buffer is `half` contexts
+        dataset_path="unused",
+        model_name="unused",
+        model_batch_size=half,
+        hook_name=hook,
+        d_in=d_in,
+        training_tokens=n * ctx,
+        context_size=ctx,
+        device="cpu",
+        shuffle=False,
+        new_cached_activations_path=str(directory / "saelens_cache"),
+        buffer_size_gb=(half * ctx * d_in * 4 + 0.5) / 1e9,
+    )
+    assert cfg.n_seq_in_buffer == half and cfg.n_buffers == 2
+    # SAELens's own shard writer and consolidation, without loading a model
+    runner = object.__new__(CacheActivationsRunner)
+    runner.cfg, runner.context_size = cfg, ctx
+    runner.features = Features(
+        {
+            hook: Array2D(shape=(ctx, d_in), dtype="float32"),
+            "token_ids": Sequence(Value(dtype="int32"), length=ctx),
+        }
+    )
+    tmp = directory / "saelens_cache" / ".tmp_shards"
+    tmp.mkdir(parents=True)
+    for i in range(2):
+        rows = slice(i * half, (i + 1) * half)
+        shard = runner._create_shard((acts[rows].reshape(-1, d_in), ids[rows].reshape(-1)))
+        shard.save_to_disk(f"{tmp}/shard_{i:05d}", num_shards=1)
+    runner._consolidate_shards(tmp, directory / "saelens_cache", copy_files=False)
+
+    store = ActivationsStore(
+        model=None,
+        dataset=None,
+        streaming=False,
+        hook_name=hook,
+        hook_head_index=None,
+        context_size=ctx,
+        d_in=d_in,
+        n_batches_in_buffer=1,
+        total_training_tokens=n * ctx,
+        store_batch_size_prompts=2,
+        train_batch_size_tokens=ctx,
+        prepend_bos=True,
+        normalize_activations="none",
+        device=torch.device("cpu"),
+        dtype="float32",
+        cached_activations_path=str(directory / "jsae_export"),
+    )
+    batches = [store.get_raw_llm_batch(raise_on_epoch_end=True) for _ in range(n // 2)]
+    np.savez(
+        directory / "read_back.npz",
+        acts=torch.cat([b[0] for b in batches]).numpy(),
+        token_ids=torch.cat([b[1] for b in batches]).numpy(),
+    )
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "cache":
+        cache(sys.argv[2])
+    else:
+        main(sys.argv[1])
