@@ -62,7 +62,6 @@ def shuffle_split(
     return rest, served
 
 
-_write_jit = jax.jit(write_rows, donate_argnums=0)
 _split_jit = jax.jit(
     shuffle_split,
     static_argnames=("capacity", "n_serve", "batch_size", "shuffle"),
@@ -132,7 +131,6 @@ class MixingBuffer:
         self.seed = int(seed)
         self.draws = 0  # shuffles done so far
         self.buf = self._zeros()
-        self._write = _write_jit
         self._split = partial(
             _split_jit,
             capacity=layout.capacity,
@@ -149,18 +147,6 @@ class MixingBuffer:
         """Whether enough rows are held to serve batches."""
         return self.fill >= self.layout.capacity
 
-    def add(self, rows: jax.Array, keep: np.ndarray) -> None:
-        """Append `rows [M, D]` (M <= chunk_rows) keeping those with `keep [M]` True."""
-        keep = np.asarray(keep, bool)
-        if self.ready:
-            raise RuntimeError("buffer is full; call drain() before adding more rows")
-        if rows.shape[0] > self.layout.chunk_rows or rows.shape[1] != self.width:
-            raise ValueError(
-                f"rows {rows.shape} do not fit chunks of [{self.layout.chunk_rows}, {self.width}]"
-            )
-        self.buf = self._write(self.buf, rows, jnp.asarray(keep), jnp.int32(self.fill))
-        self.fill += int(keep.sum())
-
     def commit(self, buf: jax.Array, n_kept: int) -> None:
         """Install a buffer updated by the caller's own jitted `write_rows` (fused steps)."""
         if self.ready:
@@ -176,17 +162,6 @@ class MixingBuffer:
         self.draws += 1
         self.fill -= self.layout.n_serve
         return served
-
-    def leftover(self) -> jax.Array:
-        """What remains at the end of a finite stream, as full batches `[n, B, D]` (shuffled)."""
-        n = self.fill // self.layout.batch_size * self.layout.batch_size
-        rows = self.buf[: self.fill]
-        if self.shuffle and self.fill:
-            key = jax.random.fold_in(jax.random.key(self.seed), self.draws)
-            self.draws += 1
-            rows = rows[jax.random.permutation(key, self.fill)]
-        self.fill = 0
-        return rows[:n].reshape(-1, self.layout.batch_size, self.width)
 
     # -------------------------------------------------------------- state
 

@@ -15,7 +15,7 @@ so a restored source continues with exactly the next context, streaming or not.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -360,21 +360,3 @@ class TokenSource:
         self._epoch = int(state.get("epoch", 0))
         self._position = PackPosition.from_dict(dict(state))
         self._iter = None
-
-
-def token_batches(source: TokenSource, batch_size: int) -> Iterator[np.ndarray]:
-    """Endless `[batch_size, context_size]` batches from a token source."""
-    while True:
-        yield source.next_batch(batch_size)
-
-
-def as_token_array(tokens: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """Token ids as a 2-D int32 array `[B, T]`, with a clear error otherwise."""
-    arr = np.asarray(tokens)
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise ConfigError(
-            f"token ids must be an integer array [batch, seq], got {arr.shape} {arr.dtype}."
-        )
-    return arr.astype(TOKEN_DTYPE)

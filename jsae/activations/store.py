@@ -206,7 +206,10 @@ class ActivationStore:
             self.dtype,
         )
         if not hasattr(self.model, "apply_with_cache"):
-            return _eager_step(self.model, key, self.buffer)
+            raise ConfigError(
+                f"{type(self.model).__name__} has no apply_with_cache(params, tokens, names): "
+                "use a jsae.load_model model (or one with the same pure-function interface)."
+            )
         per_model = _STEPS.setdefault(self.model, {})
         if key not in per_model:
             per_model[key] = _fused_step(self.model, key)
@@ -421,16 +424,6 @@ def rows_fn(
 
         per_model[("rows", key)] = jax.jit(fn)
     return per_model[("rows", key)]
-
-
-def _eager_step(model: Any, key: tuple, buffer: MixingBuffer) -> Any:
-    """For models that only offer `run_with_cache` (itself jitted): forward, then write."""
-
-    def step(params, buf, tokens, keep, fill):
-        _, cache = model.run_with_cache(tokens, list(key[0]), stop_at_layer=True)
-        return buffer._write(buf, _rows(cache, key), keep, fill)
-
-    return step
 
 
 class _HookViews:
