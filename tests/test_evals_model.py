@@ -164,3 +164,42 @@ def test_bad_eval_input_through_a_model(model) -> None:
         evals.run_evals(
             ok, model, tokens, evals.EvalConfig.everything(n_eval_reconstruction_batches=2)
         )
+
+
+def test_jsae_eval_command(reference, tmp_path, capsys) -> None:
+    from jsae.cli import main
+
+    root, outputs = reference
+    sae_dir = tmp_path / "sae"
+    meta = {
+        "model_name": str(root / "model"),
+        "hook_name": CASES[0]["hook_name"],
+        "context_size": CTX,
+        "prepend_bos": True,
+    }
+    sae = jsae.load(root / "sae_0")
+    jsae.SAE(sae.cfg.replace(metadata=meta), sae.params).save(sae_dir)
+    out = tmp_path / "results.json"
+    args = [
+        "eval",
+        str(sae_dir),
+        f"dataset_path={root / 'corpus.jsonl'}",
+        "streaming=false",
+        "--batch-size-prompts",
+        "2",
+        "--n-eval-reconstruction-batches",
+        "2",
+        "--output",
+        str(out),
+        "--features",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "ce_loss_score" in printed and "feature_density" in printed
+    result = json.loads(out.read_text())
+    assert set(result) == {"metrics", "feature_metrics", "sae_cfg", "eval_cfg"}
+    assert set(result["metrics"]) == set(outputs[0]["metrics"])
+    assert result["eval_cfg"]["context_size"] == CTX
+    # nothing to evaluate on: the error names the missing setting
+    assert main(["eval", str(sae_dir)]) == 2
+    assert "dataset_path" in capsys.readouterr().err
