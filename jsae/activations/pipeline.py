@@ -273,11 +273,12 @@ def spliced_evaluator(
     eval_config: Any = None,
     activation_scale: Callable[[], float | None] | float | None = None,
 ) -> Callable[[Any, int], dict[str, Any]]:
-    """`evaluator(sae, step) -> {"group/key": value}`: run_evals on fresh held-out batches.
+    """`evaluator(sae, step) -> {"group/key": value}`: run_evals on the next eval batches.
 
-    Batches come from the settings' dataset, shuffled with a fixed seed, read from a separate
-    stream so training data is untouched. `activation_scale` (a number or a callable giving
-    it) scales activations into the SAE while a training-time scale is not yet folded in.
+    Batches come from the settings' dataset through a separately shuffled stream (the
+    training stream is untouched; it is not a held-out split). `activation_scale` (a number
+    or a callable giving it) scales activations into the SAE while a training-time scale is
+    not yet folded in.
     """
     from jsae import evals
 
