@@ -111,6 +111,7 @@ def demo_config(work: Path, sizes: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import datasets
     import numpy as np
     import yaml
 
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from jsae.models import HookedModel, load_model
     from jsae.training import TrainConfig
 
+    datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", message=".*starting epoch.*")
     t0 = time.perf_counter()
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="jsae-demo-"))
