@@ -21,6 +21,7 @@ from jsae.hub import from_pretrained, load
 from jsae.io import load_log_sparsity, save
 from jsae.models import HookedModel, load_model
 from jsae.sae import SAE, decode, encode, encode_with_hidden_pre, forward, forward_with_activations
+from jsae.training import TrainConfig, Trainer, train
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,8 @@ __all__ = [
     "SAEConfig",
     "SAEMetadata",
     "ShapeError",
+    "TrainConfig",
+    "Trainer",
     "UnsafePickleError",
     "architecture_names",
     "decode",
@@ -48,4 +51,5 @@ __all__ = [
     "load_model",
     "register_architecture",
     "save",
+    "train",
 ]

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("jsae.commands.eval", "evaluate an SAE spliced into its model (SAELens metrics)"),
     "cache": ("jsae.commands.cache", "write a model's activations to disk, resumably"),
     "convert": ("jsae.commands.convert", "convert any supported SAE checkpoint to SAELens format"),
+    "train": ("jsae.commands.train", "train an SAE from a YAML config and key=value overrides"),
 }
 
 

@@ -116,3 +116,100 @@ def gather_decode_loop(
         return acc + v[:, None].astype(acc_dtype) * W_dec[i].astype(acc_dtype)
 
     return jax.lax.fori_loop(0, jnp.minimum(count, n_cols), body, acc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training with (value, index) latents: TopK's sparse forward and backward.
+#
+# A TopK SAE's latents are k (value, index) pairs per token. Decoding them, and back-propagating
+# through the decoder and the selected encoder columns, needs O(B · k · d) work instead of the
+# O(B · d_sae · d) of dense matmuls; only the encoder's forward pre-activation (which TopK must
+# rank) stays dense. Both functions loop over the k columns: each iteration touches one
+# [B, d] slab, so nothing of size [B, k, d] is ever materialised.
+
+
+@jax.custom_vjp
+def gather_decode(
+    vals: jax.Array, idx: jax.Array, W_dec: jax.Array, count: jax.Array | None = None
+) -> jax.Array:
+    """Σ_j vals[:, j] · W_dec[idx[:, j]]: decode (value, index) latents. [N, K] -> [N, d].
+
+    Backward: d vals[:, j] = g · W_dec[idx[:, j]] (a gather and a row-wise dot), and
+    d W_dec[i] = Σ_{(n, j): idx[n, j] = i} vals[n, j] · g[n] (a scatter-add); no dense [N, d_sae]
+    matrix appears in either direction. `count` (a traced int) skips columns >= count, whose
+    values must be zero (their gradients are left at zero).
+    """
+    return gather_decode_loop(vals, idx, W_dec, count)
+
+
+def _gather_decode_fwd(vals, idx, W_dec, count):
+    return gather_decode_loop(vals, idx, W_dec, count), (vals, idx, W_dec, count)
+
+
+def _gather_decode_bwd(residuals, g):
+    vals, idx, W_dec, count = residuals
+    n_cols = idx.shape[1] if count is None else jnp.minimum(count, idx.shape[1])
+    acc_dtype = jnp.result_type(g, W_dec)
+
+    def body(j, carry):
+        dvals, dW = carry
+        i = jax.lax.dynamic_index_in_dim(idx, j, axis=1, keepdims=False)  # [N]
+        v = jax.lax.dynamic_index_in_dim(vals, j, axis=1, keepdims=False)  # [N]
+        rows = W_dec[i].astype(acc_dtype)  # [N, d]
+        dvals = dvals.at[:, j].set(jnp.sum(rows * g, axis=-1).astype(dvals.dtype))
+        dW = dW.at[i].add((v[:, None].astype(acc_dtype) * g).astype(dW.dtype))
+        return dvals, dW
+
+    init = (jnp.zeros_like(vals), jnp.zeros_like(W_dec))
+    dvals, dW = jax.lax.fori_loop(0, n_cols, body, init)
+    return dvals, None, dW, None
+
+
+gather_decode.defvjp(_gather_decode_fwd, _gather_decode_bwd)
+
+
+@jax.custom_vjp
+def gather_encode(
+    hidden_pre: jax.Array,
+    x: jax.Array,
+    W_enc: jax.Array,
+    b_enc: jax.Array,
+    idx: jax.Array,
+    count: jax.Array | None = None,
+) -> jax.Array:
+    """hidden_pre[n, idx[n, j]], differentiable in (x, W_enc, b_enc) through a sparse backward.
+
+    `hidden_pre` must equal `x @ W_enc + b_enc` and is not differentiated (compute it under
+    `stop_gradient`: TopK needs it dense to rank latents). The backward touches only the selected
+    encoder columns: d W_enc[:, i] += x[n] · g[n, j] (a scatter-add into W_encᵀ's rows),
+    d b_enc[i] += g[n, j], d x[n] = Σ_j g[n, j] · W_enc[:, idx[n, j]]. [N, d_sae] -> [N, K].
+    The backward skips columns >= `count` (their cotangents must be zero).
+    """
+    return jnp.take_along_axis(hidden_pre, idx, axis=-1)
+
+
+def _gather_encode_fwd(hidden_pre, x, W_enc, b_enc, idx, count):
+    return jnp.take_along_axis(hidden_pre, idx, axis=-1), (x, W_enc, b_enc, idx, count)
+
+
+def _gather_encode_bwd(residuals, g):
+    x, W_enc, b_enc, idx, count = residuals
+    n_cols = idx.shape[1] if count is None else jnp.minimum(count, idx.shape[1])
+    W_t = W_enc.T  # [d_sae, d_in]: rows are the encoder columns
+    acc_dtype = jnp.result_type(g, W_enc)
+
+    def body(j, carry):
+        dx, dW_t = carry
+        i = jax.lax.dynamic_index_in_dim(idx, j, axis=1, keepdims=False)  # [N]
+        gj = jax.lax.dynamic_index_in_dim(g, j, axis=1, keepdims=False).astype(acc_dtype)
+        dx = dx + (gj[:, None] * W_t[i].astype(acc_dtype)).astype(dx.dtype)
+        dW_t = dW_t.at[i].add((gj[:, None] * x.astype(acc_dtype)).astype(dW_t.dtype))
+        return dx, dW_t
+
+    init = (jnp.zeros_like(x), jnp.zeros_like(W_t))
+    dx, dW_t = jax.lax.fori_loop(0, n_cols, body, init)
+    db = jnp.zeros_like(b_enc).at[idx.reshape(-1)].add(g.reshape(-1).astype(b_enc.dtype))
+    return None, dx, dW_t.T, db, None, None
+
+
+gather_encode.defvjp(_gather_encode_fwd, _gather_encode_bwd)

@@ -11,7 +11,8 @@ Parameter names and orientations are SAELens's: `W_enc [d_in, d_sae]`, `W_dec [d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,66 @@ def kaiming_uniform(key: jax.Array, shape: tuple[int, int], dtype: Any) -> jax.A
     """torch.nn.init.kaiming_uniform_ with its defaults (a=0, fan_in=shape[1]): U(±√(6/fan_in))."""
     bound = (6.0 / shape[1]) ** 0.5
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+
+# ------------------------------------------------------------------------------ training types
+#
+# The loss terms of each architecture follow SAELens 6.54's `training_forward_pass` math. They
+# take a `TrainContext` (static: the SAE training settings and the device mesh) and per-step
+# `TrainInputs` (sparsity coefficients after warm-up, the dead-latent mask) and return a
+# `TrainOutput`, whose `loss` the trainer (`jsae.training`) differentiates.
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """Static training context: the SAE settings (`jsae.training.SAESettings`) and the mesh."""
+
+    settings: Any
+    mesh: Any = None  # jax.sharding.Mesh or None
+
+
+class TrainInputs(NamedTuple):
+    """Per-step inputs to the losses."""
+
+    coefficients: dict[str, jax.Array]  # e.g. {"l1": ...}, after warm-up
+    dead_mask: jax.Array  # [d_sae] bool: latents that have not fired for dead_feature_window
+
+
+class ForwardPass(NamedTuple):
+    """Intermediate values of one training forward pass, for the auxiliary losses."""
+
+    x: jax.Array  # [B, d_in] the (scaled) input
+    x_in: jax.Array  # [B, d_in] the encoder's input (normalised, b_dec subtracted)
+    target: jax.Array  # [B, d_out] what is reconstructed (x for SAEs)
+    hidden_pre: jax.Array  # [B, d_sae]
+    f: jax.Array  # [B, d_sae]
+    x_hat: jax.Array  # [B, d_out]
+    stats: Any  # NormStats of the run-time normalisation
+
+
+class TrainOutput(NamedTuple):
+    """What the trainer needs from a forward pass."""
+
+    loss: jax.Array  # scalar: Σ losses
+    losses: dict[str, jax.Array]  # "mse_loss" and the architecture's terms
+    x_hat: jax.Array  # [B, d_out] reconstruction
+    fire_counts: jax.Array  # [d_sae] int32: tokens on which each latent fired
+    l0: jax.Array  # scalar: mean active latents per token
+    extras: dict[str, jax.Array]  # architecture-specific values for `update_buffers`
+
+
+def mean_sq_error(x_hat: jax.Array, target: jax.Array) -> jax.Array:
+    """Σ over features, mean over tokens (SAELens's mse_loss; not normalised by ||x||)."""
+    return jnp.mean(jnp.sum((x_hat - target) ** 2, axis=-1))
+
+
+def lp_norm(v: jax.Array, p: float) -> jax.Array:
+    """(Σ |v|^p)^(1/p) over the last axis, with torch.norm's zero gradient at v = 0."""
+    if p == 1:
+        return jnp.sum(jnp.abs(v), axis=-1)
+    total = jnp.sum(jnp.abs(v) ** p, axis=-1)
+    safe = jnp.where(total > 0, total, 1.0)
+    return jnp.where(total > 0, safe ** (1.0 / p), 0.0)
 
 
 class Architecture:
@@ -193,3 +254,121 @@ class Architecture:
     def to_inference(cls, cfg: SAEConfig, params: Params) -> tuple[SAEConfig, Params]:
         """The architecture an SAE is saved and served as (batchtopk -> jumprelu, ...)."""
         return cfg, params
+
+
+    # ---------------------------------------------------------------- training
+
+    @classmethod
+    def buffer_names(cls) -> tuple[str, ...]:
+        """Parameters that are state but not trained (BatchTopK's threshold)."""
+        return ()
+
+    @classmethod
+    def train_init_params(cls, cfg: SAEConfig, settings: Any, key: jax.Array) -> Params:
+        """SAELens's training init: decoder rows rescaled to `decoder_init_norm`, W_enc = W_dec.T.
+
+        Transcoders keep their independent encoder (input and output spaces differ). Buffers
+        are not included (see `init_buffers`).
+        """
+        params = dict(cls.init_params(cfg, key))
+        norm = settings.decoder_init_norm
+        if norm is not None:
+            W = params["W_dec"].astype(jnp.float32)
+            W = W / jnp.linalg.norm(W, axis=-1, keepdims=True) * norm
+            params["W_dec"] = W.astype(params["W_dec"].dtype)
+            if not cls.is_transcoder:
+                params["W_enc"] = params["W_dec"].T
+        for name in cls.buffer_names():
+            params.pop(name, None)
+        return params
+
+    @classmethod
+    def init_buffers(cls, cfg: SAEConfig, settings: Any) -> Params:
+        """Initial values of the buffers."""
+        return {}
+
+    @classmethod
+    def coefficients(cls, settings: Any) -> dict[str, tuple[float, int]]:
+        """Sparsity coefficients: name -> (final value, warm-up steps)."""
+        return {"l1": (settings.l1_coefficient, settings.l1_warm_up_steps)}
+
+    @classmethod
+    def train_forward(
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        buffers: Params,
+        x: jax.Array,
+        target: jax.Array,
+        inputs: TrainInputs,
+    ) -> TrainOutput:
+        """MSE plus the architecture's auxiliary losses (SAELens `training_forward_pass`)."""
+        from jsae.normalization import normalize_in
+
+        x = x.astype(cfg.jax_dtype)
+        target = target.astype(cfg.jax_dtype)
+        x_in, stats = normalize_in(cfg.normalize_activations, x)
+        if cfg.apply_b_dec_to_input:
+            x_in = x_in - params["b_dec"]
+        hidden_pre = cls.pre_activation(cfg, params, x_in)  # [B, d_sae]
+        f = cls.train_activation(cfg, ctx, params, hidden_pre, x_in)  # [B, d_sae]
+        x_hat = cls.train_output(cfg, params, f, x, stats)  # [B, d_out]
+        fwd = ForwardPass(x, x_in, target, hidden_pre, f, x_hat, stats)
+        losses = {"mse_loss": mean_sq_error(x_hat, target)}
+        losses.update(cls.aux_losses(cfg, ctx, params, fwd, inputs))
+        fired = f != 0
+        return TrainOutput(
+            loss=sum(losses.values()),
+            losses=losses,
+            x_hat=x_hat,
+            fire_counts=jnp.sum(fired, axis=0, dtype=jnp.int32),
+            l0=jnp.mean(jnp.sum(fired, axis=-1, dtype=jnp.float32)),
+            extras=cls.train_extras(cfg, ctx, fwd),
+        )
+
+    @classmethod
+    def train_activation(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+    ) -> jax.Array:
+        """Latents in training (straight-through estimators, sharded top-k). [B, d_sae]"""
+        return cls.activation(cfg, params, hidden_pre, x)
+
+    @classmethod
+    def train_output(
+        cls, cfg: SAEConfig, params: Params, f: jax.Array, x: jax.Array, stats: Any
+    ) -> jax.Array:
+        """Reconstruction from latents: decode, skip connection, output de-normalisation."""
+        from jsae.normalization import normalize_out
+
+        y = cls.decode(cfg, params, f, False)
+        if cls.is_transcoder:
+            skip = cls.skip(cfg, params, x)
+            return y if skip is None else y + skip
+        return normalize_out(cfg.normalize_activations, y, stats)
+
+    @classmethod
+    def aux_losses(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+    ) -> dict[str, jax.Array]:
+        """Standard SAE sparsity: l1 · mean_b ||f ⊙ ||W_dec rows|| ||_p."""
+        norms = jnp.linalg.norm(params["W_dec"], axis=-1)  # [d_sae]
+        sparsity = lp_norm(fwd.f * norms, ctx.settings.lp_norm)  # [B]
+        return {"l1_loss": jnp.mean(inputs.coefficients["l1"] * sparsity)}
+
+    @classmethod
+    def train_extras(cls, cfg: SAEConfig, ctx: TrainContext, fwd: ForwardPass) -> Params:
+        """Values `update_buffers` needs from the forward pass."""
+        return {}
+
+    @classmethod
+    def update_buffers(
+        cls, cfg: SAEConfig, ctx: TrainContext, buffers: Params, extras: Params
+    ) -> Params:
+        """Buffers after a step (BatchTopK's threshold EMA)."""
+        return buffers
+
+    @classmethod
+    def project_params(cls, cfg: SAEConfig, ctx: TrainContext, params: Params) -> Params:
+        """Constraints applied after each optimiser update (JumpReLU keeps thresholds >= 0)."""
+        return params

@@ -4,6 +4,12 @@ Bussmann et al. 2024. The selection depends on the batch, so a trained BatchTopK
 served as a JumpReLU whose uniform threshold is the running estimate `topk_threshold` of the
 smallest selected activation (SAELens saves it that way; so does jsae). Loading a SAELens
 BatchTopK training checkpoint therefore gives a `jumprelu` SAE.
+
+Training: TopK's losses (MSE + AuxK) with the batch-level selection (a two-stage top-k across
+every device of a mesh), and after each step `topk_threshold ← (1 - lr) · topk_threshold +
+lr · min(positive activations)` (SAELens keeps it in float64; jsae in float32). Matryoshka adds
+`inner_mse_loss_{w}` for each prefix width w < d_sae: the reconstruction from latents [:w]
+only, unit weight (Bussmann et al. 2025), and optionally a per-level AuxK.
 """
 
 from __future__ import annotations
@@ -14,8 +20,15 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from jsae.architectures.base import Architecture, Params
-from jsae.architectures.topk import row_norms
+from jsae.architectures.base import (
+    Architecture,
+    ForwardPass,
+    Params,
+    TrainContext,
+    TrainInputs,
+    mean_sq_error,
+)
+from jsae.architectures.topk import row_norms, topk_aux_loss
 from jsae.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -89,7 +102,121 @@ class BatchTopK(Architecture):
         return cfg.replace(architecture="jumprelu", k=None, rescale_acts_by_decoder_norm=False), p
 
 
+    # ------------------------------------------------------------------ training
+
+    @classmethod
+    def buffer_names(cls) -> tuple[str, ...]:
+        return ("topk_threshold",)
+
+    @classmethod
+    def init_buffers(cls, cfg: SAEConfig, settings: Any) -> Params:
+        return {"topk_threshold": jnp.zeros((), jnp.float32)}
+
+    @classmethod
+    def coefficients(cls, settings: Any) -> dict[str, tuple[float, int]]:
+        return {}
+
+    @classmethod
+    def train_activation(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+    ) -> jax.Array:
+        from jsae.training.selection import batch_topk_mask, masked_topk_values
+
+        n_keep = min(int(cfg.k * math.prod(hidden_pre.shape[:-1])), hidden_pre.size)
+        return masked_topk_values(hidden_pre, batch_topk_mask(hidden_pre, n_keep, ctx.mesh))
+
+    @classmethod
+    def aux_losses(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+    ) -> dict[str, jax.Array]:
+        loss = topk_aux_loss(cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask)
+        return {"auxiliary_reconstruction_loss": loss}
+
+    @classmethod
+    def train_extras(cls, cfg: SAEConfig, ctx: TrainContext, fwd: ForwardPass) -> Params:
+        f = jax.lax.stop_gradient(fwd.f).astype(jnp.float32)
+        positive = f > 0
+        return {
+            "min_positive": jnp.min(jnp.where(positive, f, jnp.inf)),
+            "any_positive": jnp.any(positive),
+        }
+
+    @classmethod
+    def update_buffers(
+        cls, cfg: SAEConfig, ctx: TrainContext, buffers: Params, extras: Params
+    ) -> Params:
+        lr = ctx.settings.topk_threshold_lr
+        old = buffers["topk_threshold"]
+        new = (1 - lr) * old + lr * extras["min_positive"]
+        return {**buffers, "topk_threshold": jnp.where(extras["any_positive"], new, old)}
+
+
 class MatryoshkaBatchTopK(BatchTopK):
     """Matryoshka BatchTopK: BatchTopK with nested prefix reconstruction losses (training)."""
 
     name = "matryoshka_batchtopk"
+
+    @classmethod
+    def aux_losses(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+    ) -> dict[str, jax.Array]:
+        from jsae.normalization import normalize_out
+
+        widths = ctx.settings.matryoshka_widths
+        if ctx.settings.use_matryoshka_aux_loss:
+            aux = matryoshka_aux_loss(cfg, ctx, params, fwd, inputs.dead_mask)
+        else:
+            aux = topk_aux_loss(
+                cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask
+            )
+        losses = {"auxiliary_reconstruction_loss": aux}
+        for width, partial in _prefix_decodes(cfg, params, fwd.f, widths[:-1]):
+            inner = normalize_out(cfg.normalize_activations, partial, fwd.stats)
+            losses[f"inner_mse_loss_{width}"] = mean_sq_error(inner, fwd.target)
+        return losses
+
+
+def _prefix_decodes(cfg: SAEConfig, params: Params, f: jax.Array, widths: tuple[int, ...]):
+    """(w, b_dec + f[:, :w] @ W_dec[:w]) for each width, accumulated level by level."""
+    W_dec = params["W_dec"]
+    if cfg.rescale_acts_by_decoder_norm:
+        f = f / row_norms(W_dec)
+    decoded = params["b_dec"]
+    prev = 0
+    for width in widths:
+        decoded = decoded + f[:, prev:width] @ W_dec[prev:width]  # [B, d_in]
+        prev = width
+        yield width, decoded
+
+
+def matryoshka_aux_loss(
+    cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, dead_mask: jax.Array
+) -> jax.Array:
+    """AuxK per level: each level's top dead latents reconstruct that level's residual."""
+    from jsae.normalization import normalize_out
+    from jsae.training.selection import topk_mask
+
+    coefficient = ctx.settings.aux_loss_coefficient
+    if not coefficient:
+        return jnp.zeros((), fwd.hidden_pre.dtype)
+    widths = ctx.settings.matryoshka_widths
+    k_aux = max(fwd.target.shape[-1] // 2, 1)
+    W_dec = params["W_dec"]
+    scaled_W = W_dec / row_norms(W_dec)[:, None] if cfg.rescale_acts_by_decoder_norm else W_dec
+    latent = jnp.arange(cfg.d_sae)
+    total = jnp.zeros((), fwd.hidden_pre.dtype)
+    prev = 0
+    for width, partial in _prefix_decodes(cfg, params, fwd.f, widths):
+        level_dead = dead_mask & (latent >= prev) & (latent < width)
+        n_dead = jnp.sum(level_dead)
+        scale = jnp.minimum(n_dead / k_aux, 1.0).astype(total.dtype)
+        residual = jax.lax.stop_gradient(
+            fwd.target - normalize_out(cfg.normalize_activations, partial, fwd.stats)
+        )
+        scores = jnp.where(level_dead, fwd.hidden_pre, -jnp.inf)
+        chosen = topk_mask(scores, min(k_aux, width - prev), ctx.mesh) & level_dead
+        acts = jnp.where(chosen, fwd.hidden_pre, 0).astype(total.dtype)
+        recons = acts[:, prev:width] @ scaled_W[prev:width]
+        total = total + scale * mean_sq_error(recons, residual)
+        prev = width
+    return coefficient * total

@@ -4,6 +4,17 @@
     f    = gate * relu(x @ (W_enc * exp(r_mag)) + b_mag)        # hidden_pre = the magnitude path
 
 Rajamanoharan et al. 2024, as in SAELens `GatedSAE`. There is no b_enc.
+
+Training adds, on the gate path π = x @ W_enc + b_gate:
+    l1_loss   = l1 · mean_b Σ_i relu(π_i) ||W_dec,i||
+    auxiliary_reconstruction_loss = mean_b ||relu(π) @ W_dec + b_dec - x||²
+The paper computes the auxiliary reconstruction with frozen copies of the decoder (its
+gradient trains only the gate path), and keeps decoder rows at unit norm. SAELens 6.54 does
+neither: it has no norm constraint and does not detach, so that loss also trains the decoder.
+jsae follows SAELens by default. `gated_detach_aux_decoder=True` gives the paper's detached loss;
+without the paper's norm constraint it is unstable (on the synthetic benchmark of
+tests/test_train_synthetic.py the gate path and the decoder norms drift apart: L0 climbs to
+d_sae and explained variance falls towards 0), which is why it is not the default.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
-from jsae.architectures.base import Architecture, Params
+from jsae.architectures.base import Architecture, ForwardPass, Params, TrainContext, TrainInputs
 
 if TYPE_CHECKING:
     from jsae.config import SAEConfig
@@ -51,3 +62,17 @@ class Gated(Architecture):
     def per_latent_encoder_params(cls) -> tuple[str, ...]:
         # r_mag is a log-ratio between the two paths and is unchanged by the fold.
         return ("b_gate", "b_mag")
+
+    @classmethod
+    def aux_losses(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+    ) -> dict[str, jax.Array]:
+        pi_gate = jax.nn.relu(fwd.x_in @ params["W_enc"] + params["b_gate"])  # [B, d_sae]
+        norms = jnp.linalg.norm(params["W_dec"], axis=-1)  # [d_sae]
+        l1 = inputs.coefficients["l1"] * jnp.mean(jnp.sum(pi_gate * norms, axis=-1))
+        W_dec, b_dec = params["W_dec"], params["b_dec"]
+        if ctx.settings.gated_detach_aux_decoder:
+            W_dec, b_dec = jax.lax.stop_gradient(W_dec), jax.lax.stop_gradient(b_dec)
+        via_gate = pi_gate @ W_dec + b_dec  # [B, d_in]
+        aux = jnp.mean(jnp.sum((via_gate - fwd.target) ** 2, axis=-1))
+        return {"l1_loss": l1, "auxiliary_reconstruction_loss": aux}

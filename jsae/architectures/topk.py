@@ -4,6 +4,14 @@ With `rescale_acts_by_decoder_norm`, latents are ranked by `pre-act * ||W_dec ro
 divided by the norm again before decoding, which makes the selection independent of decoder
 row scale (SAELens's training default). Folding the decoder norms then leaves outputs and
 selections unchanged, so `fold_W_dec_norm` is only allowed in that mode (as in SAELens).
+
+Training (SAELens 6.54 `TopKTrainingSAE`): MSE plus the AuxK loss (Gao et al. 2024, App. B.1):
+the `k_aux = d_in // 2` dead latents with the largest (unrectified) pre-activations reconstruct
+the detached residual `x - x_hat` through the decoder without b_dec; its gradient reaches the
+encoder through those pre-activations. Scaled by `min(n_dead / k_aux, 1)`. With latents split
+over a mesh, selection is a two-stage top-k (`jsae.training.selection`). With
+`use_sparse_activations`, latents stay (value, index) pairs and the decoder, the decoder's and
+the selected encoder columns' gradients cost O(B·k·d) (`jsae.sparse.gather_decode/encode`).
 """
 
 from __future__ import annotations
@@ -13,9 +21,23 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from jsae.architectures.base import Architecture, Params
+from jsae.architectures.base import (
+    Architecture,
+    ForwardPass,
+    Params,
+    TrainContext,
+    TrainInputs,
+    TrainOutput,
+    mean_sq_error,
+)
 from jsae.errors import ConfigError
-from jsae.sparse import AUTO_MIN_D_SAE, decode_matmul, default_max_active
+from jsae.sparse import (
+    AUTO_MIN_D_SAE,
+    decode_matmul,
+    default_max_active,
+    gather_decode,
+    gather_encode,
+)
 
 if TYPE_CHECKING:
     from jsae.config import SAEConfig
@@ -79,3 +101,156 @@ class TopK(Architecture):
                 "built with rescale_acts_by_decoder_norm=True (decoder-norm-aware selection)."
             )
         return super().fold_W_dec_norm(cfg, params)
+
+    # ------------------------------------------------------------------ training
+
+    @classmethod
+    def coefficients(cls, settings: Any) -> dict[str, tuple[float, int]]:
+        return {}
+
+    @classmethod
+    def train_activation(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+    ) -> jax.Array:
+        from jsae.training.selection import masked_topk_values, topk_mask
+
+        return masked_topk_values(hidden_pre, topk_mask(hidden_pre, cfg.k, ctx.mesh))
+
+    @classmethod
+    def aux_losses(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+    ) -> dict[str, jax.Array]:
+        loss = topk_aux_loss(cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask)
+        return {"auxiliary_reconstruction_loss": loss}
+
+    @classmethod
+    def train_forward(
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        buffers: Params,
+        x: jax.Array,
+        target: jax.Array,
+        inputs: TrainInputs,
+    ) -> TrainOutput:
+        if uses_sparse_training(cfg, ctx):
+            return _sparse_train_forward(cfg, ctx, params, x, target, inputs)
+        return super().train_forward(cfg, ctx, params, buffers, x, target, inputs)
+
+
+def uses_sparse_training(cfg: SAEConfig, ctx: TrainContext) -> bool:
+    """Whether TopK training runs on (value, index) pairs (see `use_sparse_activations`)."""
+    from jsae.training.selection import model_axis_size
+
+    if cfg.architecture != "topk" or model_axis_size(ctx.mesh) > 1:
+        return False
+    choice = ctx.settings.use_sparse_activations
+    return cfg.d_sae >= AUTO_MIN_D_SAE if choice is None else bool(choice)
+
+
+def topk_aux_loss(
+    cfg: SAEConfig,
+    ctx: TrainContext,
+    params: Params,
+    hidden_pre: jax.Array,
+    target: jax.Array,
+    x_hat: jax.Array,
+    dead_mask: jax.Array,
+) -> jax.Array:
+    """AuxK: the top dead latents reconstruct the detached residual (0 when none is dead)."""
+    from jsae.training.selection import topk_mask
+
+    coefficient = ctx.settings.aux_loss_coefficient
+    if not coefficient:
+        return jnp.zeros((), hidden_pre.dtype)
+    k_aux = max(target.shape[-1] // 2, 1)
+    k_sel = min(k_aux, cfg.d_sae)
+    n_dead = jnp.sum(dead_mask)
+    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(hidden_pre.dtype)
+    residual = jax.lax.stop_gradient(target - x_hat)  # [B, d_out]
+
+    def loss(hidden_pre: jax.Array, W_dec: jax.Array) -> jax.Array:
+        scores = jnp.where(dead_mask, hidden_pre, -jnp.inf)
+        chosen = topk_mask(scores, k_sel, ctx.mesh) & dead_mask
+        acts = jnp.where(chosen, hidden_pre, 0).astype(hidden_pre.dtype)  # [B, d_sae]
+        if cfg.rescale_acts_by_decoder_norm:
+            acts = acts / row_norms(W_dec)
+        return mean_sq_error(acts @ W_dec, residual)
+
+    def none(hidden_pre: jax.Array, W_dec: jax.Array) -> jax.Array:
+        return jnp.zeros((), hidden_pre.dtype)
+
+    value = jax.lax.cond(n_dead > 0, loss, none, hidden_pre, params["W_dec"])
+    return coefficient * scale * value
+
+
+def _sparse_train_forward(
+    cfg: SAEConfig,
+    ctx: TrainContext,
+    params: Params,
+    x: jax.Array,
+    target: jax.Array,
+    inputs: TrainInputs,
+) -> TrainOutput:
+    """TopK training on (value, index) pairs: same losses as the dense path, O(B·k·d) decode."""
+    from jsae.normalization import normalize_in, normalize_out
+
+    x = x.astype(cfg.jax_dtype)
+    target = target.astype(cfg.jax_dtype)
+    W_enc, b_enc, W_dec, b_dec = (params[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    x_in, stats = normalize_in(cfg.normalize_activations, x)
+    if cfg.apply_b_dec_to_input:
+        x_in = x_in - b_dec
+    h = jax.lax.stop_gradient(x_in @ W_enc + b_enc)  # [B, d_sae], ranked but not differentiated
+    rescale = cfg.rescale_acts_by_decoder_norm
+    norms = row_norms(W_dec) if rescale else None  # [d_sae]
+    scores = h * jax.lax.stop_gradient(norms) if rescale else h
+
+    def pre_at(idx: jax.Array, count: Any = None) -> jax.Array:
+        z = gather_encode(h, x_in, W_enc, b_enc, idx, count)  # [B, K], differentiable
+        return z * norms[idx] if rescale else z
+
+    def decode_at(acts: jax.Array, idx: jax.Array, count: Any = None) -> jax.Array:
+        if rescale:
+            acts = acts / norms[idx]
+        return gather_decode(acts, idx, W_dec, count)
+
+    _, idx = jax.lax.top_k(scores, cfg.k)  # [B, k]
+    vals = jax.nn.relu(pre_at(idx))  # [B, k]
+    x_hat = normalize_out(cfg.normalize_activations, decode_at(vals, idx) + b_dec, stats)
+    losses = {"mse_loss": mean_sq_error(x_hat, target)}
+
+    coefficient = ctx.settings.aux_loss_coefficient
+    if coefficient:
+        dead = inputs.dead_mask
+        k_aux = max(target.shape[-1] // 2, 1)
+        k_sel = min(k_aux, cfg.d_sae)
+        n_dead = jnp.sum(dead)
+        count = jnp.minimum(n_dead, k_sel)  # dead latents come first in the aux top-k
+        residual = jax.lax.stop_gradient(target - x_hat)
+
+        def aux(_: Any) -> jax.Array:
+            _, idx_aux = jax.lax.top_k(jnp.where(dead, scores, -jnp.inf), k_sel)  # [B, k_sel]
+            valid = jnp.arange(k_sel) < count
+            acts = jnp.where(valid, pre_at(idx_aux, count), 0)
+            return mean_sq_error(decode_at(acts, idx_aux, count), residual)
+
+        value = jax.lax.cond(n_dead > 0, aux, lambda _: jnp.zeros((), x_hat.dtype), None)
+        scale = jnp.minimum(n_dead / k_aux, 1.0).astype(x_hat.dtype)
+        losses["auxiliary_reconstruction_loss"] = coefficient * scale * value
+    else:
+        losses["auxiliary_reconstruction_loss"] = jnp.zeros((), x_hat.dtype)
+
+    active = vals != 0  # [B, k]
+    fire_counts = jnp.zeros((cfg.d_sae,), jnp.int32).at[idx.reshape(-1)].add(
+        active.reshape(-1).astype(jnp.int32)
+    )
+    return TrainOutput(
+        loss=sum(losses.values()),
+        losses=losses,
+        x_hat=x_hat,
+        fire_counts=fire_counts,
+        l0=jnp.mean(jnp.sum(active, axis=-1, dtype=jnp.float32)),
+        extras={},
+    )

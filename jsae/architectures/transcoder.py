@@ -6,16 +6,35 @@
 `W_dec [d_sae, d_out]`, `b_dec [d_out]`, `W_skip [d_out, d_in]`. As in SAELens, b_dec is never
 subtracted from the input (it lives in the output space), the output is not de-normalised or
 reshaped, and there is no error term (the output belongs to a different hook than the input).
+
+Training (SAELens has none): reconstruct the target activations `y` from `x`, with the loss of
+the matching SAE: `mean_b ||out - y||² + l1 · mean_b ||f ⊙ ||W_dec rows|| ||_p` for ReLU
+transcoders, the JumpReLU sparsity losses for JumpReLU ones. Skip variants train W_skip too.
+W_dec rows start at `decoder_init_norm`; the encoder keeps its own initialisation.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 
-from jsae.architectures.base import Architecture, Params, kaiming_uniform
-from jsae.architectures.jumprelu import JumpReLU
+from jsae.architectures.base import (
+    Architecture,
+    ForwardPass,
+    Params,
+    TrainContext,
+    TrainInputs,
+    kaiming_uniform,
+)
+from jsae.architectures.jumprelu import (
+    JumpReLU,
+    init_threshold,
+    jumprelu_coefficients,
+    jumprelu_losses,
+    jumprelu_train_activation,
+)
 from jsae.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -79,6 +98,32 @@ class JumpReLUTranscoder(Transcoder):
         cls, cfg: SAEConfig, params: Params, hidden_pre: jax.Array, x: jax.Array
     ) -> jax.Array:
         return JumpReLU.activation(cfg, params, hidden_pre, x)
+
+    # ------------------------------------------------------------------ training (as JumpReLU)
+
+    @classmethod
+    def train_init_params(cls, cfg: SAEConfig, settings: Any, key: jax.Array) -> Params:
+        return init_threshold(super().train_init_params(cfg, settings, key), cfg, settings)
+
+    @classmethod
+    def coefficients(cls, settings: Any) -> dict[str, tuple[float, int]]:
+        return jumprelu_coefficients(settings)
+
+    @classmethod
+    def train_activation(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, hidden_pre: jax.Array, x: jax.Array
+    ) -> jax.Array:
+        return jumprelu_train_activation(ctx, params, hidden_pre)
+
+    @classmethod
+    def aux_losses(
+        cls, cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, inputs: TrainInputs
+    ) -> dict[str, jax.Array]:
+        return jumprelu_losses(ctx, params, fwd, inputs)
+
+    @classmethod
+    def project_params(cls, cfg: SAEConfig, ctx: TrainContext, params: Params) -> Params:
+        return {**params, "threshold": jnp.maximum(params["threshold"], 0.0)}
 
 
 class JumpReLUSkipTranscoder(JumpReLUTranscoder, SkipTranscoder):

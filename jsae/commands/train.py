@@ -1,0 +1,130 @@
+"""`jsae train --config run.yaml key=value ...`: train an SAE from a config file and overrides.
+
+    jsae train --config run.yaml lr=1e-4 mesh='{data: 2, model: 4}'
+    jsae train --config run.yaml --resume          # continue from checkpoint_path's newest checkpoint
+    jsae train --list-options                      # every option, its default and what it does
+
+Keys are SAELens's flat field names (`training.lr` also works); values are parsed as YAML. The
+activations come from the configured `activation_source` ("synthetic" or "npy" built in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=None, help="YAML (or JSON) config file")
+    parser.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="key=value",
+        help="config overrides, values parsed as YAML (flags may follow them)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="resume from the newest checkpoint in checkpoint_path"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output_path at the end"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    parser.add_argument(
+        "--list-options", action="store_true", help="list every option with its default and exit"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from jsae.errors import ConfigError
+    from jsae.training.config import TrainConfig, option_help
+
+    _take_trailing_flags(args)
+
+    if args.list_options:
+        section = None
+        for concern, key, default, text in option_help():
+            if concern != section:
+                print(f"\n[{concern}]")
+                section = concern
+            print(f"  {key} = {default!r}\n      {text}")
+        return 0
+    if args.config is None and not args.overrides:
+        raise ConfigError("give a config file (--config run.yaml) and/or key=value overrides.")
+    base = TrainConfig.from_yaml(args.config) if args.config else None
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append("resume_from_checkpoint=" + _checkpoint_dir(base, overrides))
+    if args.overwrite:
+        overrides.append("overwrite_output=true")
+    if base is None:
+        config = _from_overrides(overrides)
+    else:
+        config = base.with_overrides(overrides)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+
+    from jsae.training import Trainer
+
+    trainer = Trainer(config)
+    sae = trainer.fit()
+    out = config.training.output_path
+    print(
+        f"trained {sae.cfg.architecture} SAE (d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) for "
+        f"{trainer.steps_done} steps / {trainer.n_training_samples} tokens"
+        + (f"; saved to {out}" if out else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _from_overrides(overrides: list[str]):
+    from jsae.training.config import TrainConfig
+
+    # A config from overrides alone: parse them against an empty dict.
+    import yaml
+
+    data = {}
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        data[key.strip().rpartition(".")[2]] = yaml.safe_load(raw) if raw.strip() else None
+    return TrainConfig.from_dict(data)
+
+
+def _checkpoint_dir(base, overrides: list[str]) -> str:
+    """The checkpoint_path the run will use (override, then config, then the default)."""
+    for item in reversed(overrides):
+        key, _, value = item.partition("=")
+        if key.strip().rpartition(".")[2] == "checkpoint_path":
+            return value
+    if base is not None and base.training.checkpoint_path:
+        return base.training.checkpoint_path
+    return "checkpoints"
+
+
+_FLAGS = {
+    "--resume": "resume",
+    "--overwrite": "overwrite",
+    "--print-config": "print_config",
+    "--list-options": "list_options",
+}
+
+
+def _take_trailing_flags(args: argparse.Namespace) -> None:
+    """Flags written after the overrides (argparse leaves them in the remainder)."""
+    from jsae.errors import ConfigError
+
+    rest = []
+    items = iter(args.overrides)
+    for item in items:
+        if item in _FLAGS:
+            setattr(args, _FLAGS[item], True)
+        elif item in ("--config", "-c"):
+            args.config = next(items, None)
+        elif item.startswith("-"):
+            raise ConfigError(f"unknown option {item!r} for jsae train (see jsae train --help).")
+        else:
+            rest.append(item)
+    args.overrides = rest

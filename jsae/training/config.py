@@ -1,0 +1,803 @@
+"""Training configuration: one frozen dataclass per concern, YAML in and out, flat SAELens keys.
+
+    config = jsae.TrainConfig.from_dict({"architecture": "topk", "d_in": 768, "d_sae": 16384,
+                                         "k": 32, "lr": 3e-4, "training_tokens": 10_000_000})
+    config.sae.k, config.training.lr, config.logging.log_to_wandb, config.data.activation_source
+
+Concerns: `sae` (what SAE is trained and its loss terms), `training` (optimiser, schedules,
+batching, mesh, checkpoints, outputs), `logging` (progress bar, JSONL metrics, wandb) and
+`data` (which activation source feeds the trainer). Every field name is unique across the
+concerns, so a flat dict of SAELens field names (`l1_coefficient`, `lr`, `wandb_project`, ...)
+routes each key to its concern; nested dicts (`{"sae": {...}, "training": {...}}`, or SAELens's
+`logger`) work too. Unknown keys are refused with the valid ones listed.
+
+Every field carries its documentation (`help`), shown by `jsae train --list-options`. Adding a
+concern is one dataclass here plus one field of `TrainConfig`; routing picks it up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from jsae.config import NORMALIZE_MODES, canonical_dtype, freeze, unfreeze
+from jsae.errors import ConfigError, choices_hint
+
+# Architectures the trainer can train (every registered one has loss terms).
+TRAINABLE_ARCHITECTURES = (
+    "standard",
+    "gated",
+    "jumprelu",
+    "topk",
+    "batchtopk",
+    "matryoshka_batchtopk",
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+    "jumprelu_skip_transcoder",
+)
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
+JUMPRELU_FAMILY = ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder")
+TRANSCODERS = ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")
+LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
+SPARSITY_LOSS_MODES = ("step", "tanh", "quadratic")
+
+# SAELens runner keys that mean nothing here (torch devices, compilation, version stamps).
+# They are accepted so SAELens configs load, and dropped with one warning naming them.
+IGNORED_SAELENS_KEYS = frozenset(
+    {
+        "device",
+        "act_store_device",
+        "llm_device",
+        "autocast",
+        "autocast_lm",
+        "compile_llm",
+        "llm_compilation_mode",
+        "compile_sae",
+        "sae_compilation_mode",
+        "verbose",
+        "dead_feature_threshold",
+        "hook_eval",
+        "sae_lens_version",
+        "sae_lens_training_version",
+        "log_activations_store_to_wandb",
+        "log_optimizer_state_to_wandb",
+        "prefetch_llm_batches",
+        "reshape_activations",
+    }
+)
+
+
+def option(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at the call sites
+    """A dataclass field with its documentation attached (mutable defaults copied)."""
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
+@dataclass(frozen=True, kw_only=True)
+class SAESettings:
+    """What SAE is trained: architecture, sizes, input handling and every loss-term knob."""
+
+    architecture: str = option("standard", f"one of {list(TRAINABLE_ARCHITECTURES)}")
+    d_in: int | None = option(None, "input width (the hooked activation's size); required")
+    d_sae: int | None = option(None, "number of latents; required")
+    d_out: int | None = option(None, "transcoders: output width (defaults to d_in)")
+    dtype: str = option("float32", "parameter dtype; JumpReLU thresholds always stay float32")
+    apply_b_dec_to_input: bool | None = option(
+        None, "subtract b_dec before encoding (default: True for SAEs, False for transcoders)"
+    )
+    normalize_activations: str = option(
+        "none",
+        f"one of {list(NORMALIZE_MODES)}; expected_average_only_in scales inputs to "
+        "E||x|| = sqrt(d_in) during training and folds the scale into the weights at the end",
+    )
+    decoder_init_norm: float | None = option(
+        0.1, "initial L2 norm of each decoder row, with W_enc = W_dec.T (None: kaiming only)"
+    )
+    # standard / gated / transcoder
+    l1_coefficient: float = option(1.0, "standard, gated, transcoders: sparsity coefficient")
+    lp_norm: float = option(1.0, "standard, transcoders: p of the decoder-weighted Lp penalty")
+    l1_warm_up_steps: int = option(0, "steps over which l1_coefficient ramps up from 0")
+    gated_detach_aux_decoder: bool = option(
+        False,
+        "gated: the auxiliary gate-path reconstruction uses a stop-gradient copy of W_dec and "
+        "b_dec, as the Gated SAE paper does (which also keeps decoder rows at unit norm); the "
+        "default trains the decoder on it too, as SAELens does, because without the norm "
+        "constraint the detached version lets the two paths drift apart",
+    )
+    # jumprelu
+    l0_coefficient: float = option(1.0, "jumprelu: coefficient of the sparsity (L0) loss")
+    l0_warm_up_steps: int = option(0, "steps over which l0_coefficient ramps up from 0")
+    jumprelu_init_threshold: float = option(0.01, "jumprelu: initial threshold of every latent")
+    jumprelu_bandwidth: float = option(
+        0.05, "jumprelu: width ε of the rectangle kernel of the straight-through estimators"
+    )
+    jumprelu_sparsity_loss_mode: str = option(
+        "step",
+        f"jumprelu: one of {list(SPARSITY_LOSS_MODES)} (DeepMind's L0, Anthropic's tanh, "
+        "Gemma Scope 2's quadratic penalty around target_l0)",
+    )
+    jumprelu_tanh_scale: float = option(4.0, "jumprelu tanh mode: c in tanh(c · f · ||W_dec||)")
+    jumprelu_ste_to_input: bool = option(
+        False,
+        "jumprelu: the straight-through estimators also pass gradient to the pre-activations "
+        "(Anthropic), not only to the threshold (DeepMind)",
+    )
+    pre_act_loss_coefficient: float | None = option(
+        None, "jumprelu: coefficient of the pre-activation loss on dead latents (Anthropic: 3e-6)"
+    )
+    target_l0: float | None = option(None, "jumprelu quadratic mode: the target L0")
+    # topk family
+    k: float | None = option(
+        None, "topk: active latents per token; batchtopk: mean active latents per token"
+    )
+    rescale_acts_by_decoder_norm: bool | None = option(
+        None,
+        "topk family: rank latents by pre-activation · ||W_dec row|| (default True in "
+        "training, as in SAELens); the saved SAE has unit-norm decoder rows",
+    )
+    aux_loss_coefficient: float = option(
+        1.0, "topk family: coefficient of the AuxK loss (dead latents reconstruct the residual)"
+    )
+    topk_threshold_lr: float = option(
+        0.01, "batchtopk: EMA rate of the threshold exported to the saved JumpReLU SAE"
+    )
+    matryoshka_widths: tuple[int, ...] = option(
+        (), "matryoshka_batchtopk: nested prefix widths (d_sae is appended when missing)"
+    )
+    use_matryoshka_aux_loss: bool = option(
+        False, "matryoshka_batchtopk: dead latents reconstruct the residual of their own level"
+    )
+    use_sparse_activations: bool | None = option(
+        None,
+        "topk: decode and backpropagate through (value, index) pairs (gather / scatter-add) "
+        "instead of dense [B, d_sae] matrices; None picks it when d_sae >= 4096 and latents "
+        "are not split over the mesh's model axis",
+    )
+    metadata: dict = option({}, "SAE metadata written to cfg.json (model_name, hook_name, ...)")
+
+    def __post_init__(self) -> None:
+        _freeze_fields(self)
+        arch = self.architecture
+        if arch not in TRAINABLE_ARCHITECTURES:
+            raise ConfigError(
+                f"unknown architecture {arch!r}; trainable architectures: "
+                f"{list(TRAINABLE_ARCHITECTURES)}." + choices_hint(arch, TRAINABLE_ARCHITECTURES)
+            )
+        for name in ("d_in", "d_sae"):
+            _positive_int(name, getattr(self, name), required=True)
+        _positive_int("d_out", self.d_out)
+        canonical_dtype(self.dtype)
+        if self.normalize_activations not in NORMALIZE_MODES:
+            raise ConfigError(
+                f"normalize_activations={self.normalize_activations!r} is not supported; choose "
+                f"one of {list(NORMALIZE_MODES)}."
+                + choices_hint(self.normalize_activations, NORMALIZE_MODES)
+            )
+        if self.jumprelu_sparsity_loss_mode not in SPARSITY_LOSS_MODES:
+            raise ConfigError(
+                f"jumprelu_sparsity_loss_mode={self.jumprelu_sparsity_loss_mode!r} is not "
+                f"supported; choose one of {list(SPARSITY_LOSS_MODES)}."
+                + choices_hint(self.jumprelu_sparsity_loss_mode, SPARSITY_LOSS_MODES)
+            )
+        if self.decoder_init_norm is not None and not self.decoder_init_norm > 0:
+            raise ConfigError(
+                f"decoder_init_norm must be positive or None, got {self.decoder_init_norm!r}."
+            )
+        if not self.jumprelu_bandwidth > 0:
+            raise ConfigError(f"jumprelu_bandwidth must be > 0, got {self.jumprelu_bandwidth}.")
+        if self.jumprelu_init_threshold < 0:
+            raise ConfigError("jumprelu_init_threshold must be >= 0.")
+        if not self.lp_norm > 0:
+            raise ConfigError(f"lp_norm must be > 0, got {self.lp_norm}.")
+        for name in ("l1_warm_up_steps", "l0_warm_up_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 < self.topk_threshold_lr <= 1:
+            raise ConfigError(f"topk_threshold_lr must be in (0, 1], got {self.topk_threshold_lr}.")
+        self._check_k()
+        self._check_jumprelu()
+        self._check_matryoshka()
+        self._check_transcoder()
+
+    def _check_k(self) -> None:
+        k, d_sae = self.k, self.d_sae
+        if self.architecture not in TOPK_FAMILY:
+            if k is not None:
+                raise ConfigError(
+                    f"k is only used by {list(TOPK_FAMILY)}, not {self.architecture!r}; remove it."
+                )
+            return
+        if k is None:
+            raise ConfigError(f"{self.architecture} needs k (active latents per token).")
+        integral = self.architecture == "topk"
+        if isinstance(k, bool) or not isinstance(k, int | float) or (integral and k != int(k)):
+            kind = "an integer" if integral else "a number"
+            raise ConfigError(f"k must be {kind}, got {k!r}.")
+        if not 0 < k <= d_sae:
+            raise ConfigError(f"k must satisfy 0 < k <= d_sae={d_sae}, got k={k}.")
+        if integral:
+            object.__setattr__(self, "k", int(k))
+
+    def _check_jumprelu(self) -> None:
+        if self.jumprelu_sparsity_loss_mode == "quadratic" and self.architecture in JUMPRELU_FAMILY:
+            t = self.target_l0
+            if t is None or not 0 < t <= self.d_sae:
+                raise ConfigError(
+                    f"jumprelu_sparsity_loss_mode='quadratic' needs 0 < target_l0 <= d_sae, "
+                    f"got target_l0={t!r}."
+                )
+
+    def _check_matryoshka(self) -> None:
+        widths = tuple(int(w) for w in self.matryoshka_widths)
+        if self.architecture != "matryoshka_batchtopk":
+            if widths:
+                raise ConfigError("matryoshka_widths is only used by matryoshka_batchtopk.")
+            return
+        if not widths:
+            raise ConfigError(
+                "matryoshka_batchtopk needs matryoshka_widths, e.g. [128, 512, d_sae]."
+            )
+        if widths[-1] != self.d_sae:
+            widths = (*widths, self.d_sae)
+        if any(w <= 0 for w in widths) or any(a >= b for a, b in zip(widths, widths[1:])):
+            raise ConfigError(
+                f"matryoshka_widths must be positive, strictly increasing and end at most at "
+                f"d_sae={self.d_sae}; got {list(self.matryoshka_widths)}."
+            )
+        object.__setattr__(self, "matryoshka_widths", widths)
+
+    def _check_transcoder(self) -> None:
+        transcoder = self.architecture in TRANSCODERS
+        if self.d_out is not None and not transcoder:
+            raise ConfigError(f"d_out is only used by transcoders, not {self.architecture!r}.")
+        if transcoder and self.apply_b_dec_to_input:
+            raise ConfigError(
+                "transcoders cannot subtract b_dec from their input (b_dec lives in the output "
+                "space); set apply_b_dec_to_input to False or leave it unset."
+            )
+        if transcoder and self.normalize_activations != "none":
+            raise ConfigError(
+                "transcoder training supports normalize_activations='none' only: input and "
+                "target come from different hooks and would need separate scales."
+            )
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.architecture in TRANSCODERS
+
+    @property
+    def output_dim(self) -> int:
+        return self.d_out if self.d_out is not None else self.d_in
+
+    @property
+    def rescale(self) -> bool:
+        """Whether topk-family training ranks latents by pre-activation · decoder norm."""
+        if self.architecture not in TOPK_FAMILY:
+            return False
+        return True if self.rescale_acts_by_decoder_norm is None else self.rescale_acts_by_decoder_norm
+
+    def sae_config(self) -> Any:
+        """The `jsae.SAEConfig` of the SAE being trained (training form)."""
+        from jsae.config import SAEConfig
+
+        return SAEConfig(
+            architecture=self.architecture,
+            d_in=self.d_in,
+            d_sae=self.d_sae,
+            d_out=self.d_out,
+            dtype=self.dtype,
+            apply_b_dec_to_input=self.apply_b_dec_to_input,
+            normalize_activations=self.normalize_activations,
+            k=self.k,
+            rescale_acts_by_decoder_norm=self.rescale,
+            metadata=unfreeze(self.metadata),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSettings:
+    """How the SAE is optimised: Adam, schedules, batching, mesh, checkpoints and outputs."""
+
+    lr: float = option(3e-4, "peak learning rate of Adam")
+    adam_beta1: float = option(0.9, "Adam β1 (first-moment decay; Gemma Scope uses 0)")
+    adam_beta2: float = option(0.999, "Adam β2 (second-moment decay)")
+    adam_epsilon: float = option(1e-8, "Adam ε (added to sqrt(v̂), as torch.optim.Adam does)")
+    max_grad_norm: float | None = option(
+        1.0, "clip gradients to this global L2 norm (torch's clip_grad_norm_); None disables"
+    )
+    lr_scheduler_name: str = option("constant", f"one of {list(LR_SCHEDULERS)}")
+    lr_warm_up_steps: int = option(0, "linear warm-up from lr/W to lr over W steps")
+    lr_decay_steps: int = option(0, "final linear decay to 0 over this many steps")
+    lr_end: float | None = option(
+        None, "cosine schedules' minimum and the decay's start (default lr / 10)"
+    )
+    n_restart_cycles: int = option(1, "cosineannealingwarmrestarts: number of cycles")
+    train_batch_size_tokens: int = option(4096, "activations per training step (all hosts)")
+    training_tokens: int = option(2_000_000, "activations to train on (whole batches)")
+    seed: int = option(42, "seeds the initialisation (and the synthetic source)")
+    dead_feature_window: int = option(
+        1000, "a latent that has not fired for more than this many steps counts as dead"
+    )
+    feature_sampling_window: int = option(
+        2000, "steps between resets of the firing-frequency statistics (logged at each reset)"
+    )
+    n_batches_for_norm_estimate: int = option(
+        1000, "batches consumed to estimate the expected_average_only_in scale"
+    )
+    mesh: dict | None = option(
+        None, 'device mesh, e.g. {"data": 2, "model": 4}; None = one device'
+    )
+    n_checkpoints: int = option(
+        0, "checkpoints spread evenly over training (SAELens semantics), plus one at the end"
+    )
+    checkpoint_every_steps: int | None = option(
+        None, "also checkpoint every N steps (plus one at the end)"
+    )
+    save_final_checkpoint: bool = option(False, "checkpoint at the end even without n_checkpoints")
+    keep_checkpoints: int | None = option(None, "keep only the newest N checkpoints")
+    checkpoint_path: str | None = option(
+        "checkpoints", "directory of the run's checkpoints and metrics.jsonl (None: no checkpoints)"
+    )
+    output_path: str | None = option(
+        "output", "final SAE directory in SAELens format (None: do not write it)"
+    )
+    overwrite_output: bool = option(False, "replace an existing output_path")
+    resume_from_checkpoint: str | None = option(
+        None, "checkpoint directory to resume from (the newest checkpoint in it)"
+    )
+    coordinator_address: str | None = option(
+        None, "multi-host: host:port of process 0 (calls jax.distributed.initialize)"
+    )
+    num_processes: int | None = option(None, "multi-host: number of processes")
+    process_id: int | None = option(None, "multi-host: this process's index")
+
+    def __post_init__(self) -> None:
+        _freeze_fields(self)
+        name = str(self.lr_scheduler_name).lower()
+        if name not in LR_SCHEDULERS:
+            raise ConfigError(
+                f"unknown lr_scheduler_name {self.lr_scheduler_name!r}; choose one of "
+                f"{list(LR_SCHEDULERS)}." + choices_hint(name, LR_SCHEDULERS)
+            )
+        object.__setattr__(self, "lr_scheduler_name", name)
+        if self.lr_end is None:
+            object.__setattr__(self, "lr_end", self.lr / 10)
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}.")
+        for beta in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, beta) < 1:
+                raise ConfigError(f"{beta} must be in [0, 1), got {getattr(self, beta)}.")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
+        for name in ("train_batch_size_tokens", "training_tokens", "n_restart_cycles",
+                     "dead_feature_window", "feature_sampling_window",
+                     "n_batches_for_norm_estimate"):  # fmt: skip
+            _positive_int(name, getattr(self, name), required=True)
+        for name in ("lr_warm_up_steps", "lr_decay_steps", "n_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        _positive_int("checkpoint_every_steps", self.checkpoint_every_steps)
+        _positive_int("keep_checkpoints", self.keep_checkpoints)
+        if self.training_tokens < self.train_batch_size_tokens:
+            raise ConfigError(
+                f"training_tokens={self.training_tokens} is less than one batch "
+                f"(train_batch_size_tokens={self.train_batch_size_tokens})."
+            )
+        steps = self.total_steps
+        if self.lr_warm_up_steps + self.lr_decay_steps > steps:
+            raise ConfigError(
+                f"lr_warm_up_steps + lr_decay_steps = {self.lr_warm_up_steps + self.lr_decay_steps}"
+                f" exceeds the {steps} training steps."
+            )
+        if self.lr_decay_steps > 0 and self.lr_scheduler_name != "constant" and self.lr_end == 0:
+            raise ConfigError("lr_decay_steps > 0 with lr_end = 0 would decay from 0 to 0.")
+        if self.mesh is not None:
+            unknown = set(self.mesh) - {"data", "model"}
+            if unknown:
+                raise ConfigError(
+                    f"unknown mesh axes {sorted(unknown)}; the axes are ['data', 'model']."
+                )
+            for axis, size in self.mesh.items():
+                if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+                    raise ConfigError(f"mesh axis {axis!r} must be a positive int, got {size!r}.")
+        if self.resume_from_checkpoint is not None and self.checkpoint_path is None:
+            object.__setattr__(self, "checkpoint_path", self.resume_from_checkpoint)
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps: whole batches in training_tokens."""
+        return self.training_tokens // self.train_batch_size_tokens
+
+    @property
+    def mesh_shape(self) -> tuple[int, int]:
+        """(data, model) sizes as configured (-1 = all remaining devices)."""
+        mesh = self.mesh or {}
+        return int(mesh.get("data", 1)), int(mesh.get("model", 1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingSettings:
+    """What the run reports: progress bar, local JSONL metrics, Weights & Biases."""
+
+    log_to_wandb: bool = option(
+        True, "log to wandb (offline, with one line saying so, when no credentials are set)"
+    )
+    wandb_project: str = option("sae_lens_training", "wandb project")
+    wandb_entity: str | None = option(None, "wandb entity (team or user)")
+    wandb_id: str | None = option(None, "wandb run id (resume a wandb run)")
+    run_name: str | None = option(None, "run name (default: {arch}-{d_sae}-LR-{lr}-Tokens-{n})")
+    wandb_log_frequency: int = option(10, "steps between metric logs (wandb and JSONL)")
+    eval_every_n_wandb_logs: int = option(
+        100, "metric logs between weight histograms / evaluator runs"
+    )
+    log_weights_to_wandb: bool = option(True, "upload the final SAE as a wandb artifact")
+    wandb_dir: str | None = option(None, "directory for wandb's files (default: wandb's own)")
+    metrics_path: str | None = option(
+        None, "JSONL metrics file (default: <checkpoint_path>/metrics.jsonl); always written"
+    )
+    progress_bar: bool = option(True, "show a progress bar with tokens/s and ETA")
+
+    def __post_init__(self) -> None:
+        _freeze_fields(self)
+        _positive_int("wandb_log_frequency", self.wandb_log_frequency, required=True)
+        _positive_int("eval_every_n_wandb_logs", self.eval_every_n_wandb_logs, required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSettings:
+    """Where activations come from when the trainer builds the source itself (CLI, no iterable).
+
+    `activation_source` names a registered source (`jsae.training.sources.register_source`):
+    "synthetic" (known sparse features in superposition) or "npy" (a directory of `.npy`
+    arrays [N, d_in], read in file-name order).
+    """
+
+    activation_source: str = option("synthetic", "registered source name: synthetic | npy | ...")
+    activations_path: str | None = option(None, "npy source: directory of [N, d_in] .npy files")
+    targets_path: str | None = option(
+        None, "npy source, transcoders: directory of [N, d_out] target .npy files"
+    )
+    synthetic_n_features: int | None = option(
+        None, "synthetic: number of true features (default 2 * d_in)"
+    )
+    synthetic_structure: str = option(
+        "independent", "synthetic: independent | correlated | hierarchical feature firing"
+    )
+    synthetic_mean_active: float = option(
+        3.0, "synthetic: mean number of true features active per activation"
+    )
+    synthetic_correlation: float = option(
+        0.5, "synthetic correlated: strength of the shared low-rank firing correlations"
+    )
+    synthetic_n_parents: int = option(
+        8, "synthetic hierarchical: parent features (each child fires only with its parent)"
+    )
+    synthetic_noise_std: float = option(0.0, "synthetic: std of isotropic Gaussian noise added")
+
+    def __post_init__(self) -> None:
+        _freeze_fields(self)
+
+
+# ------------------------------------------------------------------------------------ the whole
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The full training configuration: `sae`, `training`, `logging` and `data` concerns."""
+
+    sae: SAESettings
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+
+    # Nested-dict aliases: SAELens calls the logging concern "logger".
+    SECTION_ALIASES: ClassVar[dict[str, str]] = {"logger": "logging"}
+
+    def __post_init__(self) -> None:
+        sae, tr = self.sae, self.training
+        data, model = tr.mesh_shape
+        if model > 1 and sae.d_sae % model:
+            raise ConfigError(
+                f"d_sae={sae.d_sae} cannot be split over mesh model={model}; choose d_sae "
+                "divisible by the model axis."
+            )
+        if data > 1 and tr.train_batch_size_tokens % data:
+            raise ConfigError(
+                f"train_batch_size_tokens={tr.train_batch_size_tokens} cannot be split over "
+                f"mesh data={data}; choose a batch divisible by the data axis."
+            )
+        if sae.architecture in TOPK_FAMILY and sae.aux_loss_coefficient and (
+            sae.normalize_activations in ("constant_norm_rescale", "layer_norm")
+        ):
+            raise ConfigError(
+                f"the AuxK loss of {sae.architecture} does not support normalize_activations="
+                f"{sae.normalize_activations!r} (its reconstruction would live in normalised "
+                "space while the residual does not); use 'none' or 'expected_average_only_in', "
+                "or set aux_loss_coefficient=0."
+            )
+        if sae.architecture == "batchtopk" or sae.architecture == "matryoshka_batchtopk":
+            keep = int(sae.k * tr.train_batch_size_tokens)
+            if keep < 1:
+                raise ConfigError(
+                    f"k={sae.k} keeps no latent in a batch of {tr.train_batch_size_tokens} tokens."
+                )
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def sections(cls) -> dict[str, type]:
+        """Concern name -> its dataclass."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in fields(cls)}
+
+    @classmethod
+    def key_index(cls) -> dict[str, str]:
+        """Flat field name -> concern name."""
+        index: dict[str, str] = {}
+        for section, section_cls in cls.sections().items():
+            for f in fields(section_cls):
+                if f.name in index:
+                    raise AssertionError(f"field {f.name!r} appears in two concerns")
+                index[f.name] = section
+        return index
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a flat dict of SAELens field names, nested concerns, or a mix."""
+        per_section: dict[str, dict[str, Any]] = {name: {} for name in cls.sections()}
+        index = cls.key_index()
+        ignored: list[str] = []
+
+        def put(key: str, value: Any, section: str | None = None) -> None:
+            if key in IGNORED_SAELENS_KEYS:
+                ignored.append(key)
+                return
+            target = index.get(key)
+            if target is None or (section is not None and target != section):
+                where = f" in {section!r}" if section else ""
+                valid = sorted(index) if section is None else sorted(
+                    k for k, s in index.items() if s == section
+                )
+                raise ConfigError(
+                    f"unknown config key {key!r}{where}; valid keys: {valid}."
+                    + choices_hint(key, valid)
+                )
+            per_section[target][key] = value
+
+        for key, value in dict(data).items():
+            section = cls.SECTION_ALIASES.get(key, key)
+            if section in per_section and isinstance(value, Mapping | type(None)):
+                for sub_key, sub_value in dict(value or {}).items():
+                    put(sub_key, sub_value, None if section == "sae" else section)
+            elif isinstance(value, _SECTION_TYPES):
+                per_section[key] = {f.name: getattr(value, f.name) for f in fields(value)}
+            else:
+                put(key, value)
+        if ignored:
+            warnings.warn(
+                f"ignoring SAELens options with no meaning in jsae: {sorted(set(ignored))}",
+                stacklevel=2,
+            )
+        built = {}
+        for name, section_cls in cls.sections().items():
+            values = _coerce_all(section_cls, per_section[name])
+            try:
+                built[name] = section_cls(**values)
+            except TypeError as exc:  # a missing or malformed value
+                raise ConfigError(f"invalid {name} config: {exc}") from None
+        return cls(**built)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML (or JSON) file of flat or nested fields."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path} must hold a mapping of config keys.")
+        return cls.from_dict(data)
+
+    @classmethod
+    def coerce(cls, config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainConfig:
+        """Accept a TrainConfig, a dict, or a path to a YAML file."""
+        if isinstance(config, TrainConfig):
+            return config
+        if isinstance(config, str | Path):
+            return cls.from_yaml(config)
+        if isinstance(config, Mapping):
+            return cls.from_dict(config)
+        raise ConfigError(
+            f"config must be a TrainConfig, a dict or a YAML path, got {type(config).__name__}."
+        )
+
+    # ------------------------------------------------------------------ changing and writing
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with flat (or 'section.key') fields changed, validated again."""
+        return TrainConfig.from_dict(_merge(self.to_dict(), changes))
+
+    def with_overrides(self, overrides: Iterable[str]) -> TrainConfig:
+        """Apply command-line style `key=value` overrides (values parsed as YAML)."""
+        changes: dict[str, Any] = {}
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4).")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            changes[key.strip()] = value
+        return self.replace(**changes)
+
+    def to_dict(self, *, flat: bool = False) -> dict[str, Any]:
+        """Nested by concern (default) or flat; JSON/YAML-ready."""
+        nested = {
+            name: {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+            for name, section in ((n, getattr(self, n)) for n in self.sections())
+        }
+        if not flat:
+            return nested
+        return {k: v for section in nested.values() for k, v in section.items()}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    @property
+    def run_name(self) -> str:
+        return self.logging.run_name or (
+            f"{self.sae.architecture}-{self.sae.d_sae}-LR-{self.training.lr}-"
+            f"Tokens-{self.training.training_tokens:3.3e}"
+        )
+
+
+_SECTION_TYPES = (SAESettings, TrainingSettings, LoggingSettings, DataSettings)
+
+
+def option_help() -> list[tuple[str, str, Any, str]]:
+    """(concern, key, default, help) for every option, for `jsae train --list-options`."""
+    rows = []
+    for section, section_cls in TrainConfig.sections().items():
+        for f in fields(section_cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((section, f.name, default, f.metadata.get("help", "")))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _positive_int(name: str, value: Any, *, required: bool = False) -> None:
+    if value is None and not required:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _freeze_fields(obj: Any) -> None:
+    """Lists become tuples and dicts FrozenDicts, so settings are hashable (static under jit)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, list | dict):
+            object.__setattr__(obj, f.name, freeze(value))
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply flat or dotted changes to a nested config dict."""
+    out = {k: dict(v) for k, v in base.items()}
+    index = TrainConfig.key_index()
+    for key, value in changes.items():
+        section, _, name = key.rpartition(".")
+        section = TrainConfig.SECTION_ALIASES.get(section, section)
+        if not section:
+            if name in IGNORED_SAELENS_KEYS:
+                continue
+            section = index.get(name)
+        if section not in out or name not in index or index[name] != section:
+            valid = sorted(index)
+            raise ConfigError(
+                f"unknown config key {key!r}; valid keys: {valid}." + choices_hint(name, valid)
+            )
+        out[section][name] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _coerce_all(section_cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {key: _coerce(key, hints[key], value) for key, value in values.items()}
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Convert YAML/CLI values to the declared type (e.g. '1e-3' -> 1e-3, 2e6 -> 2000000)."""
+    if value is None:
+        return None
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    optional = type(None) in options
+    options = tuple(o for o in options if o is not type(None))
+    origins = [typing.get_origin(o) or o for o in options]
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    if bool in origins:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        return value
+    if int in origins and float not in origins:
+        number = _number(value)
+        if isinstance(number, float) and number.is_integer() and math.isfinite(number):
+            return int(number)
+        return number
+    if float in origins:
+        number = _number(value)
+        if isinstance(number, int) and not isinstance(number, bool) and int not in origins:
+            return float(number)
+        return number
+    if tuple in origins and isinstance(value, list | tuple):
+        return tuple(int(_number(v)) for v in value)
+    if tuple in origins and isinstance(value, str):
+        parsed = yaml.safe_load(value)
+        return tuple(int(_number(v)) for v in (parsed if isinstance(parsed, list) else [parsed]))
+    if dict in origins and isinstance(value, str):
+        parsed = yaml.safe_load(value)
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}.")
+        return parsed
+    return value
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+__all__ = [
+    "LR_SCHEDULERS",
+    "TRAINABLE_ARCHITECTURES",
+    "DataSettings",
+    "LoggingSettings",
+    "SAESettings",
+    "TrainConfig",
+    "TrainingSettings",
+    "option_help",
+]

@@ -1,0 +1,94 @@
+"""Which latents a TopK or BatchTopK SAE keeps, on one device or with latents split over a mesh.
+
+Both return a boolean mask `[B, d_sae]`; the caller keeps `relu(scores)` where it is set (the
+selection is discrete, so gradients flow through the kept values only, as with torch's
+`topk` + `scatter`).
+
+With latents split over the mesh's "model" axis, a top-k along that axis would gather the
+whole `[B, d_sae]` pre-activation. Instead each shard takes its own top-k, the shards exchange
+only those candidates (values and global positions), every shard picks the global top-k among
+them, and marks the winners it owns: OpenAI's `sharded_topk`. BatchTopK does the same across
+every device (its top-k runs over the whole batch). Winners are identified by position, so the
+selection equals the single-device one whenever the kept values are distinct.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+
+def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
+    """Mask of the k largest scores of each row. scores [B, d_sae] -> bool [B, d_sae]."""
+    scores = jax.lax.stop_gradient(scores)
+    if mesh is None or mesh.shape["model"] == 1:
+        _, idx = jax.lax.top_k(scores, k)  # [B, k]
+        return _mask_from_indices(scores.shape, idx)
+    def local(s: jax.Array) -> jax.Array:
+        rows, width = s.shape
+        k_local = min(k, width)
+        vals, idx = jax.lax.top_k(s, k_local)  # [b, k_local]
+        offset = jax.lax.axis_index("model") * width
+        all_vals = jax.lax.all_gather(vals, "model", axis=1, tiled=True)  # [b, M*k_local]
+        all_cols = jax.lax.all_gather(idx + offset, "model", axis=1, tiled=True)
+        _, pos = jax.lax.top_k(all_vals, k)  # [b, k] positions among the candidates
+        cols = jnp.take_along_axis(all_cols, pos, axis=1) - offset  # local column or outside
+        cols = jnp.where((cols >= 0) & (cols < width), cols, width)  # width = dropped
+        row_ids = jnp.broadcast_to(jnp.arange(rows)[:, None], cols.shape)
+        return jnp.zeros(s.shape, bool).at[row_ids, cols].set(True, mode="drop")
+
+    spec = P("data", "model")
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(scores)
+
+
+def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) -> jax.Array:
+    """Mask of the `n_keep` largest scores of the whole batch. [B, d_sae] -> bool [B, d_sae]."""
+    scores = jax.lax.stop_gradient(scores)
+    if mesh is None or mesh.size == 1:
+        flat = scores.reshape(-1)
+        _, idx = jax.lax.top_k(flat, n_keep)
+        return jnp.zeros(flat.shape, bool).at[idx].set(True).reshape(scores.shape)
+    axes = ("data", "model")
+
+    def local(s: jax.Array) -> jax.Array:
+        rows, width = s.shape
+        k_local = min(n_keep, rows * width)
+        vals, flat_idx = jax.lax.top_k(s.reshape(-1), k_local)  # [k_local]
+        row0 = jax.lax.axis_index("data") * rows
+        col0 = jax.lax.axis_index("model") * width
+        g_rows = flat_idx // width + row0
+        g_cols = flat_idx % width + col0
+        all_vals = jax.lax.all_gather(vals, axes, tiled=True)  # [n_dev * k_local]
+        all_rows = jax.lax.all_gather(g_rows, axes, tiled=True)
+        all_cols = jax.lax.all_gather(g_cols, axes, tiled=True)
+        _, pos = jax.lax.top_k(all_vals, n_keep)
+        r = all_rows[pos] - row0
+        c = all_cols[pos] - col0
+        inside = (r >= 0) & (r < rows) & (c >= 0) & (c < width)
+        r = jnp.where(inside, r, rows)  # rows = dropped
+        c = jnp.where(inside, c, 0)
+        return jnp.zeros(s.shape, bool).at[r, c].set(True, mode="drop")
+
+    spec = P("data", "model")
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(scores)
+
+
+def _mask_from_indices(shape: tuple[int, ...], idx: jax.Array) -> jax.Array:
+    rows = jnp.broadcast_to(jnp.arange(shape[0])[:, None], idx.shape)
+    return jnp.zeros(shape, bool).at[rows, idx].set(True)
+
+
+def model_axis_size(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else int(mesh.shape["model"])
+
+
+def masked_topk_values(scores: jax.Array, mask: jax.Array) -> Any:
+    """relu(scores) where selected, 0 elsewhere (differentiable in scores)."""
+    return jnp.where(mask, jax.nn.relu(scores), 0).astype(scores.dtype)
+
+
+__all__ = ["batch_topk_mask", "masked_topk_values", "model_axis_size", "topk_mask"]

@@ -1,0 +1,313 @@
+"""Activation sources: what feeds the trainer, how it is cut into batches, how it resumes.
+
+A source is any iterable of `[B, d_in]` arrays (numpy or jax); transcoder sources yield
+`(x [B, d_in], y [B, d_out])` pairs. Batches of any size are re-cut into the configured batch.
+
+Resuming. A source that also implements `ResumableSource` (`state() -> dict` of JSON-able
+values, `restore(state)`) is put back exactly where the checkpoint left it. Any other iterable is
+re-iterated from the start on resume and fast-forwarded past the batches already used, which is
+right for deterministic iterables (a list, a file reader) and is said so in the log.
+
+Sources the CLI can build by name are registered with `register_source(name, factory)`, the
+factory taking the `TrainConfig` and the batch rows this process must produce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from jsae.errors import ConfigError, ShapeError, choices_hint
+
+if TYPE_CHECKING:
+    from jsae.training.config import TrainConfig
+
+
+@runtime_checkable
+class ResumableSource(Protocol):
+    """An activation source that can report and restore its position."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable position: after `restore(state)`, iteration continues from here."""
+        ...
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Go back to a position returned by `state()`."""
+        ...
+
+
+SourceFactory = Callable[["TrainConfig", int], Iterable[Any]]
+_SOURCES: dict[str, SourceFactory] = {}
+
+
+def register_source(name: str, factory: SourceFactory, *, overwrite: bool = False) -> None:
+    """Make `activation_source: name` build its source with `factory(config, rows_per_batch)`."""
+    if name in _SOURCES and not overwrite:
+        raise ConfigError(f"activation source {name!r} is already registered.")
+    _SOURCES[name] = factory
+
+
+def source_names() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def make_source(config: TrainConfig, rows: int) -> Iterable[Any]:
+    """Build the configured source (`config.data.activation_source`)."""
+    name = config.data.activation_source
+    if name not in _SOURCES:
+        raise ConfigError(
+            f"unknown activation_source {name!r}; registered sources: {source_names()}."
+            + choices_hint(name, _SOURCES)
+        )
+    return _SOURCES[name](config, rows)
+
+
+# ------------------------------------------------------------------------------ built-in sources
+
+
+def _synthetic_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
+    import jax
+
+    from jsae.activations.synthetic import SyntheticActivations, SyntheticConfig
+
+    data, sae = config.data, config.sae
+    synthetic = SyntheticConfig(
+        d_in=sae.d_in,
+        n_features=data.synthetic_n_features or 2 * sae.d_in,
+        structure=data.synthetic_structure,
+        mean_active=data.synthetic_mean_active,
+        correlation=data.synthetic_correlation,
+        n_parents=data.synthetic_n_parents,
+        noise_std=data.synthetic_noise_std,
+        d_out=sae.output_dim if sae.is_transcoder else None,
+        seed=config.training.seed,
+    )
+    n_proc = jax.process_count()
+    return SyntheticActivations(
+        synthetic, batch_size=rows * n_proc, shard_index=jax.process_index(), num_shards=n_proc
+    )
+
+
+def _npy_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
+    import jax
+
+    data = config.data
+    if not data.activations_path:
+        raise ConfigError("activation_source 'npy' needs activations_path (a directory of .npy).")
+    if config.sae.is_transcoder and not data.targets_path:
+        raise ConfigError("training a transcoder from .npy files needs targets_path as well.")
+    n_proc = jax.process_count()
+    return NpyDirectorySource(
+        data.activations_path,
+        batch_size=rows * n_proc,
+        targets_path=data.targets_path,
+        shard_index=jax.process_index(),
+        num_shards=n_proc,
+    )
+
+
+class NpyDirectorySource:
+    """Activations stored as `.npy` files of shape [N, d_in] in one directory (name order).
+
+    Files are memory-mapped and read sequentially, one global batch at a time; with several
+    processes each takes its own slice of every global batch. With `targets_path` (transcoders)
+    a second directory with the same row counts provides the targets. Resumable: the position
+    is the number of rows already read.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int,
+        targets_path: str | Path | None = None,
+        shard_index: int = 0,
+        num_shards: int = 1,
+    ):
+        self.files = self._list(path)
+        self.target_files = self._list(targets_path) if targets_path else None
+        self.batch_size = batch_size
+        self.shard_index, self.num_shards = shard_index, num_shards
+        self.rows_read = 0
+        self._arrays = [np.load(f, mmap_mode="r") for f in self.files]
+        self._targets = [np.load(f, mmap_mode="r") for f in self.target_files or []]
+        for arr, file in zip(self._arrays, self.files, strict=True):
+            if arr.ndim != 2:
+                raise ShapeError(f"{file} holds an array of shape {arr.shape}; expected [N, d_in].")
+        if self._targets and [len(a) for a in self._arrays] != [len(t) for t in self._targets]:
+            raise ShapeError("activations_path and targets_path files must have equal row counts.")
+        self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
+
+    @staticmethod
+    def _list(path: str | Path | None) -> list[Path]:
+        directory = Path(path)  # type: ignore[arg-type]
+        if not directory.is_dir():
+            raise FileNotFoundError(f"activations directory {directory} does not exist.")
+        files = sorted(directory.glob("*.npy"))
+        if not files:
+            raise FileNotFoundError(f"{directory} holds no .npy files.")
+        return files
+
+    @property
+    def n_rows(self) -> int:
+        return int(self._starts[-1])
+
+    def _rows(self, arrays: list[np.ndarray], start: int, stop: int) -> np.ndarray:
+        parts = []
+        for i, arr in enumerate(arrays):
+            lo, hi = max(start, self._starts[i]), min(stop, self._starts[i + 1])
+            if lo < hi:
+                parts.append(np.asarray(arr[lo - self._starts[i] : hi - self._starts[i]]))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def __iter__(self) -> Iterator[Any]:
+        local = self.batch_size // self.num_shards
+        while self.rows_read + self.batch_size <= self.n_rows:
+            start = self.rows_read + self.shard_index * local
+            self.rows_read += self.batch_size
+            x = self._rows(self._arrays, start, start + local)
+            if self._targets:
+                yield x, self._rows(self._targets, start, start + local)
+            else:
+                yield x
+
+    def state(self) -> dict[str, Any]:
+        return {"rows_read": self.rows_read}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.rows_read = int(state["rows_read"])
+
+
+register_source("synthetic", _synthetic_factory)
+register_source("npy", _npy_factory)
+
+
+# ------------------------------------------------------------------------------ batching
+
+
+class Feeder:
+    """Cuts a source into batches of exactly `rows` rows and tracks the position for resuming.
+
+    `next()` returns `(x, y)` (y is x for SAEs). `position()` describes where the next batch
+    starts; `restore(position)` goes back there in a fresh process.
+    """
+
+    def __init__(self, source: Iterable[Any], *, rows: int, transcoder: bool):
+        self.source = source
+        self.rows = rows
+        self.transcoder = transcoder
+        self.items_read = 0  # source items consumed
+        self._iter: Iterator[Any] | None = None
+        self._pending: list[tuple[Any, Any]] = []  # leftover (x, y) row blocks
+        self._pending_rows = 0
+        self._source_state: dict[str, Any] | None = None  # source.state() after items_read
+
+    # ---------------------------------------------------------------- reading
+
+    def _pull(self) -> tuple[Any, Any]:
+        if self._iter is None:
+            self._iter = iter(self.source)
+        item = next(self._iter)  # StopIteration propagates: the source is exhausted
+        self.items_read += 1
+        if isinstance(self.source, ResumableSource):
+            self._source_state = self.source.state()
+        return self._split(item)
+
+    def _split(self, item: Any) -> tuple[Any, Any]:
+        if self.transcoder:
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise ShapeError(
+                    "a transcoder's activation source must yield (x, y) pairs: inputs [B, d_in] "
+                    f"and targets [B, d_out]; got {type(item).__name__}."
+                )
+            return item[0], item[1]
+        if isinstance(item, tuple | list):
+            if len(item) != 1:
+                raise ShapeError(
+                    f"an SAE's activation source must yield arrays [B, d_in], got a {len(item)}-"
+                    "tuple (pairs are for transcoders)."
+                )
+            item = item[0]
+        return item, item
+
+    def peek(self) -> tuple[Any, Any]:
+        """The first rows of the next batch, without consuming them."""
+        if not self._pending:
+            x, y = self._pull()
+            self._pending, self._pending_rows = [(x, y)], _rows(x)
+        return self._pending[0]
+
+    def next(self) -> tuple[Any, Any]:
+        """The next batch `(x, y)` of exactly `rows` rows."""
+        if not self._pending:
+            x, y = self._pull()
+            if _rows(x) == self.rows:
+                return x, y
+            self._pending, self._pending_rows = [(x, y)], _rows(x)
+        if len(self._pending) == 1 and self._pending_rows == self.rows:  # a peeked batch
+            (x, y), self._pending, self._pending_rows = self._pending[0], [], 0
+            return x, y
+        while self._pending_rows < self.rows:
+            x, y = self._pull()
+            self._pending.append((x, y))
+            self._pending_rows += _rows(x)
+        xs = np.concatenate([np.asarray(p[0]) for p in self._pending])
+        ys = xs if not self.transcoder else np.concatenate([np.asarray(p[1]) for p in self._pending])
+        rest = self._pending_rows - self.rows
+        self._pending = [(xs[self.rows :], ys[self.rows :])] if rest else []
+        self._pending_rows = rest
+        return xs[: self.rows], ys[: self.rows]
+
+    # ---------------------------------------------------------------- resuming
+
+    def position(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-able position, leftover row arrays) describing where the next batch starts."""
+        info: dict[str, Any] = {"items_read": self.items_read, "source": self._source_state}
+        arrays = {}
+        if self._pending:
+            arrays["x"] = np.concatenate([np.asarray(p[0]) for p in self._pending])
+            if self.transcoder:
+                arrays["y"] = np.concatenate([np.asarray(p[1]) for p in self._pending])
+        return info, arrays
+
+    def restore(self, info: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
+        """Return to a position from `position()`; says how (for the log)."""
+        self.items_read = int(info["items_read"])
+        if isinstance(self.source, ResumableSource) and info.get("source") is not None:
+            self.source.restore(info["source"])
+            self._source_state = dict(info["source"])
+            self._iter = iter(self.source)
+            how = "restored the source's position"
+        else:
+            self._iter = iter(self.source)
+            for _ in range(self.items_read):
+                next(self._iter)
+            how = f"re-read the source and skipped {self.items_read} items already used"
+        self._pending, self._pending_rows = [], 0
+        if "x" in arrays:
+            x = np.asarray(arrays["x"])
+            self._pending = [(x, np.asarray(arrays["y"]) if self.transcoder else x)]
+            self._pending_rows = len(x)
+        return how
+
+
+def _rows(x: Any) -> int:
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise ShapeError(f"activation batches must be arrays [B, d_in], got {type(x).__name__}.")
+    if len(shape) != 2:
+        raise ShapeError(f"activation batches must have shape [B, d_in], got {tuple(shape)}.")
+    return int(shape[0])
+
+
+__all__ = [
+    "Feeder",
+    "NpyDirectorySource",
+    "ResumableSource",
+    "make_source",
+    "register_source",
+    "source_names",
+]

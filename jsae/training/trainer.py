@@ -1,0 +1,600 @@
+"""`Trainer` and `train`: the loop around the jitted step (SAELens's `SAETrainer.fit` semantics).
+
+    sae = jsae.train({"architecture": "topk", "d_in": 768, "d_sae": 16384, "k": 32,
+                      "training_tokens": 50_000_000}, activations)
+
+    trainer = jsae.Trainer(config, activations)     # step-level control
+    for _ in range(100):
+        metrics = trainer.step()                    # device scalars; no host sync
+    sae = trainer.fit()                             # the rest, checkpoints, output
+
+One step: take a batch of `train_batch_size_tokens` rows from the source (split over the mesh's
+"data" axis, or over hosts), scale it (`expected_average_only_in`), run the jitted step (state
+donated), then, off the hot path, log every `wandb_log_frequency` steps, log and reset the
+firing statistics every `feature_sampling_window` steps, checkpoint when due. A batch with NaN
+or Inf stops the run with an error naming the step; the state is left as before that step and
+no checkpoint is written after it.
+
+At the end: the activation scale is folded into the weights, TopK decoder norms folded
+(SAELens saves them so), and the SAE is written in SAELens format with its feature sparsity,
+the training configuration and the metrics; `fit` returns that inference-form SAE.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
+
+from jsae.architectures import get_architecture
+from jsae.architectures.base import TrainContext
+from jsae.errors import ConfigError, NonFiniteError, ShapeError
+from jsae.fsutil import atomic_output_dir
+from jsae.io import log_feature_sparsity
+from jsae.parallel import make_mesh
+from jsae.sae import SAE
+from jsae.training.checkpoint import Checkpointer
+from jsae.training.config import TrainConfig
+from jsae.training.monitor import ProgressBar, RunLogger
+from jsae.training.optimizer import make_optimizer
+from jsae.training.sources import Feeder, make_source
+from jsae.training.state import TrainState, init_state, state_shardings
+from jsae.training.step import make_step
+
+Evaluator = Callable[[SAE, int], Mapping[str, float]]
+
+
+class Trainer:
+    """Trains one SAE on an activation source; see the module docstring."""
+
+    def __init__(
+        self,
+        config: TrainConfig | Mapping[str, Any] | str | Path,
+        activations: Iterable[Any] | None = None,
+        *,
+        init: SAE | None = None,
+        evaluator: Evaluator | None = None,
+    ):
+        self.config = TrainConfig.coerce(config)
+        tr = self.config.training
+        _initialize_distributed(tr)
+        self.mesh = _build_mesh(tr)
+        self.settings = self.config.sae
+        self.cfg = self.settings.sae_config()
+        self.arch = get_architecture(self.cfg.architecture)
+        self.ctx = TrainContext(self.settings, self.mesh)
+        self.optimizer = make_optimizer(tr)
+        self.evaluator = evaluator
+        self.batch_size = tr.train_batch_size_tokens
+        self.local_rows = self.batch_size // jax.process_count()
+        if self.batch_size % jax.process_count():
+            raise ConfigError(
+                f"train_batch_size_tokens={self.batch_size} must divide over "
+                f"{jax.process_count()} processes."
+            )
+        self._check_output_path()
+        source = activations if activations is not None else make_source(self.config, self.local_rows)
+        self.feeder = Feeder(source, rows=self.local_rows, transcoder=self.settings.is_transcoder)
+        self.n_training_samples = 0
+        self.scale: float | None = None  # expected_average_only_in factor
+        self.state, self.shardings = self._initial_state(init)
+        self._batch_sharding = self._make_batch_sharding()
+        step_fn = make_step(self.cfg, self.arch, self.ctx, tr, self.optimizer)
+        if self.mesh is not None:
+            replicated = NamedSharding(self.mesh, P())
+            self._step_fn = jax.jit(
+                step_fn,
+                in_shardings=(self.shardings, self._batch_sharding, self._batch_sharding, replicated),
+                out_shardings=(self.shardings, replicated),
+                donate_argnums=0,
+            )
+        else:
+            self._step_fn = jax.jit(step_fn, donate_argnums=0)
+        self.checkpointer = (
+            Checkpointer(tr.checkpoint_path, keep=tr.keep_checkpoints) if tr.checkpoint_path else None
+        )
+        self._thresholds = self._checkpoint_thresholds()
+        self._pending: tuple[int, dict[str, jax.Array]] | None = None  # last step, unchecked
+        self._last_checkpoint: int | None = None
+        self._resumed_from: int | None = None
+        self.logger: RunLogger | None = None
+        self._progress: ProgressBar | None = None
+        self._tmp_metrics: Path | None = None
+        if tr.resume_from_checkpoint is not None:
+            self.resume(tr.resume_from_checkpoint)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _initial_state(self, init: SAE | None) -> tuple[TrainState, Any]:
+        buffer_names = self.arch.buffer_names()
+        if init is not None:
+            if init.cfg.architecture != self.cfg.architecture or (
+                (init.cfg.d_in, init.cfg.d_sae) != (self.cfg.d_in, self.cfg.d_sae)
+            ):
+                raise ConfigError(
+                    f"the initial SAE ({init.cfg.architecture}, d_in={init.cfg.d_in}, "
+                    f"d_sae={init.cfg.d_sae}) does not match the config ({self.cfg.architecture}, "
+                    f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae})."
+                )
+            given = {k: jnp.asarray(v) for k, v in init.params.items()}
+            params = {k: v for k, v in given.items() if k not in buffer_names}
+            buffers = self.arch.init_buffers(self.cfg, self.settings)
+            buffers.update({k: given[k].astype(jnp.float32) for k in buffer_names if k in given})
+            build = lambda p: init_state(p, buffers, self.optimizer)  # noqa: E731
+        else:
+            key = jax.random.key(self.config.training.seed)
+            params = None
+            buffers = self.arch.init_buffers(self.cfg, self.settings)
+
+            def build(_):
+                p = self.arch.train_init_params(self.cfg, self.settings, key)
+                return init_state(p, buffers, self.optimizer)
+
+        abstract = jax.eval_shape(build, params)
+        if self.mesh is not None:
+            shardings = state_shardings(abstract, self.mesh)
+        else:
+            one = SingleDeviceSharding(jax.local_devices()[0])
+            shardings = jax.tree.map(lambda _: one, abstract)
+        return jax.jit(build, out_shardings=shardings)(params), shardings
+
+    def _make_batch_sharding(self) -> Any:
+        if self.mesh is not None:
+            return NamedSharding(self.mesh, P("data", None))
+        return SingleDeviceSharding(jax.local_devices()[0])
+
+    def _check_output_path(self) -> None:
+        out = self.config.training.output_path
+        if out and Path(out).exists() and not self.config.training.overwrite_output:
+            raise FileExistsError(
+                f"output_path {out} already exists; choose another output_path or set "
+                "overwrite_output (--overwrite) to replace it when training ends."
+            )
+
+    def _checkpoint_thresholds(self) -> list[int]:
+        """SAELens's n_checkpoints thresholds, in training samples."""
+        tr = self.config.training
+        if tr.n_checkpoints <= 0:
+            return []
+        total = tr.total_steps * self.batch_size
+        stride = math.ceil(total / (tr.n_checkpoints + 1))
+        return list(range(0, total, stride))[1:]
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def steps_done(self) -> int:
+        """Completed training steps (host-side count, no device sync)."""
+        return self.n_training_samples // self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.training.total_steps
+
+    @property
+    def sae(self) -> SAE:
+        """The SAE being trained, in its training form (unscaled, unfolded), on the host."""
+        self._check_pending()
+        params = _to_host({**self.state.params, **self.state.buffers})
+        return SAE.from_params(self.cfg, params)
+
+    # ------------------------------------------------------------------ stepping
+
+    def _check_batch(self, array: Any, width: int, what: str, rows: int | None = None) -> None:
+        shape = getattr(array, "shape", None)
+        if (
+            shape is None
+            or len(shape) != 2
+            or shape[1] != width
+            or (rows is not None and shape[0] != rows)
+        ):
+            name = "d_out" if what == "target" else "d_in"
+            raise ShapeError(
+                f"step {self.steps_done}: the activation source gave a {what} batch of shape "
+                f"{None if shape is None else tuple(shape)} but the SAE has {name}={width}"
+                + (f" and takes [{rows}, {width}] batches" if rows is not None else "")
+                + "; check that the source reads the hook the SAE is configured for."
+            )
+        if not jnp.issubdtype(getattr(array, "dtype", np.float32), jnp.floating):
+            raise ShapeError(
+                f"step {self.steps_done}: {what} batches must be floating point, got "
+                f"{getattr(array, 'dtype', type(array).__name__)}."
+            )
+
+    def check_source(self) -> None:
+        """Refuse a source whose activations do not fit the SAE, before anything is trained."""
+        x, y = self.feeder.peek()
+        self._check_batch(x, self.cfg.d_in, "input")
+        if self.settings.is_transcoder:
+            self._check_batch(y, self.settings.output_dim, "target")
+
+    def _device_batch(self, array: Any, width: int, what: str) -> jax.Array:
+        self._check_batch(array, width, what, self.local_rows)
+        if jax.process_count() > 1:
+            return jax.make_array_from_process_local_data(self._batch_sharding, np.asarray(array))
+        return jax.device_put(array, self._batch_sharding)
+
+    def step(self, x: Any = None, y: Any = None) -> dict[str, jax.Array]:
+        """Run one training step on `x` (and target `y` for transcoders), or on the next batch.
+
+        Returns the step's metrics as device scalars. A non-finite batch or loss leaves the
+        state as it was and raises NonFiniteError when the next step is about to run (or at
+        `fit`'s end, or on checkpointing): the check waits for the previous step only, after the
+        next batch is already prepared, so the device stays busy.
+        """
+        if x is None:
+            x, y = self.feeder.next()
+        elif y is None:
+            y = x
+        xd = self._device_batch(x, self.cfg.d_in, "input")
+        if self.settings.is_transcoder:
+            yd = self._device_batch(y, self.settings.output_dim, "target")
+        else:
+            yd = xd
+        scale = jnp.float32(1.0 if self.scale is None else self.scale)
+        self._check_pending()
+        s = self.steps_done
+        self.state, metrics = self._step_fn(self.state, xd, yd, scale)
+        self.n_training_samples += self.batch_size
+        self._pending = (s, metrics)
+        return metrics
+
+    def _check_pending(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._raise_if_non_finite(*pending)
+
+    def _raise_if_non_finite(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        if bool(metrics["finite"]):
+            return
+        self.n_training_samples = step * self.batch_size  # the state is that before `step`
+        where = (
+            f"the last good checkpoint is step {self._last_checkpoint} in "
+            f"{self.checkpointer.directory}"
+            if self.checkpointer is not None and self._last_checkpoint is not None
+            else "no checkpoint was written"
+        )
+        if not bool(metrics["batch_finite"]):
+            problem = "the activation batch contains NaN or Inf"
+        else:
+            problem = "the loss became NaN or Inf (training diverged; try a lower lr)"
+        raise NonFiniteError(f"step {step}: {problem}; training stopped ({where}).")
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> SAE:
+        """Train to `training_tokens`, checkpointing and logging; return the final SAE."""
+        tr, log = self.config.training, self.config.logging
+        try:
+            self.check_source()
+        except StopIteration:
+            raise ConfigError("the activation source is empty.") from None
+        self._open_logs()
+        try:
+            if self.cfg.normalize_activations == "expected_average_only_in" and self.scale is None:
+                self.scale = self._estimate_scale(tr.n_batches_for_norm_estimate)
+            while self.steps_done < self.total_steps:
+                s = self.steps_done
+                if s > 0 and s % tr.feature_sampling_window == 0:
+                    self._log_sparsity(s)
+                try:
+                    batch = self.feeder.next()
+                except StopIteration:
+                    self._warn_exhausted()
+                    break
+                metrics = self.step(*batch)
+                self._progress.update(self.batch_size)
+                if (s + 1) % log.wandb_log_frequency == 0:
+                    self._log_step(s, metrics)
+                if (s + 1) % (log.wandb_log_frequency * log.eval_every_n_wandb_logs) == 0:
+                    self._log_evals(s)
+                if self._checkpoint_due():
+                    self.save_checkpoint()
+            self._check_pending()
+            s = self.steps_done
+            if s > 0 and s % tr.feature_sampling_window == 0:
+                self._log_sparsity(s)
+            if self.checkpointer is not None and self._final_checkpoint_wanted():
+                if self._last_checkpoint != s:
+                    self.save_checkpoint()
+            return self.finish()
+        finally:
+            self._close_logs()
+
+    def _warn_exhausted(self) -> None:
+        warnings.warn(
+            f"the activation source ended after {self.steps_done} steps "
+            f"({self.n_training_samples} tokens) of the {self.total_steps} planned "
+            f"(training_tokens={self.config.training.training_tokens}); saving the SAE trained "
+            "so far.",
+            stacklevel=3,
+        )
+
+    def _estimate_scale(self, n_batches: int) -> float:
+        """sqrt(d_in) / E||x|| over `n_batches` batches (consumed, as in SAELens)."""
+        total, count = 0.0, 0
+        for _ in range(n_batches):
+            try:
+                x, _ = self.feeder.next()
+            except StopIteration:
+                break
+            self._check_batch(x, self.cfg.d_in, "input")
+            norms = np.linalg.norm(np.asarray(x, np.float32), axis=-1)
+            total += float(norms.sum(dtype=np.float64))
+            count += norms.size
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            sums = multihost_utils.process_allgather(np.array([total, count], np.float64))
+            total, count = float(sums[:, 0].sum()), int(sums[:, 1].sum())
+        if count == 0 or total == 0:
+            raise ConfigError("cannot estimate the activation scale: the source gave no activations.")
+        return math.sqrt(self.cfg.d_in) / (total / count)
+
+    # ------------------------------------------------------------------ logging
+
+    def _metrics_path(self) -> Path:
+        logging, tr = self.config.logging, self.config.training
+        if logging.metrics_path:
+            return Path(logging.metrics_path)
+        if tr.checkpoint_path:
+            return Path(tr.checkpoint_path) / "metrics.jsonl"
+        if self._tmp_metrics is None:
+            self._tmp_metrics = Path(tempfile.mkdtemp(prefix="jsae-metrics-")) / "metrics.jsonl"
+        return self._tmp_metrics
+
+    def _open_logs(self) -> None:
+        if jax.process_index() == 0 and self.logger is None:
+            self.logger = RunLogger(
+                self.config, self._metrics_path(), resume_step=self._resumed_from
+            )
+            if self.checkpointer is not None:
+                self.config.save_yaml(self.checkpointer.directory / "training_config.yaml")
+        enabled = self.config.logging.progress_bar and jax.process_index() == 0
+        self._progress = ProgressBar(
+            self.total_steps * self.batch_size, self.n_training_samples, enabled
+        )
+
+    def _close_logs(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+
+    def _log_step(self, s: int, metrics: dict[str, jax.Array]) -> None:
+        values = jax.device_get(metrics)
+        row = {k: v for k, v in values.items() if "/" in k}
+        row["details/n_training_samples"] = self.n_training_samples
+        if self.logger is not None:
+            self.logger.log(s, row)
+        shown = ("losses/overall_loss", "losses/mse_loss", "metrics/l0")
+        self._progress.describe(s, {k: float(row[k]) for k in shown if k in row})
+
+    def _log_sparsity(self, s: int) -> None:
+        """SAELens's sparsity log at the end of a feature_sampling_window (before the reset)."""
+        log_sparsity = self.log_feature_sparsity()
+        freq = 10.0**log_sparsity - 1e-10
+        if self.logger is not None:
+            self.logger.log(
+                s,
+                {
+                    "metrics/mean_log10_feature_sparsity": float(np.mean(log_sparsity)),
+                    "sparsity/below_1e-5": int(np.sum(freq < 1e-5)),
+                    "sparsity/below_1e-6": int(np.sum(freq < 1e-6)),
+                },
+            )
+            self.logger.log_histograms(s, {"plots/feature_density_line_chart": log_sparsity})
+
+    def _log_evals(self, s: int) -> None:
+        if self.logger is None and self.evaluator is None:
+            return
+        sae = self.sae
+        histograms = {"weights/W_dec_norms": np.linalg.norm(np.asarray(sae.W_dec), axis=1)}
+        for name in ("b_enc", "b_gate", "b_mag", "threshold"):
+            if name in sae.params:
+                histograms[f"weights/{name}"] = np.asarray(sae.params[name])
+        if self.logger is not None:
+            self.logger.log_histograms(s, histograms)
+        if self.evaluator is not None:
+            results = dict(self.evaluator(sae, s))
+            if self.logger is not None and results:
+                self.logger.log(s, results)
+
+    def window_tokens(self) -> int:
+        """Tokens counted by the current firing-statistics window."""
+        s, window = self.steps_done, self.config.training.feature_sampling_window
+        if s == 0:
+            return 0
+        return (s - ((s - 1) // window) * window) * self.batch_size
+
+    def log_feature_sparsity(self) -> np.ndarray:
+        """log10 of each latent's firing frequency over the current window. [d_sae]"""
+        counts = _to_host(self.state.fire_counts)
+        return log_feature_sparsity(counts, self.window_tokens())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_due(self) -> bool:
+        if self.checkpointer is None:
+            return False
+        due = False
+        every = self.config.training.checkpoint_every_steps
+        if every and self.steps_done % every == 0:
+            due = True
+        while self._thresholds and self.n_training_samples > self._thresholds[0]:
+            self._thresholds.pop(0)
+            due = True
+        return due
+
+    def _final_checkpoint_wanted(self) -> bool:
+        tr = self.config.training
+        return bool(tr.n_checkpoints or tr.checkpoint_every_steps or tr.save_final_checkpoint)
+
+    def save_checkpoint(self) -> int:
+        """Checkpoint the current state (after checking the last step was finite)."""
+        if self.checkpointer is None:
+            raise ConfigError("checkpoint_path is None: checkpoints are disabled.")
+        self._check_pending()
+        step = self.steps_done
+        position, arrays = self.feeder.position()
+        host = {
+            "step": step,
+            "n_training_samples": self.n_training_samples,
+            "scale": self.scale,
+            "feeder": position,
+            "sae": self.config.to_dict()["sae"],
+        }
+        self.checkpointer.save(step, self.state, host, arrays)
+        self._last_checkpoint = step
+        return step
+
+    def resume(self, directory: str | Path) -> int:
+        """Restore the newest checkpoint under `directory`; returns its step."""
+        checkpointer = (
+            self.checkpointer
+            if self.checkpointer is not None
+            and self.checkpointer.directory == Path(directory).expanduser().absolute()
+            else Checkpointer(directory)
+        )
+        step = checkpointer.latest_step()
+        if step is None:
+            raise ConfigError(f"no checkpoint to resume from in {directory}.")
+        host, arrays = checkpointer.read_host(step)
+        saved_sae = host.get("sae")
+        current = self.config.to_dict()["sae"]
+        if saved_sae is not None and saved_sae != current:
+            diff = sorted(k for k in current if saved_sae.get(k) != current[k])
+            raise ConfigError(
+                f"cannot resume from {directory}: the SAE settings differ from the "
+                f"checkpoint's in {diff}."
+            )
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.state,
+            self.shardings,
+        )
+        self.state = checkpointer.restore_state(step, abstract)
+        self.n_training_samples = int(host["n_training_samples"])
+        self.scale = host["scale"]
+        how = self.feeder.restore(host["feeder"], arrays)
+        self._thresholds = [t for t in self._checkpoint_thresholds() if t >= self.n_training_samples]
+        self._last_checkpoint = step
+        self._resumed_from = step
+        self._pending = None
+        if jax.process_index() == 0:
+            print(f"jsae: resumed from step {step} in {directory} ({how}).", file=sys.stderr)
+        return step
+
+    # ------------------------------------------------------------------ the result
+
+    def final_sae(self) -> SAE:
+        """The trained SAE in inference form: scale folded, TopK decoder norms folded."""
+        self._check_pending()
+        host = _to_host({**self.state.params, **self.state.buffers})
+        cfg = self.cfg
+        if self.scale is not None:
+            cfg, params = self.arch.fold_activation_norm_scaling_factor(cfg, host, self.scale)
+            if "topk_threshold" in params and cfg.rescale_acts_by_decoder_norm:
+                # BatchTopK's threshold is in units of pre-act · ||W_dec||, which the fold scaled.
+                params["topk_threshold"] = params["topk_threshold"] / self.scale
+            host = params
+        sae = SAE.from_params(cfg, host)
+        if cfg.architecture == "topk" and cfg.rescale_acts_by_decoder_norm:
+            sae = sae.fold_W_dec_norm()
+        counts = np.asarray(_to_host(self.state.fire_counts), np.float64)
+        tokens = max(self.window_tokens(), 1)
+        since = np.asarray(_to_host(self.state.since_fired))
+        meta = sae.cfg.metadata.replace(
+            l0=float(counts.sum() / tokens),
+            num_dead_features=int(np.sum(since > self.config.training.dead_feature_window)),
+        )
+        sae = SAE(sae.cfg.replace(metadata=meta), sae.params)
+        return sae.to_inference()
+
+    def finish(self) -> SAE:
+        """Build the final SAE and write `output_path` (SAELens format + sparsity + config)."""
+        sae = self.final_sae()
+        out = self.config.training.output_path
+        if out and jax.process_index() == 0:
+            self._write_output(sae, Path(out))
+        return sae
+
+    def _write_output(self, sae: SAE, out: Path) -> None:
+        from jsae.io import save
+
+        log_sparsity = self.log_feature_sparsity() if self.steps_done else None
+        with atomic_output_dir(out, overwrite=self.config.training.overwrite_output) as tmp:
+            save(sae, tmp, log_sparsity=log_sparsity, overwrite=True)
+            (tmp / "training_config.yaml").write_text(self.config.to_yaml())
+            (tmp / "training_config.json").write_text(
+                json.dumps(self.config.to_dict(flat=True), indent=2)
+            )
+            metrics = self._metrics_path()
+            if metrics.exists():
+                shutil.copyfile(metrics, tmp / "metrics.jsonl")
+        if self.logger is not None and self.config.logging.log_weights_to_wandb:
+            self.logger.log_artifact(out, f"sae-{self.config.run_name}")
+
+
+def train(
+    config: TrainConfig | Mapping[str, Any] | str | Path,
+    activations: Iterable[Any] | None = None,
+    *,
+    init: SAE | None = None,
+    evaluator: Evaluator | None = None,
+) -> SAE:
+    """Train an SAE on `activations` (any iterable of [B, d_in] arrays) and return it.
+
+    `config`: a `TrainConfig`, a flat or nested dict of SAELens field names, or a YAML path.
+    Without `activations`, the configured `activation_source` is built. `init` starts from an
+    existing SAE (fine-tuning). Returns the SAE in inference form (what `output_path` holds).
+    """
+    return Trainer(config, activations, init=init, evaluator=evaluator).fit()
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _build_mesh(training: Any) -> Any:
+    if training.mesh is None and jax.process_count() == 1:
+        return None
+    data, model = training.mesh_shape if training.mesh is not None else (-1, 1)
+    return make_mesh(data, model)
+
+
+def _initialize_distributed(training: Any) -> None:
+    """jax.distributed.initialize from the config (once per process)."""
+    if training.coordinator_address is None:
+        return
+    if jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(
+        coordinator_address=training.coordinator_address,
+        num_processes=training.num_processes,
+        process_id=training.process_id,
+    )
+
+
+def _to_host(tree: Any) -> Any:
+    """numpy copies of (possibly sharded, possibly multi-host) arrays."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+__all__ = ["Trainer", "train"]

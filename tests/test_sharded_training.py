@@ -1,0 +1,117 @@
+"""Training on meshes of the 8 fake CPU devices ends where training on one device does.
+
+Data parallelism (batch over "data") and latent parallelism (d_sae over "model", with the
+two-stage top-k of jsae.training.selection) only change summation orders, so after several
+steps every parameter must agree with the single-device run to float tolerance, for every mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import numpy as np
+import pytest
+from helpers import assert_close
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jsae
+from jsae import parallel
+from jsae.training.selection import batch_topk_mask, topk_mask
+
+MESHES = [(1, 8), (8, 1), (2, 4)]
+D_IN, D_SAE, BATCH, STEPS = 16, 64, 64, 5
+
+
+def _batches(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0.2, 1.0, (BATCH, D_IN)).astype(np.float32) for _ in range(STEPS)]
+
+
+def _train(arch: dict, mesh: tuple[int, int] | None) -> jsae.Trainer:
+    return _train_cached(json.dumps(arch, sort_keys=True), mesh)
+
+
+@functools.cache
+def _train_cached(arch_json: str, mesh: tuple[int, int] | None) -> jsae.Trainer:
+    arch = json.loads(arch_json)
+    config = {
+        **arch,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "lr": 1e-2,
+        "train_batch_size_tokens": BATCH,
+        "training_tokens": BATCH * STEPS,
+        "dead_feature_window": 2,
+        "feature_sampling_window": 4,
+        "mesh": None if mesh is None else {"data": mesh[0], "model": mesh[1]},
+        "log_to_wandb": False,
+        "checkpoint_path": None,
+        "output_path": None,
+        "progress_bar": False,
+    }
+    trainer = jsae.Trainer(config, _batches())
+    trainer.fit()
+    return trainer
+
+
+def _compare(sharded: jsae.Trainer, single: jsae.Trainer, what: str) -> None:
+    for name, value in single.sae.params.items():
+        assert_close(sharded.sae.params[name], value, atol=2e-5, rtol=2e-4, what=f"{what}: {name}")
+    assert np.array_equal(np.asarray(sharded.state.fire_counts), np.asarray(single.state.fire_counts))
+    assert np.array_equal(np.asarray(sharded.state.since_fired), np.asarray(single.state.since_fired))
+
+
+TOPK = {"architecture": "topk", "k": 4, "use_sparse_activations": False}
+BATCHTOPK = {"architecture": "batchtopk", "k": 4}
+
+
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: f"{m[0]}x{m[1]}")
+@pytest.mark.parametrize("arch", [TOPK, BATCHTOPK], ids=["topk", "batchtopk"])
+def test_topk_family_on_every_mesh_matches_one_device(arch: dict, mesh: tuple[int, int]) -> None:
+    single = _train(arch, None)
+    assert int(np.sum(np.asarray(single.state.since_fired) > 2)) > 0, "AuxK must be exercised"
+    sharded = _train(arch, mesh)
+    W_enc = sharded.state.params["W_enc"]
+    assert W_enc.sharding.spec == parallel.param_spec("W_enc")
+    assert sharded.state.opt_state[1].mu["W_enc"].sharding.spec == parallel.param_spec("W_enc")
+    assert sharded.state.since_fired.sharding.spec == P("model")
+    _compare(sharded, single, f"{arch['architecture']} {mesh}")
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"architecture": "standard", "l1_coefficient": 0.5},
+        {"architecture": "jumprelu", "l0_coefficient": 0.2, "jumprelu_bandwidth": 0.5,
+         "jumprelu_init_threshold": 0.05, "pre_act_loss_coefficient": 0.1},
+        {"architecture": "matryoshka_batchtopk", "k": 4, "matryoshka_widths": [16, 32],
+         "use_matryoshka_aux_loss": True},
+    ],
+    ids=lambda a: a["architecture"],
+)
+def test_other_architectures_on_a_2x4_mesh_match_one_device(arch: dict) -> None:
+    _compare(_train(arch, (2, 4)), _train(arch, None), arch["architecture"])
+
+
+def test_sparse_topk_path_data_parallel_matches_dense_single_device() -> None:
+    sparse = _train({**TOPK, "use_sparse_activations": True}, (8, 1))
+    _compare(sparse, _train(TOPK, None), "sparse topk 8x1")
+
+
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: f"{m[0]}x{m[1]}")
+def test_two_stage_selection_equals_single_device(mesh: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(32, 64)).astype(np.float32)
+    m = parallel.make_mesh(*mesh)
+    placed = jax.device_put(scores, NamedSharding(m, P("data", "model")))
+    for k in (1, 5, 12):  # 12 > 64 / 8 latents per shard on the 1x8 mesh
+        got = jax.jit(lambda s, k=k: topk_mask(s, k, m))(placed)
+        assert np.array_equal(np.asarray(got), np.asarray(topk_mask(scores, k)))
+        assert np.all(np.asarray(got).sum(-1) == k)
+    for n_keep in (7, 100, 32 * 64 // 3):
+        got = jax.jit(lambda s, n=n_keep: batch_topk_mask(s, n, m))(placed)
+        assert np.array_equal(np.asarray(got), np.asarray(batch_topk_mask(scores, n_keep)))
+        assert int(np.asarray(got).sum()) == n_keep

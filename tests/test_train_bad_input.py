@@ -1,0 +1,124 @@
+"""Bad input stops training with a clear error and loses nothing.
+
+NaN/Inf in a batch: the run stops with an error naming the step, the state is the one before
+that step, the last good checkpoint stays and is resumable, and no output is written. A source
+whose width disagrees with d_in is refused before any step. Invalid configs are refused with
+the valid choices listed (tests/test_train_config.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jsae
+
+
+def _config(tmp: Path, **extra) -> dict:
+    return {
+        "architecture": "standard",
+        "d_in": 8,
+        "d_sae": 16,
+        "l1_coefficient": 0.1,
+        "train_batch_size_tokens": 16,
+        "training_tokens": 16 * 12,
+        "checkpoint_path": str(tmp / "ckpt"),
+        "output_path": str(tmp / "out"),
+        "log_to_wandb": False,
+        "progress_bar": False,
+        **extra,
+    }
+
+
+def _batches(n: int, bad: int | None = None, value: float = np.nan) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = [rng.normal(size=(16, 8)).astype(np.float32) for _ in range(n)]
+    if bad is not None:
+        out[bad][3, 5] = value
+    return out
+
+
+def test_non_finite_batch_stops_the_run_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_every_steps=3), _batches(12, 7))
+    with pytest.raises(jsae.NonFiniteError, match=r"step 7: the activation batch contains NaN or Inf.*step 6"):
+        trainer.fit()
+    assert not (tmp_path / "out").exists(), "no output from a failed run"
+    assert trainer.checkpointer.steps() == [3, 6]
+    assert trainer.steps_done == 7
+    assert all(np.isfinite(np.asarray(v)).all() for v in trainer.sae.params.values())
+    # the kept checkpoint resumes; training continues from step 6 on clean data
+    resumed = jsae.Trainer(
+        _config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), _batches(12)
+    )
+    assert resumed.steps_done == 6
+    resumed.fit()
+    assert (tmp_path / "out" / "sae_weights.safetensors").exists()
+
+
+def test_state_is_untouched_by_a_non_finite_step(tmp_path: Path) -> None:
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None, output_path=None), _batches(12))
+    trainer.step()
+    before = {k: np.asarray(v) for k, v in trainer.sae.params.items()}
+    bad = _batches(1, 0, np.inf)[0]
+    metrics = trainer.step(bad)
+    assert not bool(metrics["finite"])
+    with pytest.raises(jsae.NonFiniteError, match="step 1"):
+        trainer.step()
+    for name, value in trainer.sae.params.items():
+        assert np.array_equal(np.asarray(value), before[name]), name
+
+
+def test_diverged_loss_is_reported_as_such(tmp_path: Path) -> None:
+    cfg = jsae.TrainConfig.from_dict(_config(tmp_path, checkpoint_path=None, output_path=None))
+    sae_cfg = cfg.sae.sae_config()
+    params = dict(jsae.SAE.init(sae_cfg, 0).params)
+    params["W_enc"] = params["W_enc"] * 1e30  # pre-activations overflow
+    trainer = jsae.Trainer(cfg, _batches(12), init=jsae.SAE.from_params(sae_cfg, params))
+    with pytest.raises(jsae.NonFiniteError, match="step 0: the loss became NaN or Inf"):
+        trainer.fit()
+
+
+def test_source_of_the_wrong_width_is_refused_before_training(tmp_path: Path) -> None:
+    wrong = [np.zeros((16, 12), np.float32)] * 3
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_every_steps=1), wrong)
+    with pytest.raises(jsae.ShapeError, match=r"shape \(16, 12\) but the SAE has d_in=8"):
+        trainer.fit()
+    assert trainer.steps_done == 0
+    assert trainer.checkpointer.steps() == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_batches_later_in_the_stream_name_the_step(tmp_path: Path) -> None:
+    batches = _batches(5)
+    batches[3] = np.zeros((16, 9), np.float32)
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None), batches)
+    with pytest.raises(jsae.ShapeError, match="step 3"):
+        trainer.fit()
+    ints = [np.zeros((16, 8), np.int32)]
+    with pytest.raises(jsae.ShapeError, match="floating point"):
+        jsae.Trainer(_config(tmp_path, checkpoint_path=None), ints).fit()
+
+
+def test_transcoder_source_must_yield_pairs(tmp_path: Path) -> None:
+    config = _config(tmp_path, architecture="transcoder", d_out=5, checkpoint_path=None)
+    with pytest.raises(jsae.ShapeError, match=r"\(x, y\) pairs"):
+        jsae.Trainer(config, _batches(3)).fit()
+    pairs = [(x, np.zeros((16, 6), np.float32)) for x in _batches(3)]
+    with pytest.raises(jsae.ShapeError, match="d_out=5"):
+        jsae.Trainer(config, pairs).fit()
+
+
+def test_existing_output_is_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        jsae.Trainer(_config(tmp_path), _batches(12))
+
+
+def test_a_source_that_ends_early_saves_what_was_trained(tmp_path: Path) -> None:
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None), _batches(5))
+    with pytest.warns(UserWarning, match="ended after 5 steps"):
+        sae = trainer.fit()
+    assert trainer.steps_done == 5
+    assert jsae.load(tmp_path / "out").cfg.d_sae == sae.cfg.d_sae == 16

@@ -1,0 +1,164 @@
+"""Training config: flat SAELens keys route to their concern, YAML round trips, CLI overrides,
+and every invalid value is refused with the valid choices listed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import jsae
+from jsae.cli import main
+from jsae.training.config import TrainConfig, option_help
+
+BASE = {"architecture": "topk", "d_in": 16, "d_sae": 64, "k": 4}
+
+
+def test_flat_saelens_keys_route_to_their_concern() -> None:
+    config = TrainConfig.from_dict(
+        {**BASE, "lr": 1e-3, "adam_beta1": 0.0, "wandb_project": "p", "log_to_wandb": False,
+         "activation_source": "npy", "activations_path": "/x", "mesh": {"data": 2, "model": 4},
+         "aux_loss_coefficient": 0.25, "lr_scheduler_name": "CosineAnnealing"}
+    )
+    assert config.sae.k == 4 and config.sae.aux_loss_coefficient == 0.25
+    assert config.training.lr == 1e-3 and config.training.adam_beta1 == 0.0
+    assert config.training.lr_scheduler_name == "cosineannealing"  # case-insensitive, as SAELens
+    assert config.training.lr_end == pytest.approx(1e-4)  # SAELens default lr / 10
+    assert config.training.mesh_shape == (2, 4)
+    assert config.logging.wandb_project == "p" and not config.logging.log_to_wandb
+    assert config.data.activation_source == "npy"
+    assert config.sae.sae_config().rescale_acts_by_decoder_norm  # SAELens's training default
+
+
+def test_nested_sections_saelens_logger_and_ignored_keys() -> None:
+    with pytest.warns(UserWarning, match="device"):
+        config = TrainConfig.from_dict(
+            {"sae": {**BASE, "device": "cuda"}, "logger": {"wandb_log_frequency": 5},
+             "training": {"seed": 7}, "autocast": True}
+        )
+    assert config.logging.wandb_log_frequency == 5 and config.training.seed == 7
+    with pytest.raises(jsae.ConfigError, match="unknown config key 'lr' in 'logging'"):
+        TrainConfig.from_dict({**BASE, "logging": {"lr": 1.0}})
+
+
+def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
+    config = TrainConfig.from_dict({**BASE, "matryoshka_widths": [], "seed": 3})
+    path = tmp_path / "run.yaml"
+    config.save_yaml(path)
+    assert TrainConfig.from_yaml(path) == config
+    changed = config.with_overrides(
+        ["lr=1e-3", "training.seed=5", "mesh={data: 2, model: 4}", "training_tokens=2e6",
+         "k=8", "rescale_acts_by_decoder_norm=false", "logger.wandb_entity=me", "lr_end=None"]
+    )
+    assert changed.training.lr == 1e-3 and isinstance(changed.training.lr, float)
+    assert changed.training.seed == 5
+    assert changed.training.mesh == {"data": 2, "model": 4}
+    assert changed.training.training_tokens == 2_000_000
+    assert isinstance(changed.training.training_tokens, int)
+    assert changed.sae.k == 8 and changed.sae.rescale_acts_by_decoder_norm is False
+    assert changed.logging.wandb_entity == "me"
+    assert changed.training.lr_end == pytest.approx(1e-4)
+    assert hash(changed.sae)  # static under jit
+    flat = changed.to_dict(flat=True)
+    assert TrainConfig.from_dict(json.loads(json.dumps(flat))) == changed
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"k": -1}, r"0 < k <= d_sae=64"),
+        ({"k": 65}, r"0 < k <= d_sae=64"),
+        ({"k": 2.5}, "k must be an integer"),
+        ({"k": None}, "needs k"),
+        ({"architecture": "topkk"}, r"unknown architecture 'topkk'.*'standard'.*Did you mean 'topk'"),
+        ({"lr_scheduler_name": "cosine"}, r"unknown lr_scheduler_name 'cosine'.*'cosineannealing'"),
+        ({"learning_rate": 1e-3}, r"unknown config key 'learning_rate'.*'lr'"),
+        ({"normalize_activations": "unit"}, r"'expected_average_only_in'"),
+        ({"jumprelu_sparsity_loss_mode": "l0"}, r"'step', 'tanh', 'quadratic'"),
+        ({"mesh": {"data": 2, "tensor": 2}}, r"unknown mesh axes \['tensor'\]"),
+        ({"mesh": {"model": 3}}, "d_sae=64 cannot be split over mesh model=3"),
+        ({"train_batch_size_tokens": 100, "mesh": {"data": 8}}, "divisible by the data axis"),
+        ({"training_tokens": 10, "train_batch_size_tokens": 64}, "less than one batch"),
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"d_sae": 0}, "d_sae must be a positive integer"),
+        ({"lr_warm_up_steps": 10, "lr_decay_steps": 10, "training_tokens": 64 * 15,
+          "train_batch_size_tokens": 64}, "exceeds the 15 training steps"),
+    ],
+)
+def test_invalid_values_are_refused_with_choices(change: dict, message: str) -> None:
+    with pytest.raises(jsae.ConfigError, match=message):
+        TrainConfig.from_dict({**BASE, **change})
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"architecture": "standard", "k": 4}, "k is only used by"),
+        ({"architecture": "matryoshka_batchtopk", "k": 4, "matryoshka_widths": [32, 16]},
+         "strictly increasing"),
+        ({"architecture": "jumprelu", "jumprelu_sparsity_loss_mode": "quadratic"}, "target_l0"),
+        ({"architecture": "transcoder", "apply_b_dec_to_input": True}, "b_dec"),
+        ({"architecture": "standard", "d_out": 4}, "d_out is only used by transcoders"),
+        ({"architecture": "topk", "k": 4, "normalize_activations": "layer_norm"}, "AuxK"),
+    ],
+)
+def test_contradictory_architecture_settings_are_refused(config: dict, message: str) -> None:
+    with pytest.raises(jsae.ConfigError, match=message):
+        TrainConfig.from_dict({"d_in": 16, "d_sae": 64, **config})
+
+
+def test_every_option_is_documented() -> None:
+    rows = option_help()
+    assert len(rows) == len(TrainConfig.key_index()) > 60
+    for concern, key, _, text in rows:
+        assert len(text) > 10, f"{concern}.{key} has no documentation"
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_print_config_and_list_options(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    assert main(["train", "--config", str(path), "lr=2e-4", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["training"]["lr"] == 2e-4 and printed["sae"]["k"] == 4
+    assert main(["train", "--list-options"]) == 0
+    listing = capsys.readouterr().out
+    assert "jumprelu_bandwidth" in listing and "[training]" in listing
+    assert main(["train", "--config", str(path), "lr_scheduler_name=cosine"]) == 2
+    assert "unknown lr_scheduler_name" in capsys.readouterr().err
+
+
+def test_cli_trains_from_npy_activations(tmp_path: Path, capsys) -> None:
+    """`jsae train` end to end on a directory of .npy activations (the npy source)."""
+    rng = np.random.default_rng(0)
+    acts = tmp_path / "acts"
+    acts.mkdir()
+    for i in range(3):
+        np.save(acts / f"part{i}.npy", rng.normal(size=(100, 8)).astype(np.float32))
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"architecture": "standard", "d_in": 8, "d_sae": 32, "train_batch_size_tokens": 50,
+             "training_tokens": 250, "activation_source": "npy", "activations_path": str(acts),
+             "log_to_wandb": False, "progress_bar": False}
+        )
+    )
+    out, ckpt = tmp_path / "sae", tmp_path / "ckpt"
+    argv = ["train", "-c", str(path), f"output_path={out}", f"checkpoint_path={ckpt}"]
+    assert main(argv) == 0
+    assert "250 tokens" in capsys.readouterr().err
+    assert {p.name for p in out.iterdir()} >= {
+        "cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "training_config.yaml",
+        "training_config.json", "metrics.jsonl",
+    }
+    sae = jsae.load(out)
+    assert sae.cfg.d_in == 8 and jsae.load_log_sparsity(out).shape == (32,)
+    assert TrainConfig.from_yaml(out / "training_config.yaml").training.training_tokens == 250
+    assert main(argv) == 2  # the output exists: refused before training
+    assert "already exists" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "training_tokens=100"]) == 0

@@ -1,0 +1,94 @@
+"""Run reports: SAELens metric keys in the JSONL file, wandb offline without credentials (one
+line says so; nothing reaches the network), a progress bar with tokens/s."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jsae
+
+STEP_KEYS = {
+    "losses/overall_loss",
+    "losses/mse_loss",
+    "metrics/explained_variance",
+    "metrics/explained_variance_legacy",
+    "metrics/explained_variance_legacy_std",
+    "metrics/l0",
+    "sparsity/mean_passes_since_fired",
+    "sparsity/dead_features",
+    "details/current_learning_rate",
+    "details/n_training_samples",
+}
+SPARSITY_KEYS = {"metrics/mean_log10_feature_sparsity", "sparsity/below_1e-5", "sparsity/below_1e-6"}
+
+
+def _batches(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("arch", "extra_keys"),
+    [
+        ({"architecture": "standard", "l1_warm_up_steps": 4}, {"losses/l1_loss", "details/l1_coefficient"}),
+        ({"architecture": "batchtopk", "k": 3}, {"losses/auxiliary_reconstruction_loss", "metrics/topk_threshold"}),
+    ],
+)
+def test_jsonl_metrics_use_saelens_keys(tmp_path: Path, arch: dict, extra_keys: set) -> None:
+    config = {
+        **arch, "d_in": 8, "d_sae": 16, "train_batch_size_tokens": 32, "training_tokens": 32 * 12,
+        "wandb_log_frequency": 3, "feature_sampling_window": 5, "log_to_wandb": False,
+        "checkpoint_path": str(tmp_path / "run"), "output_path": str(tmp_path / "out"),
+        "progress_bar": False,
+    }  # fmt: skip
+    jsae.train(config, _batches(12))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step_rows = [r for r in rows if "losses/overall_loss" in r]
+    assert [r["step"] for r in step_rows] == [2, 5, 8, 11]  # (step + 1) % 3 == 0, as SAELens
+    for row in step_rows:
+        assert STEP_KEYS | extra_keys <= set(row), sorted(STEP_KEYS | extra_keys - set(row))
+        assert row["details/n_training_samples"] == (row["step"] + 1) * 32
+    sparsity_rows = [r for r in rows if "metrics/mean_log10_feature_sparsity" in r]
+    assert [r["step"] for r in sparsity_rows] == [5, 10]
+    assert all(SPARSITY_KEYS <= set(r) for r in sparsity_rows)
+    if "l1_warm_up_steps" in arch:
+        assert step_rows[0]["details/l1_coefficient"] == pytest.approx(0.5)  # step 2 of 4
+        assert step_rows[-1]["details/l1_coefficient"] == pytest.approx(1.0)
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_wandb_without_credentials_logs_offline_and_says_so(tmp_path: Path) -> None:
+    """A real wandb run in a clean environment: no API key, no netrc, no WANDB_MODE."""
+    script = f"""
+import numpy as np, jsae
+rng = np.random.default_rng(0)
+batches = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(6)]
+jsae.train({{"architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_size_tokens": 32,
+            "training_tokens": 192, "wandb_log_frequency": 2, "log_to_wandb": True,
+            "wandb_project": "jsae-test", "checkpoint_path": None,
+            "output_path": {str(tmp_path / "out")!r}, "log_weights_to_wandb": False}}, batches)
+"""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("WANDB_", "XLA_")) and k not in ("NETRC", "HOME")
+    }
+    env.update(HOME=str(tmp_path), WANDB_DIR=str(tmp_path), NETRC=str(tmp_path / "none"))
+    env.update(WANDB_BASE_URL="http://127.0.0.1:9")  # a dead port: any network attempt fails fast
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "no wandb credentials" in line]
+    assert len(lines) == 1 and "offline" in lines[0] and "wandb sync" in lines[0]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert "tok/s" in proc.stderr  # the progress bar
+    assert (tmp_path / "out" / "sae_weights.safetensors").exists()

@@ -1,0 +1,169 @@
+"""Checkpoints and resume: a run killed with SIGKILL and resumed ends exactly where an
+uninterrupted run does (parameters, Adam state, schedules, counters, firing statistics, the
+activation scale and the source's position are all restored)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+import jsae
+
+B = 64
+
+
+def _run_config(tmp: Path, name: str, **extra) -> Path:
+    config = {
+        "architecture": "topk",
+        "d_in": 16,
+        "d_sae": 64,
+        "k": 3,
+        "aux_loss_coefficient": 0.5,
+        "lr": 3e-3,
+        "lr_scheduler_name": "cosineannealing",
+        "lr_warm_up_steps": 20,
+        "lr_decay_steps": 50,
+        "train_batch_size_tokens": B,
+        "training_tokens": B * 500,
+        "dead_feature_window": 20,
+        "feature_sampling_window": 64,
+        "normalize_activations": "expected_average_only_in",
+        "n_batches_for_norm_estimate": 5,
+        "synthetic_structure": "correlated",
+        "checkpoint_path": str(tmp / f"{name}-ckpt"),
+        "output_path": str(tmp / f"{name}-out"),
+        "log_to_wandb": False,
+        "progress_bar": False,
+        **extra,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _jsae_train(*args: str) -> subprocess.Popen:
+    code = "import sys; from jsae.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> None:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"jsae train failed ({proc.returncode}):\n{out}\n{err[-3000:]}"
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    reference = _jsae_train("--config", str(_run_config(tmp_path, "ref", checkpoint_every_steps=100)))
+    killed_cfg = _run_config(tmp_path, "killed", checkpoint_every_steps=100)
+    killed = _jsae_train("--config", str(killed_cfg))
+    state_dir = tmp_path / "killed-ckpt" / "state"
+
+    def committed() -> list[int]:  # orbax renames a checkpoint to its bare step when complete
+        if not state_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in state_dir.iterdir() if p.name.isdigit())
+
+    deadline = time.time() + 240
+    while not committed():
+        assert killed.poll() is None, f"run ended before a checkpoint: {killed.communicate()}"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed-out").exists(), "the run finished before it could be killed"
+    assert committed()[-1] < 500
+
+    _finish(_jsae_train("--config", str(killed_cfg), "--resume"))
+    _finish(reference)
+    got = load_file(tmp_path / "killed-out" / "sae_weights.safetensors")
+    want = load_file(tmp_path / "ref-out" / "sae_weights.safetensors")
+    assert set(got) == set(want)
+    for name in want:
+        assert np.array_equal(got[name], want[name]), f"{name} differs after resume"
+    assert np.array_equal(
+        load_file(tmp_path / "killed-out" / "sparsity.safetensors")["sparsity"],
+        load_file(tmp_path / "ref-out" / "sparsity.safetensors")["sparsity"],
+    )
+    rows = (tmp_path / "killed-out" / "metrics.jsonl").read_text().splitlines()
+    logged_steps = [yaml.safe_load(r)["step"] for r in rows]
+    assert logged_steps == sorted(logged_steps) and len(set(logged_steps)) == len(logged_steps)
+
+
+def _list_config(tmp: Path, **extra) -> dict:
+    return {
+        "architecture": "jumprelu",
+        "d_in": 8,
+        "d_sae": 32,
+        "l0_coefficient": 0.3,
+        "l0_warm_up_steps": 7,
+        "jumprelu_bandwidth": 0.3,
+        "lr": 5e-3,
+        "lr_warm_up_steps": 3,
+        "train_batch_size_tokens": 32,
+        "training_tokens": 32 * 20,
+        "dead_feature_window": 3,
+        "feature_sampling_window": 6,
+        "checkpoint_path": str(tmp / "ckpt"),
+        "output_path": None,
+        "log_to_wandb": False,
+        "progress_bar": False,
+        **extra,
+    }
+
+
+def test_resume_with_a_plain_list_and_uneven_batches(tmp_path: Path) -> None:
+    """A non-resumable source is fast-forwarded; rows carried over between batches are saved."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(24, 8)).astype(np.float32) for _ in range(30)]  # 24 rows != 32
+
+    uninterrupted = jsae.Trainer(_list_config(tmp_path, checkpoint_path=None), chunks)
+    uninterrupted.fit()
+
+    first = jsae.Trainer(_list_config(tmp_path), chunks)
+    for _ in range(10):
+        first.step()
+    first.save_checkpoint()
+    assert first.feeder.position()[1]["x"].shape == ((-10 * 32) % 24, 8)  # leftover rows saved
+
+    resumed = jsae.Trainer(
+        _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), chunks
+    )
+    assert resumed.steps_done == 10
+    resumed.fit()
+    for name, value in uninterrupted.sae.params.items():
+        assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
+    assert np.array_equal(np.asarray(resumed.state.fire_counts), np.asarray(uninterrupted.state.fire_counts))
+    assert np.array_equal(
+        np.asarray(resumed.state.opt_state[1].nu["threshold"]),
+        np.asarray(uninterrupted.state.opt_state[1].nu["threshold"]),
+    )
+
+
+def test_resume_refuses_different_sae_settings(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    trainer = jsae.Trainer(_list_config(tmp_path), chunks)
+    trainer.step()
+    trainer.save_checkpoint()
+    changed = _list_config(tmp_path, d_sae=64, resume_from_checkpoint=str(tmp_path / "ckpt"))
+    with pytest.raises(jsae.ConfigError, match="d_sae"):
+        jsae.Trainer(changed, chunks)
+    with pytest.raises(jsae.ConfigError, match="no checkpoint"):
+        jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "empty")), chunks)
