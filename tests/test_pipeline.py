@@ -195,3 +195,44 @@ def test_jsae_train_refuses_bad_model_settings(assets, tmp_path, capsys) -> None
     assert main(["train", "--config", str(wrong_width)]) == 2
     assert "d_in=32 but 16 was expected" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_model_settings_route_from_flat_nested_and_saelens_configs(tmp_path) -> None:
+    from jsae.training import TrainConfig
+
+    flat = TrainConfig.from_dict(
+        {
+            "architecture": "standard",
+            "d_in": 32,
+            "d_sae": 64,
+            "model_name": "gpt2",
+            "hook_name": HOOK,
+            "dataset_path": "x",
+            "seqpos_slice": [1, None],
+            "exclude_special_tokens": [0, 1],
+            "sequence_separator_token": "eos",
+            "model_class_name": "HookedTransformer",
+            "is_dataset_tokenized": False,
+        }
+    )
+    assert flat.model.model_name == "gpt2" and flat.model.seqpos_slice == (1, None)
+    assert flat.model.exclude_special_tokens == (0, 1)
+    assert flat.data.activation_source == "model"  # chosen because a model is named
+    nested = TrainConfig.from_dict(
+        {"sae": {"d_in": 32, "d_sae": 64}, "model": {"model_name": "gpt2", "hook_name": HOOK}}
+    )
+    assert nested.model.hook_name == HOOK
+    cached = TrainConfig.from_dict(
+        {
+            "d_in": 32,
+            "d_sae": 64,
+            "use_cached_activations": True,
+            "cached_activations_path": str(tmp_path),
+        }
+    )
+    assert cached.data.activation_source == "cache"
+    assert TrainConfig.from_dict({"d_in": 32, "d_sae": 64}).data.activation_source == "synthetic"
+    round_trip = TrainConfig.from_yaml(_write(tmp_path / "c.yaml", flat.to_dict()))
+    assert round_trip.model == flat.model
+    with pytest.raises(jsae.ConfigError, match=r"unknown config key 'hook_nme'.*hook_name"):
+        TrainConfig.from_dict({"d_in": 32, "d_sae": 64, "hook_nme": HOOK})
