@@ -5,8 +5,16 @@ store = ActivationStore(model, source, hook_names=["blocks.4.hook_resid_post"], 
 for x in store: ...                                              # [4096, d_in] on device
 """
 
+from jsae.activations.cache import (
+    CachedActivations,
+    CacheWriter,
+    export_saelens_cache,
+    import_saelens_cache,
+)
+from jsae.activations.config import LanguageModelSettings
 from jsae.activations.data import TokenSource, detect_column, load_dataset_any
 from jsae.activations.pretokenize import pretokenize_dataset
+from jsae.activations.store import ActivationStore
 from jsae.activations.tokenization import (
     PackingConfig,
     PackPosition,
@@ -17,11 +25,17 @@ from jsae.activations.tokenization import (
 )
 
 __all__ = [
+    "ActivationStore",
+    "CacheWriter",
+    "CachedActivations",
+    "LanguageModelSettings",
     "PackPosition",
     "PackingConfig",
     "TokenSource",
     "concat_and_batch_sequences",
     "detect_column",
+    "export_saelens_cache",
+    "import_saelens_cache",
     "load_dataset_any",
     "pack_documents",
     "pretokenize_dataset",
