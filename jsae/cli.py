@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "info": ("jsae.commands.info", "show an SAE's config and parameter shapes"),
     "demo": ("jsae.commands.demo", "offline end-to-end run on an embedded default"),
+    "eval": ("jsae.commands.eval", "evaluate an SAE spliced into its model (SAELens metrics)"),
+    "cache": ("jsae.commands.cache", "write a model's activations to disk, resumably"),
     "convert": ("jsae.commands.convert", "convert any supported SAE checkpoint to SAELens format"),
     "train": ("jsae.commands.train", "train an SAE from a YAML config and key=value overrides"),
 }

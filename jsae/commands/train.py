@@ -5,7 +5,9 @@
     jsae train --list-options                      # every option, its default and what it does
 
 Keys are SAELens's flat field names (`training.lr` also works); values are parsed as YAML. The
-activations come from the configured `activation_source` ("synthetic" or "npy" built in).
+activations come from the configured `activation_source` ("synthetic" or "npy" built in); with
+`model_name` (or `use_cached_activations`) set they come from the language model (or a
+`jsae cache` directory), and the run evaluates the SAE spliced into the model (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
     config = _from_overrides(overrides) if base is None else base.with_overrides(overrides)
     if args.print_config:
         print(config.to_yaml(), end="")
+        return 0
+
+    if config.data.activation_source in ("model", "cache"):  # model -> activations -> evals
+        from jsae.activations.pipeline import train_language_model_sae
+
+        train_language_model_sae(config)
         return 0
 
     from jsae.training import Trainer

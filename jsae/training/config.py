@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from jsae.activations.config import LanguageModelSettings
 from jsae.config import NORMALIZE_MODES, canonical_dtype, freeze, unfreeze
 from jsae.errors import ConfigError, choices_hint
 
@@ -475,7 +476,10 @@ class DataSettings:
     arrays [N, d_in], read in file-name order).
     """
 
-    activation_source: str = option("synthetic", "registered source name: synthetic | npy | ...")
+    activation_source: str = option(
+        "synthetic", "registered source: synthetic | npy | model | cache (model/cache: automatic "
+        "when model_name or use_cached_activations is set)"
+    )
     activations_path: str | None = option(None, "npy source: directory of [N, d_in] .npy files")
     targets_path: str | None = option(
         None, "npy source, transcoders: directory of [N, d_out] target .npy files"
@@ -512,11 +516,19 @@ class TrainConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     data: DataSettings = field(default_factory=DataSettings)
+    model: LanguageModelSettings = field(default_factory=LanguageModelSettings)
 
     # Nested-dict aliases: SAELens calls the logging concern "logger".
     SECTION_ALIASES: ClassVar[dict[str, str]] = {"logger": "logging"}
 
     def __post_init__(self) -> None:
+        if self.data.activation_source == "synthetic" and (
+            self.model.model_name or self.model.use_cached_activations
+        ):  # a model or a cache was named: read activations from it
+            source = "cache" if self.model.use_cached_activations else "model"
+            object.__setattr__(
+                self, "data", dataclasses.replace(self.data, activation_source=source)
+            )
         sae, tr = self.sae, self.training
         data, model = tr.mesh_shape
         if model > 1 and sae.d_sae % model:
@@ -685,7 +697,9 @@ class TrainConfig:
         )
 
 
-_SECTION_TYPES = (SAESettings, TrainingSettings, LoggingSettings, DataSettings)
+_SECTION_TYPES = (
+    SAESettings, TrainingSettings, LoggingSettings, DataSettings, LanguageModelSettings
+)
 
 
 def option_help() -> list[tuple[str, str, Any, str]]:

@@ -181,8 +181,31 @@ class NpyDirectorySource:
         self.rows_read = int(state["rows_read"])
 
 
+def _model_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
+    import jax
+
+    from jsae.activations.pipeline import activation_store, load_model_for
+
+    lm = config.model
+    return activation_store(
+        lm,
+        load_model_for(lm),
+        batch_size=rows * jax.process_count(),
+        seed=config.training.seed,
+        d_in=config.sae.d_in,
+    )
+
+
+def _cache_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
+    from jsae.activations.pipeline import cached_source
+
+    return cached_source(config.model, batch_size=rows, seed=config.training.seed)
+
+
 register_source("synthetic", _synthetic_factory)
 register_source("npy", _npy_factory)
+register_source("model", _model_factory)  # a language model's activations (jsae.activations)
+register_source("cache", _cache_factory)  # a `jsae cache` directory
 
 
 # ------------------------------------------------------------------------------ batching

@@ -1,0 +1,462 @@
+"""From settings to running parts: model, token source, activation store, cache, evaluator.
+
+    settings = LanguageModelSettings(model_name=..., hook_name=..., dataset_path=...)
+    model = load_model_for(settings)
+    store = activation_store(settings, model, batch_size=4096)     # for jsae.train
+    cache_activations(settings, "cache/", n_tokens=10_000_000)     # `jsae cache`
+    evaluator = spliced_evaluator(settings, model)                  # evals during training
+
+These are what `jsae train`, `jsae cache` and `jsae eval` run; each is usable on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jsae.activations.cache import CachedActivations, CacheWriter
+from jsae.activations.config import LanguageModelSettings
+from jsae.activations.data import TokenSource
+from jsae.activations.prefetch import Prefetcher
+from jsae.activations.store import (
+    ActivationStore,
+    check_context_size,
+    hook_width,
+    rows_fn,
+    seqpos_to_slice,
+    sliced_length,
+)
+from jsae.activations.tokenization import resolve_exclude_special_tokens
+from jsae.config import unfreeze
+from jsae.errors import ConfigError
+
+
+def load_model_for(settings: LanguageModelSettings) -> Any:
+    """`jsae.load_model(settings.model_name)` in the configured dtype and revision."""
+    from jsae.config import jax_dtype
+    from jsae.models import load_model
+
+    settings.require("model_name")
+    kwargs: dict[str, Any] = {"dtype": jax_dtype(settings.model_dtype)}
+    if settings.model_revision is not None:
+        kwargs["revision"] = settings.model_revision
+    return load_model(settings.model_name, **kwargs)
+
+
+def hook_names_of(settings: LanguageModelSettings, hook_names: Sequence[str] | None) -> list[str]:
+    names = list(hook_names) if hook_names else ([settings.hook_name] if settings.hook_name else [])
+    if not names:
+        raise ConfigError("no hook given: set hook_name (e.g. blocks.0.hook_resid_post).")
+    return names
+
+
+def token_source(
+    settings: LanguageModelSettings,
+    tokenizer: Any,
+    *,
+    loop: bool = True,
+    shuffle_seed: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> TokenSource:
+    """The packed token stream the settings describe."""
+    settings.require("dataset_path")
+    return TokenSource(
+        settings.dataset_path,
+        tokenizer,
+        context_size=settings.context_size,
+        prepend_bos=settings.prepend_bos,
+        sequence_separator_token=settings.sequence_separator_token,
+        disable_concat_sequences=settings.disable_concat_sequences,
+        column_name=settings.dataset_column,
+        split=settings.dataset_split,
+        streaming=settings.streaming,
+        dataset_name=settings.dataset_name,
+        trust_remote_code=settings.dataset_trust_remote_code,
+        shuffle_seed=shuffle_seed,
+        process_index=process_index,
+        process_count=process_count,
+        loop=loop,
+    )
+
+
+def activation_store(
+    settings: LanguageModelSettings,
+    model: Any,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    hook_names: Sequence[str] | None = None,
+    d_in: int | Mapping[str, int] | None = None,
+    sharding: Any = None,
+) -> ActivationStore:
+    """An `ActivationStore` over the settings' dataset, checked before any data is read."""
+    names = hook_names_of(settings, hook_names)
+    check_context_size(model, settings.context_size)  # before opening the dataset
+    for name in names:
+        model.hook_shape(name)  # unknown hooks raise here, listing the valid names
+    source = token_source(settings, getattr(model, "tokenizer", None))
+    return ActivationStore(
+        model,
+        source,
+        hook_names=names,
+        batch_size=batch_size,
+        store_batch_size_prompts=settings.store_batch_size_prompts,
+        n_batches_in_buffer=settings.n_batches_in_buffer,
+        activations_mixing_fraction=settings.activations_mixing_fraction,
+        seqpos_slice=settings.seqpos_slice,
+        hook_head_index=settings.hook_head_index,
+        exclude_special_tokens=settings.exclude_special_tokens,
+        dtype=settings.activation_dtype,
+        seed=seed,
+        prefetch=settings.prefetch_batches,
+        d_in=d_in,
+        sharding=sharding,
+    )
+
+
+def cached_source(
+    settings: LanguageModelSettings,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    tokenizer: Any = None,
+    hook_names: Sequence[str] | None = None,
+) -> CachedActivations:
+    """Batches read back from `settings.cached_activations_path`, shuffled across all shards."""
+    settings.require("cached_activations_path")
+    exclude = resolve_exclude_special_tokens(settings.exclude_special_tokens, tokenizer)
+    return CachedActivations(
+        settings.cached_activations_path,
+        batch_size,
+        hook_names=hook_names or ([settings.hook_name] if settings.hook_name else None),
+        seed=seed,
+        exclude_token_ids=None if exclude is None else exclude.tolist(),
+    )
+
+
+# ------------------------------------------------------------------------------ caching
+
+
+def cache_settings_record(settings: LanguageModelSettings, hook_names: Sequence[str]) -> dict:
+    """What identifies a cache's content (a resumed run must match it)."""
+    keep = (
+        "model_name",
+        "model_revision",
+        "model_dtype",
+        "hook_head_index",
+        "dataset_path",
+        "dataset_name",
+        "dataset_split",
+        "dataset_column",
+        "context_size",
+        "prepend_bos",
+        "sequence_separator_token",
+        "disable_concat_sequences",
+        "seqpos_slice",
+        "store_batch_size_prompts",
+    )
+    data = settings.to_dict()
+    return {"hook_names": list(hook_names), **{k: data[k] for k in keep}}
+
+
+def cache_activations(
+    settings: LanguageModelSettings,
+    path: str | Path,
+    *,
+    n_tokens: int,
+    shard_tokens: int = 1 << 20,
+    hook_names: Sequence[str] | None = None,
+    model: Any = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> Path:
+    """Write the activations of `n_tokens` tokens to a cache directory; resumes a killed run.
+
+    Shards hold whole model batches (`store_batch_size_prompts` contexts), in dataset order,
+    with their token ids. A rerun with the same settings continues after the last complete
+    shard, reproducing exactly what an uninterrupted run writes; a finished cache is left as is.
+    """
+    names = hook_names_of(settings, hook_names)
+    if model is None:
+        model = load_model_for(settings)
+    check_context_size(model, settings.context_size)
+    heads = {h: settings.hook_head_index for h in names}
+    d_in = {h: hook_width(model.hook_shape(h), heads[h], h) for h in names}
+    positions = sliced_length(settings.context_size, settings.seqpos_slice)
+    prompts = settings.store_batch_size_prompts
+    batch_tokens = prompts * positions
+    batches_per_shard = max(1, int(shard_tokens) // batch_tokens)
+    total_batches = -(-int(n_tokens) // batch_tokens)
+    writer = CacheWriter(
+        path,
+        hook_names=names,
+        d_in=d_in,
+        dtype=settings.activation_dtype,
+        context_size=positions,
+        settings=cache_settings_record(settings, names),
+        overwrite=overwrite,
+    )
+    if writer.complete:
+        if log:
+            log(f"{path}: cache already complete ({writer.n_tokens} tokens); nothing to do.")
+        return Path(path)
+    source = token_source(
+        settings, getattr(model, "tokenizer", None), process_index=0, process_count=1
+    )
+    if writer.source_state is not None:
+        source.restore(writer.source_state)
+        if log:
+            log(f"{path}: resuming after {writer.n_shards} shards ({writer.n_tokens} tokens).")
+    fn = rows_fn(
+        model,
+        names,
+        seqpos_slice=settings.seqpos_slice,
+        hook_head_index=settings.hook_head_index,
+        dtype=settings.activation_dtype,
+    )
+    seqpos = seqpos_to_slice(settings.seqpos_slice)
+    done_batches = writer.n_tokens // batch_tokens
+
+    def token_batches():  # runs in a background thread, ahead of the model
+        while True:
+            tokens = source.next_batch(prompts)
+            yield tokens, source.state()
+
+    reader = Prefetcher(token_batches, depth=max(1, settings.prefetch_batches))
+    t0, written = time.perf_counter(), 0
+    try:
+        while done_batches < total_batches:
+            n = min(batches_per_shard, total_batches - done_batches)
+            parts: dict[str, list[np.ndarray]] = {h: [] for h in names}
+            ids, state = [], None
+            pending = None
+            for _ in range(n + 1):
+                if pending is not None:  # collect the previous batch while this one computes
+                    rows, tokens = pending
+                    for h in names:
+                        parts[h].append(np.asarray(rows[h]))
+                    ids.append(tokens[:, seqpos].reshape(-1))
+                    pending = None
+                if len(ids) + (pending is not None) < n:
+                    tokens, state = reader.get()
+                    pending = (fn(model.params, jnp.asarray(tokens)), tokens)
+            writer.add_shard(
+                {h: np.concatenate(v) for h, v in parts.items()}, np.concatenate(ids), state
+            )
+            done_batches += n
+            written += n * batch_tokens
+            if log:
+                rate = written / max(time.perf_counter() - t0, 1e-9)
+                log(
+                    f"shard {writer.n_shards - 1}: {writer.n_tokens:,} / "
+                    f"{total_batches * batch_tokens:,} tokens ({rate:,.0f} tokens/s)"
+                )
+    finally:
+        reader.close()
+    writer.finish()
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def spliced_evaluator(
+    settings: LanguageModelSettings,
+    model: Any,
+    *,
+    eval_config: Any = None,
+    activation_scale: Callable[[], float | None] | float | None = None,
+) -> Callable[[Any, int], dict[str, Any]]:
+    """`evaluator(sae, step) -> {"group/key": value}`: run_evals on the next eval batches.
+
+    Batches come from the settings' dataset through a separately shuffled stream (the
+    training stream is untouched; it is not a held-out split). `activation_scale` (a number
+    or a callable giving it) scales activations into the SAE while a training-time scale is
+    not yet folded in.
+    """
+    from jsae import evals
+
+    prompts = settings.eval_batch_size_prompts or settings.store_batch_size_prompts
+    cfg = eval_config or evals.EvalConfig(
+        batch_size_prompts=prompts,
+        n_eval_reconstruction_batches=settings.n_eval_batches,
+        n_eval_sparsity_variance_batches=settings.n_eval_batches,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+    )
+    source = token_source(settings, getattr(model, "tokenizer", None), shuffle_seed=1234)
+    exclude = settings.exclude_special_tokens if settings.exclude_special_tokens else True
+
+    def evaluate(sae: Any, step: int) -> dict[str, Any]:
+        scale = activation_scale() if callable(activation_scale) else activation_scale
+        metrics, _ = evals.run_evals(
+            sae,
+            model,
+            source,
+            cfg,
+            exclude_special_tokens=exclude,
+            activation_scale=scale,
+            hook_name=settings.hook_name,
+            hook_head_index=settings.hook_head_index,
+        )
+        return evals.flatten_metrics(metrics)
+
+    return evaluate
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def with_model_metadata(config: Any) -> Any:
+    """The training config with the SAE metadata filled from its model/data settings."""
+    lm = config.model
+    filled = {k: v for k, v in lm.sae_metadata().items() if v is not None}
+    merged = {**filled, **unfreeze(config.sae.metadata)}
+    if merged == unfreeze(config.sae.metadata):
+        return config
+    return config.replace(metadata=merged)
+
+
+def train_language_model_sae(
+    config: Any,
+    *,
+    model: Any = None,
+    final_evals: bool = True,
+    eval_config: Any = None,
+    log: Callable[[str], None] | None = print,
+) -> tuple[Any, dict[str, Any] | None]:
+    """model -> activations -> training -> evals -> save: what `jsae train` runs for a model.
+
+    `config` is a `TrainConfig` whose `model` concern names the model, hook and dataset (or a
+    cache with `use_cached_activations`). Returns the trained SAE and the final eval metrics
+    (written next to the SAE as `eval_results.json` when `output_path` is set).
+    """
+    import jax
+
+    from jsae import evals
+    from jsae.training import Trainer
+
+    config = with_model_metadata(config)
+    lm, tr = config.model, config.training
+    if model is None and lm.model_name is not None:
+        model = load_model_for(lm)
+    if lm.use_cached_activations:
+        source: Any = cached_source(
+            lm,
+            batch_size=tr.train_batch_size_tokens // jax.process_count(),
+            seed=tr.seed,
+            tokenizer=getattr(model, "tokenizer", None),
+        )
+    else:
+        if model is None:
+            raise ConfigError("set model_name (or use_cached_activations) to train on a model.")
+        source = activation_store(
+            lm, model, batch_size=tr.train_batch_size_tokens, seed=tr.seed, d_in=config.sae.d_in
+        )
+    trainer = Trainer(config, source)
+    if model is not None:
+        trainer.evaluator = spliced_evaluator(lm, model, activation_scale=lambda: trainer.scale)
+    t0 = time.perf_counter()
+    sae = trainer.fit()
+    if log:
+        log(f"trained for {trainer.steps_done} steps ({time.perf_counter() - t0:.1f} s)")
+    if hasattr(source, "close"):
+        source.close()
+    results = None
+    if final_evals and model is not None:
+        prompts = lm.eval_batch_size_prompts or lm.store_batch_size_prompts
+        cfg = eval_config or evals.EvalConfig.everything(
+            batch_size_prompts=prompts,
+            n_eval_reconstruction_batches=lm.n_eval_batches,
+            n_eval_sparsity_variance_batches=lm.n_eval_batches,
+        )
+        held_out = token_source(lm, model.tokenizer, shuffle_seed=4321)
+        metrics, features = evals.run_evals(
+            sae,
+            model,
+            held_out,
+            cfg,
+            exclude_special_tokens=lm.exclude_special_tokens or True,
+            hook_name=lm.hook_name,
+            hook_head_index=lm.hook_head_index,
+        )
+        results = {
+            "metrics": metrics,
+            "feature_metrics": features,
+            "eval_cfg": {
+                **cfg.to_dict(),
+                "dataset": lm.dataset_path,
+                "context_size": lm.context_size,
+            },
+        }
+        if tr.output_path and jax.process_index() == 0:
+            import json
+
+            from jsae.fsutil import atomic_write_bytes
+
+            atomic_write_bytes(
+                Path(tr.output_path) / "eval_results.json",
+                json.dumps(evals.nan_to_none(results), indent=2).encode(),
+            )
+        if log:
+            log(evals.format_metrics(metrics))
+    return sae, results
+
+
+def train_saes(
+    configs: Mapping[str, Any], store: ActivationStore, *, max_lag: int = 4
+) -> dict[str, Any]:
+    """Train one SAE per hook of a multi-hook store; every model forward feeds all of them.
+
+    `configs` maps each of the store's hook names to its training config (a `TrainConfig` or a
+    dict of SAELens field names). Each SAE trains in its own thread with the full trainer
+    (logging, checkpoints, output), consuming its hook's batches in lockstep with the others.
+    """
+    import threading
+
+    from jsae.training import Trainer
+
+    unknown = sorted(set(configs) - set(store.hook_names))
+    missing = sorted(set(store.hook_names) - set(configs))
+    if unknown or missing:
+        raise ConfigError(
+            f"train_saes needs one config per hook of the store {store.hook_names}: "
+            f"missing {missing}, not in the store {unknown}."
+        )
+    views = store.hook_iterators(max_lag)
+    trainers = {h: Trainer(cfg, views[h]) for h, cfg in configs.items()}
+    for h, trainer in trainers.items():
+        if trainer.cfg.d_in != store.d_in[h]:
+            raise ConfigError(
+                f"the SAE for {h} has d_in={trainer.cfg.d_in} but the activations have "
+                f"{store.d_in[h]}."
+            )
+    results: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
+
+    def fit(hook: str) -> None:
+        try:
+            results[hook] = trainers[hook].fit()
+        except BaseException as exc:  # re-raised in the caller below
+            errors[hook] = exc
+        finally:
+            views[hook].close()
+
+    threads = [threading.Thread(target=fit, args=(h,), daemon=True) for h in trainers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        hook, exc = next(iter(errors.items()))
+        raise RuntimeError(f"training the SAE for {hook} failed: {exc}") from exc
+    return results

@@ -1,0 +1,228 @@
+"""ActivationStore on a real (tiny, random) Flax GPT-2: right rows, mixing, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+from transformers import GPT2Config
+
+import jsae.models
+from jsae.activations import TokenSource
+from jsae.activations.store import ActivationStore
+from jsae.activations.toy import make_corpus, make_tokenizer
+from jsae.errors import ConfigError, ShapeError
+
+if not hasattr(jsae.models, "HookedModel"):
+    pytest.skip("jsae.models.HookedModel is not available yet", allow_module_level=True)
+HookedModel = jsae.models.HookedModel
+
+CTX = 16
+RESID = "blocks.0.hook_resid_post"
+Z = "blocks.1.attn.hook_z"
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    return make_corpus(40, seed=5)
+
+
+@pytest.fixture(scope="module")
+def model(corpus, tmp_path_factory):
+    tok = make_tokenizer(corpus, tmp_path_factory.mktemp("tok"), style="gpt2")
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_positions=32)
+    return HookedModel.from_config(cfg, seed=0, tokenizer=tok)
+
+
+def _source(model, corpus, **kw) -> TokenSource:
+    kw = {"context_size": CTX, "process_index": 0, "process_count": 1, **kw}
+    return TokenSource(datasets.Dataset.from_dict({"text": corpus}), model.tokenizer, **kw)
+
+
+def _reference(model, corpus, n_contexts: int, names, **kw) -> tuple[np.ndarray, dict]:
+    """The first n contexts of the same stream and the model's activations on them."""
+    tokens = _source(model, corpus, **kw).next_batch(n_contexts)
+    _, cache = model.run_with_cache(tokens, list(names))
+    return tokens, {k: np.asarray(v) for k, v in cache.items()}
+
+
+def _match(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Index of each row in reference (rows must match one reference row to 1e-5)."""
+    d = ((rows[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
+    idx = d.argmin(1)
+    assert np.sqrt(d[np.arange(len(rows)), idx]).max() < 1e-4
+    return idx
+
+
+def test_batches_are_shuffled_model_activations(model, corpus) -> None:
+    # BOS rows are identical in every context (position 0 sees only itself): leave them out
+    store = ActivationStore(
+        model,
+        _source(model, corpus),
+        hook_names=RESID,
+        batch_size=16,
+        store_batch_size_prompts=2,
+        n_batches_in_buffer=4,
+        seed=1,
+        exclude_special_tokens=True,
+    )
+    batches = [np.asarray(next(store)) for _ in range(6)]
+    assert all(b.shape == (16, 32) for b in batches)
+    _, cache = _reference(model, corpus, 2 * 4 * 3, [RESID])
+    ref = cache[RESID].reshape(-1, 32)
+    idx = _match(np.concatenate(batches), ref)
+    assert len(set(idx.tolist())) == len(idx), "no row served twice"
+    first = idx[:16] // CTX
+    assert len(set(first.tolist())) >= 4, "a batch mixes tokens of several contexts"
+    assert not np.array_equal(np.sort(idx[:16]), idx[:16]), "rows are shuffled"
+    store.close()
+
+
+def test_several_hooks_share_one_forward_and_one_shuffle(model, corpus) -> None:
+    store = ActivationStore(
+        model,
+        _source(model, corpus),
+        hook_names=[RESID, Z, "hook_embed"],
+        batch_size=8,
+        store_batch_size_prompts=2,
+        n_batches_in_buffer=2,
+        prefetch=0,
+    )
+    assert store.d_in == {RESID: 32, Z: 32, "hook_embed": 32}
+    batch = next(store)
+    _, cache = _reference(model, corpus, 4, [RESID, Z, "hook_embed"])
+    idx = _match(np.asarray(batch[RESID]), cache[RESID].reshape(-1, 32))
+    for h in (Z, "hook_embed"):  # the same tokens, row for row, at every hook
+        np.testing.assert_allclose(batch[h], cache[h].reshape(-1, 32)[idx], atol=1e-5)
+
+
+def test_head_index_seqpos_slice_and_special_tokens(model) -> None:
+    bos = model.tokenizer.bos_token_id
+    short_docs = make_corpus(60, seed=6, max_sentences=1)  # many BOS separators inside contexts
+    store = ActivationStore(
+        model,
+        _source(model, short_docs),
+        hook_names=Z,
+        hook_head_index=2,
+        seqpos_slice=(1, None, 2),
+        exclude_special_tokens=True,
+        batch_size=8,
+        store_batch_size_prompts=4,
+        n_batches_in_buffer=2,
+        prefetch=0,
+    )
+    assert store.d_in == {Z: 8}
+    rows = np.concatenate([np.asarray(next(store)) for _ in range(3)])
+    tokens, cache = _reference(model, short_docs, 16, [Z])
+    assert (tokens[:, 1::2] == bos).any(), "the test data must contain BOS at kept positions"
+    ref = cache[Z][:, 1::2, 2]  # [16, 8 positions, d_head]
+    idx = _match(rows, ref.reshape(-1, 8))
+    positions = 1 + 2 * (idx % 8)
+    contexts = idx // 8
+    assert (tokens[contexts, positions] != bos).all(), "special tokens are excluded"
+
+
+@pytest.mark.parametrize("include_buffer", [True, False])
+def test_state_restore_continues_the_stream(model, corpus, include_buffer: bool) -> None:
+    kw = dict(
+        hook_names=[RESID, "blocks.1.hook_mlp_out"],
+        batch_size=8,
+        store_batch_size_prompts=2,
+        n_batches_in_buffer=3,
+        seed=7,
+    )
+    a = ActivationStore(model, _source(model, corpus), **kw)
+    for _ in range(5):
+        next(a)
+    state = a.state(include_buffer=include_buffer)
+    if not include_buffer:
+        json.dumps(state)  # the position alone is plain JSON (checkpoint metadata)
+    expected = [next(a) for _ in range(12)]
+    b = ActivationStore(model, _source(model, corpus), **kw)
+    b.restore(state)
+    got = [next(b) for _ in range(12)]
+    if include_buffer:
+        for x, y in zip(expected, got, strict=True):
+            for h in x:
+                assert np.array_equal(np.asarray(x[h]), np.asarray(y[h]))
+    else:
+        # the buffered rows are dropped; the data stream continues where it was
+        ref_rows = {tuple(np.round(np.asarray(r), 5)) for x in expected for r in x[RESID]}
+        got_rows = {tuple(np.round(np.asarray(r), 5)) for x in got for r in x[RESID]}
+        assert got_rows and len(got_rows & ref_rows) > 0
+        first_state = ActivationStore(model, _source(model, corpus), **kw).state()
+        assert state["source"] != first_state["source"]
+    a.close()
+    b.close()
+
+
+def test_process_share_of_the_batch(model, corpus) -> None:
+    store = ActivationStore(
+        model,
+        _source(model, corpus, process_index=1, process_count=2),
+        hook_names=RESID,
+        batch_size=16,
+        process_count=2,
+        store_batch_size_prompts=2,
+        n_batches_in_buffer=2,
+        prefetch=0,
+    )
+    assert next(store).shape == (8, 32)
+
+
+def test_train_batch_accepts_a_sharding(model, corpus) -> None:
+    from jsae.parallel import batch_sharding, make_mesh
+
+    mesh = make_mesh(data=4, model=2)
+    store = ActivationStore(
+        model,
+        _source(model, corpus),
+        hook_names=RESID,
+        batch_size=16,
+        store_batch_size_prompts=2,
+        n_batches_in_buffer=2,
+        prefetch=0,
+        sharding=batch_sharding(mesh),
+    )
+    x = next(store)
+    assert x.sharding == batch_sharding(mesh) and x.shape == (16, 32)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_hook_lists_valid_names(model, corpus) -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown hook name 'blocks\.0\.hook_resid_psot'.*hook_resid_post"
+    ):
+        ActivationStore(
+            model, _source(model, corpus), hook_names="blocks.0.hook_resid_psot", batch_size=8
+        )
+
+
+def test_context_longer_than_model_positions_is_refused_before_work(model, corpus) -> None:
+    source = _source(model, corpus, context_size=64)
+    state = source.state()
+    with pytest.raises(ConfigError, match="context_size=64 exceeds the model's 32 positions"):
+        ActivationStore(model, source, hook_names=RESID, batch_size=8)
+    assert source.state() == state, "nothing was read"
+
+
+def test_d_in_mismatch_and_small_buffer_are_refused(model, corpus) -> None:
+    with pytest.raises(ShapeError, match="d_in=32 but 64 was expected"):
+        ActivationStore(model, _source(model, corpus), hook_names=RESID, batch_size=8, d_in=64)
+    with pytest.raises(ConfigError, match="too few to serve a batch"):
+        ActivationStore(
+            model,
+            _source(model, corpus),
+            hook_names=RESID,
+            batch_size=4096,
+            store_batch_size_prompts=2,
+            n_batches_in_buffer=2,
+        )
+    with pytest.raises(ConfigError, match="hook_head_index=9 out of range"):
+        ActivationStore(
+            model, _source(model, corpus), hook_names=Z, hook_head_index=9, batch_size=8
+        )

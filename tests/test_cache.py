@@ -1,0 +1,215 @@
+"""The on-disk activation cache: shard writing, resuming, global shuffling on read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jsae.activations.cache import CachedActivations, CacheWriter, FeistelPermutation, read_manifest
+from jsae.errors import ConfigError, FormatError
+
+D = {"blocks.0.hook_resid_post": 3, "blocks.1.hook_mlp_out": 2}
+HOOKS = list(D)
+
+
+def _rows(start: int, n: int) -> dict[str, np.ndarray]:
+    """Rows whose values encode their global index (hook 0) and its negative (hook 1)."""
+    idx = np.arange(start, start + n, dtype=np.float32)[:, None]
+    return {HOOKS[0]: np.repeat(idx, 3, 1), HOOKS[1]: -np.repeat(idx, 2, 1)}
+
+
+def _write(path: Path, shard_sizes, *, finish=True, settings=None, dtype="float32") -> CacheWriter:
+    w = CacheWriter(
+        path, hook_names=HOOKS, d_in=D, context_size=4, settings=settings or {"m": 1}, dtype=dtype
+    )
+    start = w.n_tokens
+    for n in shard_sizes:
+        w.add_shard(_rows(start, n), np.arange(start, start + n) % 7, {"doc": w.n_shards + 1})
+        start += n
+    if finish:
+        w.finish()
+    return w
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 17, 64, 1000, 4097])
+def test_feistel_permutation_is_a_bijection(n: int) -> None:
+    perm = FeistelPermutation(n, seed=(1, 2))
+    out = perm(np.arange(n))
+    assert sorted(out.tolist()) == list(range(n))
+    if n >= 64:
+        assert not np.array_equal(out, np.arange(n))
+        assert not np.array_equal(out, FeistelPermutation(n, seed=(1, 3))(np.arange(n)))
+
+
+def test_every_row_once_per_epoch_shuffled_across_shards(tmp_path) -> None:
+    _write(tmp_path / "c", [40, 24, 40, 16])  # 120 rows, 4 shards
+    reader = CachedActivations(tmp_path / "c", batch_size=12, seed=0, loop=True, prefetch=2)
+    epochs = []
+    for _ in range(2):
+        seen = [next(reader) for _ in range(10)]
+        a = np.concatenate([b[HOOKS[0]] for b in seen])
+        assert np.array_equal(
+            np.concatenate([b[HOOKS[1]] for b in seen]), -a[:, :2]
+        )  # rows aligned
+        epochs.append(a[:, 0].astype(int))
+    for order in epochs:
+        assert sorted(order.tolist()) == list(range(120))
+    assert not np.array_equal(epochs[0], epochs[1])
+    shards = np.searchsorted([40, 64, 104], epochs[0], side="right").reshape(10, 12)
+    assert all(len(set(row.tolist())) >= 2 for row in shards), "batches mix rows of several shards"
+    assert len(set(shards[:3].ravel().tolist())) == 4
+    reader.close()
+
+
+def test_single_hook_read_and_exclusion_and_finite_stream(tmp_path) -> None:
+    _write(tmp_path / "c", [30, 30])
+    reader = CachedActivations(
+        tmp_path / "c",
+        batch_size=8,
+        hook_names=[HOOKS[1]],
+        loop=False,
+        exclude_token_ids=[0, 3],
+        prefetch=0,
+    )
+    batches = list(reader)
+    rows = -np.concatenate(batches)[:, 0].astype(int)
+    assert all(b.shape == (8, 2) for b in batches)
+    kept = [i for i in range(60) if i % 7 not in (0, 3)]
+    assert len(rows) == len(kept) // 8 * 8
+    assert set(rows.tolist()) <= set(kept) and len(set(rows.tolist())) == len(rows)
+
+
+def test_unshuffled_read_is_in_order(tmp_path) -> None:
+    _write(tmp_path / "c", [10, 6])
+    reader = CachedActivations(tmp_path / "c", batch_size=4, shuffle=False, loop=False, prefetch=0)
+    rows = np.concatenate([b[HOOKS[0]] for b in reader])[:, 0]
+    assert rows.tolist() == list(range(16))
+
+
+def test_processes_read_disjoint_rows(tmp_path) -> None:
+    _write(tmp_path / "c", [33, 30])
+    seen = []
+    for p in range(3):
+        r = CachedActivations(
+            tmp_path / "c",
+            batch_size=7,
+            loop=False,
+            process_index=p,
+            process_count=3,
+            hook_names=[HOOKS[0]],
+            prefetch=0,
+        )
+        seen.append(set(np.concatenate(list(r))[:, 0].astype(int).tolist()))
+    assert all(len(s) == 21 for s in seen)
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_reader_state_restore_is_exact(tmp_path, prefetch: int) -> None:
+    _write(tmp_path / "c", [50, 50])
+    a = CachedActivations(tmp_path / "c", batch_size=9, seed=4, prefetch=prefetch)
+    stream = [next(a)[HOOKS[0]] for _ in range(25)]  # crosses an epoch
+    b = CachedActivations(tmp_path / "c", batch_size=9, seed=4, prefetch=prefetch)
+    for _ in range(13):
+        next(b)
+    state = json.loads(json.dumps(b.state()))
+    c = CachedActivations(tmp_path / "c", batch_size=9, seed=4, prefetch=prefetch)
+    c.restore(state)
+    for want in stream[13:]:
+        assert np.array_equal(next(c)[HOOKS[0]], want)
+    for r in (a, b, c):
+        r.close()
+
+
+def test_writer_resumes_after_an_interruption(tmp_path) -> None:
+    path = tmp_path / "c"
+    _write(path, [10, 10], finish=False)
+    # a crash while writing shard 2 leaves a temporary directory and maybe the shard itself
+    (path / "shards" / ".000002.tmp-x").mkdir()
+    (path / "shards" / "000002").mkdir()
+    (path / "shards" / "000002" / "0.npy").write_bytes(b"partial")
+    with pytest.raises(FormatError, match="unfinished"):
+        CachedActivations(path, batch_size=4)
+    w = CacheWriter(path, hook_names=HOOKS, d_in=D, context_size=4, settings={"m": 1})
+    assert (w.n_shards, w.n_tokens, w.source_state) == (2, 20, {"doc": 2})
+    w.add_shard(_rows(20, 10), np.arange(20, 30) % 7)
+    w.finish()
+    rows = np.concatenate(
+        list(
+            CachedActivations(
+                path, batch_size=5, shuffle=False, loop=False, prefetch=0, hook_names=[HOOKS[0]]
+            )
+        )
+    )
+    assert rows[:, 0].tolist() == list(range(30))
+    with pytest.raises(ConfigError, match="different"):
+        CacheWriter(path, hook_names=HOOKS, d_in=D, context_size=4, settings={"m": 2})
+    with pytest.raises(FileExistsError, match="resume=True"):
+        CacheWriter(path, hook_names=HOOKS, d_in=D, context_size=4, settings={"m": 1}, resume=False)
+
+
+def test_bfloat16_cache_round_trip(tmp_path) -> None:
+    import ml_dtypes
+
+    _write(tmp_path / "c", [8], dtype="bfloat16")
+    assert read_manifest(tmp_path / "c")["dtype"] == "bfloat16"
+    out = next(CachedActivations(tmp_path / "c", batch_size=8, shuffle=False, prefetch=0))
+    assert out[HOOKS[0]].dtype == ml_dtypes.bfloat16
+    assert out[HOOKS[0]].astype(np.float32)[:, 0].tolist() == list(range(8))
+
+
+def test_bad_caches_are_refused(tmp_path) -> None:
+    with pytest.raises(FormatError, match=r"manifest\.json is missing"):
+        CachedActivations(tmp_path, batch_size=2)
+    (tmp_path / "notempty").mkdir()
+    (tmp_path / "notempty" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="not an activation cache"):
+        CacheWriter(tmp_path / "notempty", hook_names=HOOKS, d_in=D, context_size=4)
+    _write(tmp_path / "c", [10, 10])
+    with pytest.raises(ConfigError, match="no activations for"):
+        CachedActivations(tmp_path / "c", batch_size=2, hook_names=["blocks.9.hook_resid_pre"])
+    with pytest.raises(ConfigError, match="expected"):
+        CacheWriter(
+            tmp_path / "c", hook_names=HOOKS, d_in=D, context_size=4, settings={"m": 1}
+        ).add_shard({HOOKS[0]: np.zeros((3, 5)), HOOKS[1]: np.zeros((3, 2))}, np.zeros(3))
+    shutil.rmtree(tmp_path / "c" / "shards" / "000001")
+    with pytest.raises(FormatError, match="000001"):
+        CachedActivations(tmp_path / "c", batch_size=2)
+
+
+def test_saelens_cache_format_both_ways(tmp_path) -> None:
+    """SAELens's own cache writer -> jsae import; jsae export -> SAELens's ActivationsStore."""
+    from helpers import run_reference
+
+    from jsae.activations.cache import export_saelens_cache, import_saelens_cache
+
+    rng = np.random.default_rng(0)
+    n, ctx, d = 6, 5, 3
+    acts = rng.normal(size=(n, ctx, d)).astype(np.float32)
+    ids = rng.integers(0, 100, (n, ctx)).astype(np.int32)
+    hook = "blocks.0.hook_resid_post"
+    w = CacheWriter(tmp_path / "jsae", hook_names=[hook], d_in={hook: d}, context_size=ctx)
+    w.add_shard({hook: acts[:4].reshape(-1, d)}, ids[:4])
+    w.add_shard({hook: acts[4:].reshape(-1, d)}, ids[4:])
+    w.finish()
+    export_saelens_cache(tmp_path / "jsae", tmp_path / "jsae_export")
+    np.savez(tmp_path / "cache_inputs.npz", acts=acts, token_ids=ids)
+    (tmp_path / "cache_hook.txt").write_text(hook)
+    run_reference("saelens_packing.py", "cache", tmp_path)
+    with np.load(tmp_path / "read_back.npz") as back:  # SAELens reading jsae's export
+        assert np.array_equal(back["acts"], acts.reshape(-1, d))
+        assert np.array_equal(back["token_ids"], ids.reshape(-1))
+    import_saelens_cache(tmp_path / "saelens_cache", tmp_path / "imported", shard_tokens=10)
+    manifest = read_manifest(tmp_path / "imported")
+    assert manifest["hook_names"] == [hook] and manifest["context_size"] == ctx
+    reader = CachedActivations(
+        tmp_path / "imported", batch_size=ctx, shuffle=False, loop=False, prefetch=0
+    )
+    assert np.array_equal(np.concatenate(list(reader)), acts.reshape(-1, d))
+    assert np.array_equal(np.concatenate(reader.token_ids), ids.reshape(-1))
+    with pytest.raises(FormatError, match=r"not a jsae activation cache.*SAELens Arrow cache"):
+        CachedActivations(tmp_path / "saelens_cache", batch_size=2)

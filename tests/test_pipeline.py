@@ -1,0 +1,238 @@
+"""The whole flow: `jsae train --config` from a model, a cache, several hooks; `jsae eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import jsae
+import jsae.models
+import jsae.training
+from jsae.activations.toy import make_corpus, make_model_dir, make_tokenizer, save_text_dataset
+from jsae.cli import main
+
+if not hasattr(jsae.models, "load_model") or not hasattr(jsae.training, "TrainConfig"):
+    pytest.skip("jsae.models / jsae.training are not available yet", allow_module_level=True)
+
+HOOK = "blocks.0.hook_resid_post"
+GROUPS = {
+    "model_behavior_preservation",
+    "model_performance_preservation",
+    "reconstruction_quality",
+    "shrinkage",
+    "sparsity",
+    "token_stats",
+}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    corpus = make_corpus(150, seed=2)
+    tok = make_tokenizer(corpus, root / "tok")
+    make_model_dir(root / "model", tok, d_model=32, n_positions=32)
+    save_text_dataset(corpus, root / "corpus.jsonl", fmt="jsonl")
+    return {"root": root, "model": root / "model", "data": root / "corpus.jsonl"}
+
+
+def _config(assets, out: Path, **changes) -> dict:
+    cfg = {
+        "model_name": str(assets["model"]),
+        "hook_name": HOOK,
+        "dataset_path": str(assets["data"]),
+        "streaming": False,
+        "context_size": 16,
+        "store_batch_size_prompts": 4,
+        "n_batches_in_buffer": 4,
+        "n_eval_batches": 1,
+        "eval_batch_size_prompts": 2,
+        "architecture": "standard",
+        "d_in": 32,
+        "d_sae": 64,
+        "l1_coefficient": 0.1,
+        "lr": 1e-3,
+        "train_batch_size_tokens": 32,
+        "training_tokens": 32 * 12,
+        "output_path": str(out),
+        "checkpoint_path": None,
+        "log_to_wandb": False,
+        "progress_bar": False,
+    }
+    cfg.update(changes)
+    return cfg
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_jsae_train_config_runs_model_to_evaluated_saved_sae(assets, tmp_path, capsys) -> None:
+    out = tmp_path / "sae"
+    config = _write(tmp_path / "run.yaml", _config(assets, out))
+    assert main(["train", "--config", str(config), "lr=2e-3"]) == 0
+    sae = jsae.load(out)
+    meta = sae.cfg.metadata
+    assert (meta.hook_name, meta.model_name, meta.context_size, meta.prepend_bos) == (
+        HOOK,
+        str(assets["model"]),
+        16,
+        True,
+    )
+    results = json.loads((out / "eval_results.json").read_text())
+    assert set(results["metrics"]) == GROUPS
+    assert 0 < results["metrics"]["sparsity"]["l0"] <= 64
+    assert len(results["feature_metrics"]["feature_density"]) == 64
+    assert "ce_loss_score" in capsys.readouterr().out
+    # the saved SAE evaluates from its own metadata: model, hook and context need no flags
+    report = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                f"dataset_path={assets['data']}",
+                "streaming=false",
+                "--batch-size-prompts",
+                "2",
+                "--n-eval-reconstruction-batches",
+                "1",
+                "--output",
+                str(report),
+            ]
+        )
+        == 0
+    )
+    evaluated = json.loads(report.read_text())
+    assert set(evaluated["metrics"]) == GROUPS
+    assert evaluated["eval_cfg"]["context_size"] == 16
+    assert evaluated["sae_cfg"]["metadata"]["hook_name"] == HOOK
+
+
+def test_train_from_a_jsae_cache(assets, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    assert (
+        main(
+            [
+                "cache",
+                "--out",
+                str(cache),
+                "--n-tokens",
+                "512",
+                "--shard-tokens",
+                "128",
+                f"model_name={assets['model']}",
+                f"hook_name={HOOK}",
+                f"dataset_path={assets['data']}",
+                "streaming=false",
+                "context_size=16",
+                "store_batch_size_prompts=4",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "sae"
+    cfg = _config(assets, out, use_cached_activations=True, cached_activations_path=str(cache))
+    assert main(["train", "--config", str(_write(tmp_path / "run.yaml", cfg))]) == 0
+    assert jsae.load(out).cfg.d_sae == 64
+    assert (out / "eval_results.json").exists()  # the model is known, so evals ran too
+
+
+def test_several_saes_from_one_forward(assets, tmp_path) -> None:
+    from jsae.activations.config import LanguageModelSettings
+    from jsae.activations.pipeline import activation_store, load_model_for, train_saes
+
+    settings = LanguageModelSettings(
+        model_name=str(assets["model"]),
+        dataset_path=str(assets["data"]),
+        streaming=False,
+        context_size=16,
+        store_batch_size_prompts=4,
+        n_batches_in_buffer=4,
+    )
+    hooks = [HOOK, "blocks.1.hook_mlp_out"]
+    store = activation_store(settings, load_model_for(settings), batch_size=32, hook_names=hooks)
+    base = {
+        "architecture": "standard",
+        "d_in": 32,
+        "d_sae": 48,
+        "train_batch_size_tokens": 32,
+        "training_tokens": 32 * 20,
+        "log_to_wandb": False,
+        "progress_bar": False,
+        "checkpoint_path": None,
+    }
+    configs = {
+        h: {**base, "output_path": str(tmp_path / f"sae{i}"), "metadata": {"hook_name": h}}
+        for i, h in enumerate(hooks)
+    }
+    saes = train_saes(configs, store)
+    assert set(saes) == set(hooks)
+    assert not np.allclose(np.asarray(saes[hooks[0]].W_dec), np.asarray(saes[hooks[1]].W_dec))
+    served_per_shuffle = store.layout.n_serve // store.layout.batch_size
+    assert store.buffer.draws == -(-20 // served_per_shuffle), "one model pass feeds both SAEs"
+    for i, h in enumerate(hooks):
+        assert jsae.load(tmp_path / f"sae{i}").cfg.metadata.hook_name == h
+    store.close()
+
+
+def test_jsae_train_refuses_bad_model_settings(assets, tmp_path, capsys) -> None:
+    out = tmp_path / "sae"
+    bad_hook = _write(
+        tmp_path / "a.yaml", _config(assets, out, hook_name="blocks.0.hook_resid_psot")
+    )
+    assert main(["train", "--config", str(bad_hook)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown hook name 'blocks.0.hook_resid_psot'" in err and "hook_resid_post" in err
+    too_long = _write(tmp_path / "b.yaml", _config(assets, out, context_size=64))
+    assert main(["train", "--config", str(too_long)]) == 2
+    assert "exceeds the model's 32 positions" in capsys.readouterr().err
+    wrong_width = _write(tmp_path / "c.yaml", _config(assets, out, d_in=16))
+    assert main(["train", "--config", str(wrong_width)]) == 2
+    assert "d_in=32 but 16 was expected" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_model_settings_route_from_flat_nested_and_saelens_configs(tmp_path) -> None:
+    from jsae.training import TrainConfig
+
+    flat = TrainConfig.from_dict(
+        {
+            "architecture": "standard",
+            "d_in": 32,
+            "d_sae": 64,
+            "model_name": "gpt2",
+            "hook_name": HOOK,
+            "dataset_path": "x",
+            "seqpos_slice": [1, None],
+            "exclude_special_tokens": [0, 1],
+            "sequence_separator_token": "eos",
+            "model_class_name": "HookedTransformer",
+            "is_dataset_tokenized": False,
+        }
+    )
+    assert flat.model.model_name == "gpt2" and flat.model.seqpos_slice == (1, None)
+    assert flat.model.exclude_special_tokens == (0, 1)
+    assert flat.data.activation_source == "model"  # chosen because a model is named
+    nested = TrainConfig.from_dict(
+        {"sae": {"d_in": 32, "d_sae": 64}, "model": {"model_name": "gpt2", "hook_name": HOOK}}
+    )
+    assert nested.model.hook_name == HOOK
+    cached = TrainConfig.from_dict(
+        {
+            "d_in": 32,
+            "d_sae": 64,
+            "use_cached_activations": True,
+            "cached_activations_path": str(tmp_path),
+        }
+    )
+    assert cached.data.activation_source == "cache"
+    assert TrainConfig.from_dict({"d_in": 32, "d_sae": 64}).data.activation_source == "synthetic"
+    round_trip = TrainConfig.from_yaml(_write(tmp_path / "c.yaml", flat.to_dict()))
+    assert round_trip.model == flat.model
+    with pytest.raises(jsae.ConfigError, match=r"unknown config key 'hook_nme'.*hook_name"):
+        TrainConfig.from_dict({"d_in": 32, "d_sae": 64, "hook_nme": HOOK})
