@@ -290,7 +290,6 @@ class Architecture:
         """The architecture an SAE is saved and served as (batchtopk -> jumprelu, ...)."""
         return cfg, params
 
-
     # ---------------------------------------------------------------- training
 
     @classmethod

@@ -102,7 +102,6 @@ class BatchTopK(Architecture):
         p["threshold"] = jnp.full((cfg.d_sae,), threshold, jnp.float32)
         return cfg.replace(architecture="jumprelu", k=None, rescale_acts_by_decoder_norm=False), p
 
-
     # ------------------------------------------------------------------ training
 
     @classmethod

@@ -265,8 +265,10 @@ def _sparse_train_forward(
         losses["auxiliary_reconstruction_loss"] = jnp.zeros((), x_hat.dtype)
 
     active = vals != 0  # [B, k]
-    fire_counts = jnp.zeros((cfg.d_sae,), jnp.int32).at[idx.reshape(-1)].add(
-        active.reshape(-1).astype(jnp.int32)
+    fire_counts = (
+        jnp.zeros((cfg.d_sae,), jnp.int32)
+        .at[idx.reshape(-1)]
+        .add(active.reshape(-1).astype(jnp.int32))
     )
     return TrainOutput(
         loss=sum(losses.values()),

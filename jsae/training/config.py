@@ -477,8 +477,9 @@ class DataSettings:
     """
 
     activation_source: str = option(
-        "synthetic", "registered source: synthetic | npy | model | cache (model/cache: automatic "
-        "when model_name or use_cached_activations is set)"
+        "synthetic",
+        "registered source: synthetic | npy | model | cache (model/cache: automatic "
+        "when model_name or use_cached_activations is set)",
     )
     activations_path: str | None = option(None, "npy source: directory of [N, d_in] .npy files")
     targets_path: str | None = option(
@@ -698,7 +699,11 @@ class TrainConfig:
 
 
 _SECTION_TYPES = (
-    SAESettings, TrainingSettings, LoggingSettings, DataSettings, LanguageModelSettings
+    SAESettings,
+    TrainingSettings,
+    LoggingSettings,
+    DataSettings,
+    LanguageModelSettings,
 )
 
 
