@@ -187,6 +187,26 @@ def test_fold_activation_norm_scaling_factor_makes_raw_inputs_equivalent() -> No
         ).fold_activation_norm_scaling_factor(2.0)
 
 
+@pytest.mark.parametrize("rescale", [False, True])
+def test_batchtopk_scale_fold_keeps_the_served_jumprelu_equivalent(rescale: bool) -> None:
+    """The served JumpReLU of the folded SAE on x fires like the original's on 3x, and its
+    outputs are the original's / 3. With decoder-norm-aware selection latents are in units of
+    pre-act * ||W_dec row||, and the fold divides W_dec by the scale, so they scale by 1/3."""
+    sae = random_sae(
+        "batchtopk",
+        k=3.0,
+        rescale_acts_by_decoder_norm=rescale,
+        normalize_activations="expected_average_only_in",
+    )
+    x = inputs((10, 16))
+    folded = sae.fold_activation_norm_scaling_factor(3.0).to_inference()
+    served = sae.to_inference()
+    unit = 3.0 if rescale else 1.0
+    assert_close(folded.encode(x) * unit, served.encode(3.0 * x), atol=1e-5)
+    assert 0 < int((served.encode(3.0 * x) > 0).sum()) < 10 * 64
+    assert_close(folded(x), served(3.0 * x) / 3.0, atol=1e-5)
+
+
 def test_error_term_splices_losslessly_and_applies_edits_exactly() -> None:
     sae = random_sae("standard")
     x = inputs((7, 16))

@@ -89,6 +89,17 @@ class BatchTopK(Architecture):
         return super().decode(cfg, params, f, sparse)
 
     @classmethod
+    def fold_activation_norm_scaling_factor(
+        cls, cfg: SAEConfig, params: Params, scale: float
+    ) -> tuple[SAEConfig, Params]:
+        """The base fold, plus the threshold: with decoder-norm-aware selection it is in units
+        of pre-act · ||W_dec row||, and the fold divides W_dec by `scale`."""
+        cfg, p = super().fold_activation_norm_scaling_factor(cfg, params, scale)
+        if cfg.rescale_acts_by_decoder_norm and "topk_threshold" in p:
+            p["topk_threshold"] = p["topk_threshold"] / scale
+        return cfg, p
+
+    @classmethod
     def to_inference(cls, cfg: SAEConfig, params: Params) -> tuple[SAEConfig, Params]:
         """A JumpReLU with threshold = topk_threshold everywhere, decoder norms folded."""
         p = {k: v for k, v in params.items() if k != "topk_threshold"}

@@ -519,11 +519,7 @@ class Trainer:
         host = _to_host({**self.state.params, **self.state.buffers})
         cfg = self.cfg
         if self.scale is not None:
-            cfg, params = self.arch.fold_activation_norm_scaling_factor(cfg, host, self.scale)
-            if "topk_threshold" in params and cfg.rescale_acts_by_decoder_norm:
-                # BatchTopK's threshold is in units of pre-act · ||W_dec||, which the fold scaled.
-                params["topk_threshold"] = params["topk_threshold"] / self.scale
-            host = params
+            cfg, host = self.arch.fold_activation_norm_scaling_factor(cfg, host, self.scale)
         sae = SAE.from_params(cfg, host)
         if cfg.architecture == "topk" and cfg.rescale_acts_by_decoder_norm:
             sae = sae.fold_W_dec_norm()
