@@ -1,12 +1,14 @@
-"""Encode+decode throughput of a Gemma-Scope-sized JumpReLU SAE: jsae vs SAELens, same run.
+"""Forward (encode+decode) throughput of a Gemma-Scope-sized JumpReLU SAE: jsae vs SAELens.
 
     python benchmarks/bench_inference.py [--reps 5]
 
 Config: d_in 2304, d_sae 16384, batch 4096 tokens, float32, CPU. Thresholds are set so that
 about 70 latents fire per token (Gemma Scope 16k SAEs have L0 ~ 20-150), and both libraries
-read the same SAELens-format file and the same inputs. Prints tokens/s for jsae (sparse
-decode, the default, and the dense matmul), SAELens, their ratio, and the largest output
-difference (both compute the same function).
+read the same SAELens-format file and the same inputs; each computes `sae(x)`, i.e.
+decode(encode(x)). Prints tokens/s for jsae (sparse decode, the default, and the dense
+matmul), SAELens, their ratio, and the largest output difference (both compute the same
+function). The two sides alternate in rounds so both see the same machine load, and the
+machine's own GEMM speed for the encoder matmul is measured in both libraries.
 """
 
 from __future__ import annotations
@@ -71,10 +73,15 @@ def main() -> None:
         loaded = jsae.load(tmp / "sae")
 
         x_dev = jax.device_put(x)
-        sparse_fn = jax.jit(lambda s, x: s.decode(s.encode(x)))
-        dense_fn = jax.jit(lambda s, x: s.decode(s.encode(x), sparse=False))
-        times = {"ref": [], "sparse": [], "dense": []}
+        sparse_fn = jax.jit(lambda s, x: s(x))
+        dense_fn = jax.jit(lambda s, x: s(x, sparse=False))
+        gemm_fn = jax.jit(lambda s, x: x @ s.W_enc)
+        times = {"ref": [], "sparse": [], "dense": [], "ref_gemm": [], "gemm": []}
         for _ in range(args.rounds):  # alternate so every side sees the same machine load
+            times["ref_gemm"] += worker.request(reps=args.reps, gemm=True)["times"]
+            times["gemm"] += time_each(
+                lambda: gemm_fn(loaded, x_dev).block_until_ready(), reps=args.reps
+            )
             times["ref"] += worker.request(reps=args.reps)["times"]
             times["sparse"] += time_each(
                 lambda: sparse_fn(loaded, x_dev).block_until_ready(), reps=args.reps
@@ -103,6 +110,14 @@ def main() -> None:
     for name, t in rows:
         print(f"{name:32s} {t:8.3f} {BATCH / t:10.0f} {med['ref'] / t:9.2f}x")
     print(f"max |jsae - SAELens| output difference: {float(np.abs(out - ref_out).max()):.2e}")
+    gflop = 2 * BATCH * D_IN * D_SAE / 1e9
+    t_torch, t_xla = med["ref_gemm"], med["gemm"]
+    print(
+        f"encoder GEMM [{BATCH}x{D_IN}]@[{D_IN}x{D_SAE}], {gflop:.0f} GFLOP: "
+        f"torch {t_torch:.3f} s ({gflop / t_torch:.0f} GFLOP/s), "
+        f"XLA {t_xla:.3f} s ({gflop / t_xla:.0f} GFLOP/s); "
+        f"XLA/torch GEMM speed {t_torch / t_xla:.2f}x"
+    )
 
 
 if __name__ == "__main__":

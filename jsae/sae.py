@@ -13,6 +13,7 @@ SAELens's names and orientations. Being a pytree, an SAE goes through `jax.jit`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,27 @@ def forward_with_activations(
     f, _ = arch.encode(cfg, sae.params, x_in)
     f_used = f if edit_features is None else edit_features(f)
     y = arch.decode(cfg, sae.params, f_used, sparse)
+    clean = None
+    if edit_features is not None and use_error_term and not arch.is_transcoder:
+        clean = _finish_output(sae, arch.decode(cfg, sae.params, f, sparse), stats, heads)
+    return _finish_forward(sae, x, y, stats, heads, use_error_term, clean), f_used
+
+
+def _finish_forward(
+    sae: SAE,
+    x: Any,
+    y: jax.Array,
+    stats: NormStats,
+    heads: tuple[int, ...] | None,
+    use_error_term: bool,
+    clean: jax.Array | None = None,
+) -> jax.Array:
+    """From the decoder's output to forward()'s: skip path, de-normalisation, error term.
+
+    `clean` is the unedited reconstruction when latents were edited (the error term is the
+    clean reconstruction error); by default the reconstruction itself.
+    """
+    cfg, arch = sae.cfg, cfg_arch(sae.cfg)
     if arch.is_transcoder:
         if use_error_term:
             raise ConfigError(
@@ -280,17 +302,47 @@ def forward_with_activations(
                 "their input. Call without use_error_term."
             )
         skip = arch.skip(cfg, sae.params, jnp.asarray(x).astype(cfg.jax_dtype))
-        return (y if skip is None else y + skip), f_used
+        return y if skip is None else y + skip
     out = _finish_output(sae, y, stats, heads)
     if use_error_term:
-        clean = out
-        if edit_features is not None:
-            clean = _finish_output(sae, arch.decode(cfg, sae.params, f, sparse), stats, heads)
-        x_arr = jnp.asarray(x)
-        out = out + jax.lax.stop_gradient(x_arr.astype(out.dtype) - clean)
-    return out, f_used
+        clean = out if clean is None else clean
+        out = out + jax.lax.stop_gradient(jnp.asarray(x).astype(out.dtype) - clean)
+    return out
 
 
-def forward(sae: SAE, x: Any, **kwargs: Any) -> jax.Array:
-    """Reconstruction of `x`; see `forward_with_activations` for the keyword arguments."""
-    return forward_with_activations(sae, x, **kwargs)[0]
+# forward() materialises at most this many latent activations at once (64 MB in float32).
+FORWARD_CHUNK_LATENTS = 1 << 24
+
+
+def forward(
+    sae: SAE,
+    x: Any,
+    *,
+    use_error_term: bool = False,
+    edit_features: Callable[[jax.Array], jax.Array] | None = None,
+    sparse: Any = "auto",
+) -> jax.Array:
+    """Reconstruction of `x`; see `forward_with_activations` for the keyword arguments.
+
+    Without a feature edit, rows are encoded and decoded in chunks of at most
+    `FORWARD_CHUNK_LATENTS // d_sae` tokens, so the `[tokens, d_sae]` latents are never built
+    whole: a 1M-latent SAE on 4096 tokens would otherwise need 16 GB for them, and on CPU the
+    chunks stay in cache. Results equal the unchunked computation.
+    """
+    cfg, arch = sae.cfg, cfg_arch(sae.cfg)
+    x_in, stats, heads = _process_in(sae, x)
+    chunk = max(1, FORWARD_CHUNK_LATENTS // cfg.d_sae)
+    n_rows = math.prod(x_in.shape[:-1])
+    if edit_features is not None or not arch.row_independent or n_rows <= chunk:
+        kwargs = dict(use_error_term=use_error_term, edit_features=edit_features, sparse=sparse)
+        return forward_with_activations(sae, x, **kwargs)[0]
+
+    def encode_decode(rows: jax.Array) -> jax.Array:  # [chunk, d_in] -> [chunk, d_out]
+        return arch.decode(cfg, sae.params, arch.encode(cfg, sae.params, rows)[0], sparse)
+
+    rows = x_in.reshape(n_rows, cfg.d_in)
+    n_chunks = -(-n_rows // chunk)
+    rows = jnp.pad(rows, ((0, n_chunks * chunk - n_rows), (0, 0)))
+    y = jax.lax.map(encode_decode, rows.reshape(n_chunks, chunk, cfg.d_in))
+    y = y.reshape(n_chunks * chunk, -1)[:n_rows].reshape(*x_in.shape[:-1], -1)
+    return _finish_forward(sae, x, y, stats, heads, use_error_term)

@@ -106,6 +106,31 @@ def test_every_architecture_runs_under_jit(architecture: str) -> None:
     assert bool(jnp.all(f[:, :4] == 0)), "latents with b_enc = -30 must never fire"
 
 
+@pytest.mark.parametrize("architecture", sorted(ARCH_KWARGS))
+def test_chunked_forward_equals_the_whole_batch(architecture: str, monkeypatch) -> None:
+    """forward() in chunks of 5 rows (17 rows: padding included) == one pass over all rows."""
+    sae = random_sae(architecture)
+    x = inputs((17, 16))
+    whole = sae.forward_with_activations(x)[0]
+    monkeypatch.setattr(jsae.sae, "FORWARD_CHUNK_LATENTS", 5 * 64)
+    chunked = jax.jit(lambda s, x: s(x))(sae, x)
+    if jsae.get_architecture(architecture).row_independent:
+        assert_close(chunked, whole, atol=1e-5)
+    else:  # BatchTopK's selection is batch-wide: never chunked
+        assert_close(chunked, whole, atol=0)
+
+
+def test_chunked_forward_keeps_layouts_normalisation_and_the_error_term(monkeypatch) -> None:
+    sae = random_sae("standard", reshape_activations="hook_z", normalize_activations="layer_norm")
+    x = inputs((3, 7, 4, 4))  # 21 tokens of 4 heads x 4
+    whole = sae.forward_with_activations(x)[0]
+    whole_err = sae.forward_with_activations(x, use_error_term=True)[0]
+    monkeypatch.setattr(jsae.sae, "FORWARD_CHUNK_LATENTS", 4 * 64)
+    assert_close(sae(x), whole, atol=1e-5)
+    assert sae(x).shape == (3, 7, 4, 4)
+    assert_close(sae(x, use_error_term=True), whole_err, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- semantics
 
 

@@ -1,7 +1,8 @@
-"""Reference worker for bench_inference: SAELens encode+decode on the same SAE file and inputs.
+"""Reference worker for bench_inference: SAELens's forward (encode then decode) on the same
+SAE file and inputs.
 
 Started once with (sae_dir, inputs, outputs); then answers {"reps": n} requests on stdin with
-the wall time of each of n encode+decode calls.
+the wall time of each of n `sae(x)` calls.
 """
 
 import json
@@ -19,7 +20,7 @@ sae_dir, inputs, out_file = sys.argv[1:4]
 sae = SAE.load_from_disk(sae_dir)
 x = load_file(inputs)["x"]
 with torch.no_grad():
-    out = sae.decode(sae.encode(x))  # warm-up
+    out = sae(x)  # warm-up; SAE.forward = decode(encode(x)) without the error term
 save_file({"out": out.contiguous()}, out_file)
 print(
     json.dumps(
@@ -32,11 +33,14 @@ print(
     flush=True,
 )
 for line in sys.stdin:
-    reps = json.loads(line)["reps"]
+    request = json.loads(line)
+    # "gemm": time the encoder's matmul alone (torch's BLAS), else the SAE's forward
+    fn = (lambda: x @ sae.W_enc) if request.get("gemm") else (lambda: sae(x))
     times = []
     with torch.no_grad():
-        for _ in range(reps):
+        fn()
+        for _ in range(request["reps"]):
             t0 = time.perf_counter()
-            sae.decode(sae.encode(x))
+            fn()
             times.append(time.perf_counter() - t0)
     print(json.dumps({"times": times}), flush=True)

@@ -144,6 +144,9 @@ class Architecture:
     extra_cfg_keys: ClassVar[tuple[str, ...]] = ()
     # Parameters kept in float32 whatever the SAE dtype (comparisons sensitive to rounding).
     fp32_params: ClassVar[frozenset[str]] = frozenset({"threshold"})
+    # Whether a token's latents depend on that token alone (not BatchTopK's batch-wide
+    # selection): then a batch can be processed in independent chunks of rows.
+    row_independent: ClassVar[bool] = True
 
     # ---------------------------------------------------------------- config and parameters
 

@@ -52,6 +52,7 @@ class BatchTopK(Architecture):
     name = "batchtopk"
     extra_cfg_keys = ("k", "rescale_acts_by_decoder_norm")
     fp32_params = frozenset({"threshold", "topk_threshold"})
+    row_independent = False  # the selection is batch-wide
 
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
