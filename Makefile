@@ -57,8 +57,14 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+BENCH_ENV = JSAE_REFERENCE_PYTHON=$(abspath $(REF_VENV))/bin/python
+
 bench: venv refenv
-	JSAE_REFERENCE_PYTHON=$(abspath $(REF_VENV))/bin/python $(VENV)/bin/python benchmarks/run_all.py
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_inference.py --rounds 3 --reps 3
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_train.py --steps 3 --rounds 3
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_load.py --ref-python $(abspath $(REF_VENV))/bin/python
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_activations.py --rounds 3
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_activation_store.py --rounds 3
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) .pytest_cache build *.egg-info

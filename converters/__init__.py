@@ -142,6 +142,20 @@ def get_format(name: str) -> ModuleType:
     )
 
 
+def hub_files(module: ModuleType, path_in_repo: str) -> tuple[list[str], list[str]]:
+    """(required, optional) files of one SAE in a hub repo: the module's, else the file itself."""
+    if hasattr(module, "hub_files"):
+        return module.hub_files(path_in_repo)
+    return [path_in_repo.strip("/")], []
+
+
+def hub_target(module: ModuleType, path_in_repo: str) -> str:
+    """What to convert once a hub SAE's files are fetched: the module's, else the path itself."""
+    if hasattr(module, "hub_target"):
+        return module.hub_target(path_in_repo)
+    return path_in_repo.strip("/")
+
+
 def _pt_format(path: Path) -> str:
     """Format of a .pt/.pth file, from its keys (read without loading any tensor data)."""
     if connor_rob_hook_z.detect(path):

@@ -4,17 +4,21 @@ A converter module exposes
 
     NAME: str                       format name ("gemma_scope", ...)
     DESCRIPTION: str                one line for docs and error messages
-    detect(path) -> bool            is this local file or directory in my format?
-    hub_files(path_in_repo) -> (required, optional)   files to fetch from a hub repo
-    hub_target(path_in_repo) -> str                   what to pass to convert() afterwards
     convert(path, hints) -> (SAEConfig, params)       params in SAELens names/orientation
+
+and, where the defaults in `jsae.converters` (`hub_files`, `hub_target`) do not fit,
+    hub_files(path_in_repo) -> (required, optional)   files to fetch from a hub repo
+                                                      (default: the single file itself)
+    hub_target(path_in_repo) -> str                   what to pass to convert() afterwards
+                                                      (default: the path itself)
+    detect(path) -> bool            (single-file formats recognised by name) is path mine?
+    matches(state) -> bool          (.pt formats recognised by keys) is this state dict mine?
 
 `params` values are numpy arrays or `LazyTensor`s (read on placement).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ import yaml
 
 from jsae.config import SAEConfig, SAEMetadata
 from jsae.errors import FormatError
+from jsae.io import read_json
 
 # TransformerLens / SAELens model names -> Hugging Face hub ids, so that
 # `jsae.load_model(sae.cfg.metadata.model_name)` works for every registry release.
@@ -80,19 +85,6 @@ class Hints:
 
 
 # ---------------------------------------------------------------------------------- reading
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file, with errors naming the file."""
-    if not path.is_file():
-        raise FormatError(f"{path} is missing.")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path} is not valid JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise FormatError(f"{path} must hold a JSON object, got {type(data).__name__}.")
-    return data
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -58,10 +58,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [p], [f"{parent}config.yaml", f"{parent}wandb-config.yaml", f"{parent}wanb-config.yaml"]
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def _hooks(folder: Path, layer: int | None) -> tuple[str | None, str | None, str | None, dict]:
     """(model, hook_in, hook_out, extra metadata) from a circuit-tracer / mwhanna config."""
     config = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}

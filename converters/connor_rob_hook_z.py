@@ -36,10 +36,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [p, p.split(".pt")[0] + "_cfg.json"], []
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     path = Path(path)
     raw = read_json(cfg_path(path))

@@ -60,10 +60,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [f"{p}/ae.pt", f"{p}/config.json"], []
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def infer_dict_class(state: dict[str, Any]) -> str | None:
     """The dictionary class a state dict belongs to, when its keys say so unambiguously."""
     keys = set(state)

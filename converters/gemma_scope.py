@@ -59,10 +59,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [f"{path_in_repo.strip('/')}/params.npz"], []
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def _site(where: str) -> tuple[str | None, str | None, str | None]:
     """(model id, site, variant) from a repo name or path: ('google/gemma-2-2b', 'res', 'pt')."""
     match = _REPO.search(where)

@@ -46,10 +46,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [f"{p}/params.safetensors"], [f"{p}/config.json"]
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def _model_name(raw: dict[str, Any], hints: Hints) -> str | None:
     if hints.model_name:
         return hints.model_name

@@ -37,18 +37,6 @@ def matches(state: dict[str, Any]) -> bool:
     return "encoder_linear.weight" in state
 
 
-def detect(path: Path) -> bool:
-    return False  # recognised by its keys (see jsae.converters.detect_format)
-
-
-def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
-    return [path_in_repo.strip("/")], []
-
-
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     path = Path(path)
     state = load_state_dict(path)

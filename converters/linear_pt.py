@@ -29,18 +29,6 @@ def matches(state: dict[str, Any]) -> bool:
     return set(KEYS) == {k for k, v in state.items() if hasattr(v, "shape")}
 
 
-def detect(path: Path) -> bool:
-    return False  # recognised by its keys (see jsae.converters.detect_format)
-
-
-def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
-    return [path_in_repo.strip("/")], []
-
-
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     path = Path(path)
     state = load_state_dict(path)

@@ -60,10 +60,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [f"{p}/hyperparams.json", f"{p}/checkpoints/final.safetensors"], []
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def decoder_column_norms(decoder_weight: Any, rows_per_read: int = 512) -> np.ndarray:
     """‖decoder.weight[:, i]‖ for a [d_out, d_sae] tensor, reading a few rows at a time. [d_sae]"""
     if not isinstance(decoder_weight, LazyTensor):

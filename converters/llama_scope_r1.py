@@ -45,10 +45,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [f"{p}/config.json", f"{p}/sae_weights.safetensors"], []
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     path = Path(path)
     hp = dict(read_json(path / "config.json"))

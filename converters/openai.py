@@ -50,18 +50,6 @@ def matches(state: dict[str, Any]) -> bool:
     return {"pre_bias", "latent_bias", "encoder.weight"} <= set(state)
 
 
-def detect(path: Path) -> bool:
-    return False  # .pt files are recognised by their keys (see jsae.converters.detect_format)
-
-
-def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
-    return [path_in_repo.strip("/")], []
-
-
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def _location(where: str) -> tuple[str | None, int | None]:
     location = next((loc for loc in _LOCATIONS if loc in where), None)
     match = re.search(r"(?:^|/|layer_?)(\d+)\.pt$", where)

@@ -29,14 +29,6 @@ def detect(path: Path) -> bool:
     return path.is_file() and bool(re.fullmatch(r"layer\d+\.sae\.pt", path.name))
 
 
-def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
-    return [path_in_repo.strip("/")], []
-
-
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def _oriented(matrix: Any, rows: int, cols: int, name: str, source: Any) -> Any:
     shape = np.shape(matrix)
     if shape == (rows, cols):

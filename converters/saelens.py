@@ -45,10 +45,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [f"{p}/{CFG_FILENAME}", f"{p}/{WEIGHTS_FILENAME}"], [f"{p}/{SPARSITY_FILENAME}"]
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     """(cfg, params) of a SAELens directory; hints add registry metadata."""
     from jsae.io import load_saelens

@@ -45,10 +45,6 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [f"{p}/cfg.json", f"{p}/sae.safetensors"], [f"{parent}config.json"]
 
 
-def hub_target(path_in_repo: str) -> str:
-    return path_in_repo.strip("/")
-
-
 def hook_name(hookpoint: str) -> str | None:
     """TransformerLens hook for a sparsify hookpoint (a Hugging Face module path)."""
     if hookpoint.endswith("embed_tokens") or hookpoint.endswith("embed_in"):

@@ -34,7 +34,7 @@ from jsae.converters.base import HF_MODEL_IDS
 from jsae.converters.lazy import shape_of, to_device
 from jsae.errors import ConfigError, FormatError, JsaeError
 from jsae.registry import get_release, get_sae, releases
-from jsae.sae import SAE
+from jsae.sae import SAE, check_param_shapes
 
 
 class HubError(JsaeError, OSError):
@@ -57,20 +57,8 @@ def build_sae(
     if dtype is not None:
         cfg = cfg.replace(dtype=canonical_dtype(dtype))
     arch = get_architecture(cfg.architecture)
+    check_param_shapes(cfg, {name: shape_of(value) for name, value in params.items()})
     expected = arch.param_shapes(cfg)
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected))
-    if missing or unexpected:
-        raise FormatError(
-            f"parameters do not match a {cfg.architecture!r} SAE: missing {missing}, "
-            f"unexpected {unexpected}; expected exactly {sorted(expected)}."
-        )
-    for name, shape in expected.items():
-        if tuple(shape_of(params[name])) != tuple(shape):
-            raise FormatError(
-                f"parameter {name!r} has shape {tuple(shape_of(params[name]))} but the config "
-                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.output_dim}) needs {shape}."
-            )
     dtypes = {name: arch.param_dtype(cfg, name) for name in expected}
     shardings = None
     mesh = parallel.mesh_from_config(mesh)
@@ -373,7 +361,7 @@ def from_pretrained(
         local = get(path)
         fmt = converters.detect_format(local)
     module = converters.get_format(fmt)
-    required, optional = module.hub_files(path)
+    required, optional = converters.hub_files(module, path)
     first = None
     for name in required:
         local = get(name)
@@ -382,7 +370,7 @@ def from_pretrained(
         get(name, required=False)
     snapshot = _snapshot_root(*first)
     hints = dataclasses.replace(hints, revision=_commit_of(snapshot))
-    cfg, params = converters.convert(snapshot / module.hub_target(path), fmt, hints)
+    cfg, params = converters.convert(snapshot / converters.hub_target(module, path), fmt, hints)
     if fmt == "saelens":
         cfg = _hub_model_name(cfg)
     return build_sae(cfg, params, dtype=dtype, mesh=mesh)

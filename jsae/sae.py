@@ -49,23 +49,11 @@ class SAE:
     def from_params(cls, cfg: SAEConfig, params: Mapping[str, Any]) -> SAE:
         """Validate names and shapes against cfg, cast to the config's dtypes, and wrap."""
         arch = cfg_arch(cfg)
-        expected = arch.param_shapes(cfg)
-        missing = sorted(set(expected) - set(params))
-        unexpected = sorted(set(params) - set(expected))
-        if missing or unexpected:
-            raise FormatError(
-                f"parameters do not match a {cfg.architecture!r} SAE: missing {missing}, "
-                f"unexpected {unexpected}; expected exactly {sorted(expected)}."
-            )
-        out = {}
-        for name, shape in expected.items():
-            value = params[name]
-            if tuple(np.shape(value)) != tuple(shape):
-                raise FormatError(
-                    f"parameter {name!r} has shape {tuple(np.shape(value))} but the config "
-                    f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.output_dim}) needs {shape}."
-                )
-            out[name] = jnp.asarray(value, arch.param_dtype(cfg, name))
+        check_param_shapes(cfg, {name: np.shape(value) for name, value in params.items()})
+        out = {
+            name: jnp.asarray(params[name], arch.param_dtype(cfg, name))
+            for name in arch.param_shapes(cfg)
+        }
         return cls(cfg, out)
 
     # ------------------------------------------------------------------ running
@@ -157,6 +145,27 @@ jax.tree_util.register_dataclass(SAE, data_fields=["params"], meta_fields=["cfg"
 def cfg_arch(cfg: SAEConfig) -> type[Architecture]:
     """The architecture implementation for a config."""
     return get_architecture(cfg.architecture)
+
+
+def check_param_shapes(cfg: SAEConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise FormatError unless `shapes` names exactly cfg's parameters, with cfg's shapes.
+
+    Takes shapes rather than arrays so loaders can check a checkpoint before reading it.
+    """
+    expected = cfg_arch(cfg).param_shapes(cfg)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise FormatError(
+            f"parameters do not match a {cfg.architecture!r} SAE: missing {missing}, "
+            f"unexpected {unexpected}; expected exactly {sorted(expected)}."
+        )
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != tuple(shape):
+            raise FormatError(
+                f"parameter {name!r} has shape {tuple(shapes[name])} but the config "
+                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.output_dim}) needs {shape}."
+            )
 
 
 # ---------------------------------------------------------------------- input handling

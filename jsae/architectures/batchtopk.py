@@ -21,15 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from jsae.architectures.base import (
-    Architecture,
     ForwardPass,
     Params,
     TrainContext,
     TrainInputs,
-    encoder_matmul,
     mean_sq_error,
 )
-from jsae.architectures.topk import row_norms, topk_aux_loss
+from jsae.architectures.topk import TopK, row_norms, topk_aux_loss
 from jsae.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -46,17 +44,16 @@ def batch_topk_activation(hidden_pre: jax.Array, k: float) -> jax.Array:
     return jnp.zeros_like(flat).at[idx].set(vals).reshape(acts.shape)
 
 
-class BatchTopK(Architecture):
-    """BatchTopK SAE: trained with a batch-level top-k, served as a JumpReLU."""
+class BatchTopK(TopK):
+    """BatchTopK SAE: TopK with a batch-level selection; trained as such, served as a JumpReLU."""
 
     name = "batchtopk"
-    extra_cfg_keys = ("k", "rescale_acts_by_decoder_norm")
     fp32_params = frozenset({"threshold", "topk_threshold"})
     row_independent = False  # the selection is batch-wide
 
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
-        super().validate(cfg)
+        super(TopK, cls).validate(cfg)  # skip TopK.validate: k may be fractional here
         k = cfg.k
         if isinstance(k, bool) or not isinstance(k, int | float) or not 0 < k <= cfg.d_sae:
             raise ConfigError(
@@ -69,25 +66,14 @@ class BatchTopK(Architecture):
         return {**super().param_shapes(cfg), "topk_threshold": ()}
 
     @classmethod
-    def pre_activation(cls, cfg: SAEConfig, params: Params, x: jax.Array) -> jax.Array:
-        hidden_pre = x @ params["W_enc"] + params["b_enc"]
-        if cfg.rescale_acts_by_decoder_norm:
-            hidden_pre = hidden_pre * row_norms(params["W_dec"]).astype(hidden_pre.dtype)
-        return hidden_pre
-
-    @classmethod
     def activation(
         cls, cfg: SAEConfig, params: Params, hidden_pre: jax.Array, x: jax.Array
     ) -> jax.Array:
         return batch_topk_activation(hidden_pre, cfg.k)
 
     @classmethod
-    def decode(
-        cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto"
-    ) -> jax.Array:
-        if cfg.rescale_acts_by_decoder_norm:
-            f = f / row_norms(params["W_dec"]).astype(f.dtype)
-        return super().decode(cfg, params, f, sparse)
+    def decode_budget(cls, cfg: SAEConfig, sparse: Any) -> Any:
+        return sparse  # per-token counts vary around k: the default budget applies
 
     @classmethod
     def fold_activation_norm_scaling_factor(
@@ -117,25 +103,12 @@ class BatchTopK(Architecture):
     # ------------------------------------------------------------------ training
 
     @classmethod
-    def train_pre_activation(
-        cls, cfg: SAEConfig, params: Params, x: jax.Array, center: jax.Array | None
-    ) -> jax.Array:
-        hidden_pre = encoder_matmul(x, center, params["W_enc"]) + params["b_enc"]
-        if cfg.rescale_acts_by_decoder_norm:
-            hidden_pre = hidden_pre * row_norms(params["W_dec"]).astype(hidden_pre.dtype)
-        return hidden_pre
-
-    @classmethod
     def buffer_names(cls) -> tuple[str, ...]:
         return ("topk_threshold",)
 
     @classmethod
     def init_buffers(cls, cfg: SAEConfig, settings: Any) -> Params:
         return {"topk_threshold": jnp.zeros((), jnp.float32)}
-
-    @classmethod
-    def coefficients(cls, settings: Any) -> dict[str, tuple[float, int]]:
-        return {}
 
     @classmethod
     def train_activation(
@@ -150,20 +123,6 @@ class BatchTopK(Architecture):
 
         n_keep = min(int(cfg.k * math.prod(hidden_pre.shape[:-1])), hidden_pre.size)
         return masked_topk_values(hidden_pre, batch_topk_mask(hidden_pre, n_keep, ctx.mesh))
-
-    @classmethod
-    def aux_losses(
-        cls,
-        cfg: SAEConfig,
-        ctx: TrainContext,
-        params: Params,
-        fwd: ForwardPass,
-        inputs: TrainInputs,
-    ) -> dict[str, jax.Array]:
-        loss = topk_aux_loss(
-            cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask
-        )
-        return {"auxiliary_reconstruction_loss": loss}
 
     @classmethod
     def train_extras(cls, cfg: SAEConfig, ctx: TrainContext, fwd: ForwardPass) -> Params:

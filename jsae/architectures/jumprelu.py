@@ -32,10 +32,12 @@ if TYPE_CHECKING:
     from jsae.config import SAEConfig
 
 
-class JumpReLU(Architecture):
-    """JumpReLU SAE (SAELens `JumpReLUSAE`)."""
+class JumpReLUGate(Architecture):
+    """The JumpReLU gate: a per-latent float32 threshold and its straight-through training.
 
-    name = "jumprelu"
+    Mixed into JumpReLU SAEs and JumpReLU transcoders (`class X(JumpReLUGate, Base)`), so the
+    gate is written once whatever it gates.
+    """
 
     @classmethod
     def param_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
@@ -92,6 +94,12 @@ class JumpReLU(Architecture):
     @classmethod
     def project_params(cls, cfg: SAEConfig, ctx: TrainContext, params: Params) -> Params:
         return {**params, "threshold": jnp.maximum(params["threshold"], 0.0)}
+
+
+class JumpReLU(JumpReLUGate):
+    """JumpReLU SAE (SAELens `JumpReLUSAE`)."""
+
+    name = "jumprelu"
 
 
 # --------------------------------------------------------------------------- estimators

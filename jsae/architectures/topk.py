@@ -34,7 +34,6 @@ from jsae.architectures.base import (
 from jsae.errors import ConfigError
 from jsae.sparse import (
     AUTO_MIN_D_SAE,
-    decode_matmul,
     default_max_active,
     gather_decode,
     gather_encode,
@@ -90,9 +89,14 @@ class TopK(Architecture):
     ) -> jax.Array:
         if cfg.rescale_acts_by_decoder_norm:
             f = f / row_norms(params["W_dec"]).astype(f.dtype)
+        return super().decode(cfg, params, f, cls.decode_budget(cfg, sparse))
+
+    @classmethod
+    def decode_budget(cls, cfg: SAEConfig, sparse: Any) -> Any:
+        """Rows hold at most k latents, so the sparse decoder gathers at least k per row."""
         if sparse is True or (sparse == "auto" and cfg.d_sae >= AUTO_MIN_D_SAE):
-            sparse = max(cfg.k, default_max_active(cfg.d_sae))  # at most k active: always fits
-        return decode_matmul(f, params["W_dec"], sparse=sparse) + params["b_dec"]
+            return max(cfg.k, default_max_active(cfg.d_sae))
+        return sparse
 
     @classmethod
     def fold_W_dec_norm(cls, cfg: SAEConfig, params: Params) -> tuple[SAEConfig, Params]:

@@ -15,26 +15,16 @@ W_dec rows start at `decoder_init_norm`; the encoder keeps its own initialisatio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
-import jax.numpy as jnp
 
 from jsae.architectures.base import (
     Architecture,
-    ForwardPass,
     Params,
-    TrainContext,
-    TrainInputs,
     kaiming_uniform,
 )
-from jsae.architectures.jumprelu import (
-    JumpReLU,
-    init_threshold,
-    jumprelu_coefficients,
-    jumprelu_losses,
-    jumprelu_train_activation,
-)
+from jsae.architectures.jumprelu import JumpReLUGate
 from jsae.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -84,67 +74,16 @@ class SkipTranscoder(Transcoder):
         return x @ params["W_skip"].T
 
 
-class JumpReLUTranscoder(Transcoder):
-    """Transcoder with a JumpReLU activation (Gemma Scope transcoders)."""
+class JumpReLUTranscoder(JumpReLUGate, Transcoder):
+    """Transcoder with a JumpReLU activation (Gemma Scope transcoders), trained as JumpReLU."""
 
     name = "jumprelu_transcoder"
-
-    @classmethod
-    def param_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
-        return {**super().param_shapes(cfg), "threshold": (cfg.d_sae,)}
-
-    @classmethod
-    def activation(
-        cls, cfg: SAEConfig, params: Params, hidden_pre: jax.Array, x: jax.Array
-    ) -> jax.Array:
-        return JumpReLU.activation(cfg, params, hidden_pre, x)
-
-    # ------------------------------------------------------------------ training (as JumpReLU)
-
-    @classmethod
-    def train_init_params(cls, cfg: SAEConfig, settings: Any, key: jax.Array) -> Params:
-        return init_threshold(super().train_init_params(cfg, settings, key), cfg, settings)
-
-    @classmethod
-    def coefficients(cls, settings: Any) -> dict[str, tuple[float, int]]:
-        return jumprelu_coefficients(settings)
-
-    @classmethod
-    def train_activation(
-        cls,
-        cfg: SAEConfig,
-        ctx: TrainContext,
-        params: Params,
-        hidden_pre: jax.Array,
-        x: jax.Array,
-    ) -> jax.Array:
-        return jumprelu_train_activation(ctx, params, hidden_pre)
-
-    @classmethod
-    def aux_losses(
-        cls,
-        cfg: SAEConfig,
-        ctx: TrainContext,
-        params: Params,
-        fwd: ForwardPass,
-        inputs: TrainInputs,
-    ) -> dict[str, jax.Array]:
-        return jumprelu_losses(ctx, params, fwd, inputs)
-
-    @classmethod
-    def project_params(cls, cfg: SAEConfig, ctx: TrainContext, params: Params) -> Params:
-        return {**params, "threshold": jnp.maximum(params["threshold"], 0.0)}
 
 
 class JumpReLUSkipTranscoder(JumpReLUTranscoder, SkipTranscoder):
     """JumpReLU transcoder with a skip connection (Gemma Scope 2 affine-skip transcoders)."""
 
     name = "jumprelu_skip_transcoder"
-
-    @classmethod
-    def param_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
-        shapes = Transcoder.param_shapes(cfg)
-        return {**shapes, "threshold": (cfg.d_sae,), "W_skip": (cfg.output_dim, cfg.d_in)}
 
 
 __all__ = ["JumpReLUSkipTranscoder", "JumpReLUTranscoder", "SkipTranscoder", "Transcoder"]
