@@ -122,12 +122,17 @@ def encoder_matmul(fwd_x: jax.Array, center: jax.Array | None, W: jax.Array) -> 
 
 
 def mean_sq_error(x_hat: jax.Array, target: jax.Array) -> jax.Array:
-    """Σ over features, mean over tokens (SAELens's mse_loss; not normalised by ||x||)."""
-    return jnp.mean(jnp.sum((x_hat - target) ** 2, axis=-1))
+    """Σ over features, mean over tokens (SAELens's mse_loss; not normalised by ||x||).
+
+    Computed in float32 whatever the inputs' dtype (bf16 compute keeps losses exact enough).
+    """
+    diff = x_hat.astype(jnp.float32) - target.astype(jnp.float32)
+    return jnp.mean(jnp.sum(diff**2, axis=-1))
 
 
 def lp_norm(v: jax.Array, p: float) -> jax.Array:
-    """(Σ |v|^p)^(1/p) over the last axis, with torch.norm's zero gradient at v = 0."""
+    """(Σ |v|^p)^(1/p) over the last axis, in float32, with torch.norm's zero gradient at 0."""
+    v = v.astype(jnp.float32)
     if p == 1:
         return jnp.sum(jnp.abs(v), axis=-1)
     total = jnp.sum(jnp.abs(v) ** p, axis=-1)

@@ -195,13 +195,13 @@ def matryoshka_aux_loss(
 
     coefficient = ctx.settings.aux_loss_coefficient
     if not coefficient:
-        return jnp.zeros((), fwd.hidden_pre.dtype)
+        return jnp.zeros((), jnp.float32)
     widths = ctx.settings.matryoshka_widths
     k_aux = max(fwd.target.shape[-1] // 2, 1)
     W_dec = params["W_dec"]
     scaled_W = W_dec / row_norms(W_dec)[:, None] if cfg.rescale_acts_by_decoder_norm else W_dec
     latent = jnp.arange(cfg.d_sae)
-    total = jnp.zeros((), fwd.hidden_pre.dtype)
+    total = jnp.zeros((), jnp.float32)
     prev = 0
     for width, partial in _prefix_decodes(cfg, params, fwd.f, widths):
         level_dead = dead_mask & (latent >= prev) & (latent < width)

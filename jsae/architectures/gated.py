@@ -31,6 +31,8 @@ from jsae.architectures.base import (
     TrainContext,
     TrainInputs,
     encoder_matmul,
+    lp_norm,
+    mean_sq_error,
 )
 
 if TYPE_CHECKING:
@@ -105,10 +107,10 @@ class Gated(Architecture):
     ) -> dict[str, jax.Array]:
         pi_gate = jax.nn.relu(fwd.encoded["pi_gate"])  # [B, d_sae]
         norms = jnp.linalg.norm(params["W_dec"], axis=-1)  # [d_sae]
-        l1 = inputs.coefficients["l1"] * jnp.mean(jnp.sum(pi_gate * norms, axis=-1))
+        l1 = inputs.coefficients["l1"] * jnp.mean(lp_norm(pi_gate * norms, 1.0))
         W_dec, b_dec = params["W_dec"], params["b_dec"]
         if ctx.settings.gated_detach_aux_decoder:
             W_dec, b_dec = jax.lax.stop_gradient(W_dec), jax.lax.stop_gradient(b_dec)
         via_gate = pi_gate @ W_dec + b_dec  # [B, d_in]
-        aux = jnp.mean(jnp.sum((via_gate - fwd.target) ** 2, axis=-1))
+        aux = mean_sq_error(via_gate, fwd.target)
         return {"l1_loss": l1, "auxiliary_reconstruction_loss": aux}

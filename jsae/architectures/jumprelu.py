@@ -186,9 +186,11 @@ def jumprelu_losses(
     norms = jnp.linalg.norm(params["W_dec"], axis=-1)  # [d_sae]
     coeff = inputs.coefficients["l0"]
     if s.jumprelu_sparsity_loss_mode == "tanh":
-        per_item = jnp.sum(jnp.tanh(s.jumprelu_tanh_scale * fwd.f * norms), axis=-1)
+        tanh = jnp.tanh(s.jumprelu_tanh_scale * fwd.f * norms)
+        per_item = jnp.sum(tanh, axis=-1, dtype=jnp.float32)
     else:
-        l0 = jnp.sum(step_ste(z, threshold, s.jumprelu_bandwidth, s.jumprelu_ste_to_input), -1)
+        steps = step_ste(z, threshold, s.jumprelu_bandwidth, s.jumprelu_ste_to_input)
+        l0 = jnp.sum(steps, axis=-1, dtype=jnp.float32)
         if s.jumprelu_sparsity_loss_mode == "quadratic":
             per_item = 2.0 / s.target_l0 * (l0 - s.target_l0) ** 2
         else:
@@ -196,6 +198,7 @@ def jumprelu_losses(
     losses = {"l0_loss": jnp.mean(coeff * per_item)}
     if s.pre_act_loss_coefficient is not None:
         dead = inputs.dead_mask.astype(z.dtype)
-        per_item = jnp.sum(jax.nn.relu(threshold - z) * dead * norms, axis=-1)
+        gap = jax.nn.relu(threshold - z) * dead * norms
+        per_item = jnp.sum(gap, axis=-1, dtype=jnp.float32)
         losses["pre_act_loss"] = s.pre_act_loss_coefficient * jnp.mean(per_item)
     return losses

@@ -189,11 +189,11 @@ def topk_aux_loss(
 
     coefficient = ctx.settings.aux_loss_coefficient
     if not coefficient:
-        return jnp.zeros((), hidden_pre.dtype)
+        return jnp.zeros((), jnp.float32)  # losses are float32 (see mean_sq_error)
     k_aux = max(target.shape[-1] // 2, 1)
     k_sel = min(k_aux, cfg.d_sae)
     n_dead = jnp.sum(dead_mask)
-    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(hidden_pre.dtype)
+    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
     residual = jax.lax.stop_gradient(target - x_hat)  # [B, d_out]
 
     def loss(hidden_pre: jax.Array, W_dec: jax.Array) -> jax.Array:
@@ -205,7 +205,7 @@ def topk_aux_loss(
         return mean_sq_error(acts @ W_dec, residual)
 
     def none(hidden_pre: jax.Array, W_dec: jax.Array) -> jax.Array:
-        return jnp.zeros((), hidden_pre.dtype)
+        return jnp.zeros((), jnp.float32)
 
     value = jax.lax.cond(n_dead > 0, loss, none, hidden_pre, params["W_dec"])
     return coefficient * scale * value
@@ -262,11 +262,11 @@ def _sparse_train_forward(
             acts = jnp.where(valid, pre_at(idx_aux, count), 0)
             return mean_sq_error(decode_at(acts, idx_aux, count), residual)
 
-        value = jax.lax.cond(n_dead > 0, aux, lambda _: jnp.zeros((), x_hat.dtype), None)
-        scale = jnp.minimum(n_dead / k_aux, 1.0).astype(x_hat.dtype)
+        value = jax.lax.cond(n_dead > 0, aux, lambda _: jnp.zeros((), jnp.float32), None)
+        scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
         losses["auxiliary_reconstruction_loss"] = coefficient * scale * value
     else:
-        losses["auxiliary_reconstruction_loss"] = jnp.zeros((), x_hat.dtype)
+        losses["auxiliary_reconstruction_loss"] = jnp.zeros((), jnp.float32)
 
     active = vals != 0  # [B, k]
     fire_counts = (

@@ -338,6 +338,12 @@ class TrainingSettings:
     train_batch_size_tokens: int = option(4096, "activations per training step (all hosts)")
     training_tokens: int = option(2_000_000, "activations to train on (whole batches)")
     seed: int = option(42, "seeds the initialisation (and the synthetic source)")
+    compute_dtype: str | None = option(
+        None,
+        "dtype of the forward and backward computation; None = the parameter dtype. "
+        "'bfloat16' with dtype float32 is mixed precision: float32 master weights, Adam state "
+        "and thresholds, bfloat16 matmuls and activations, losses reduced in float32",
+    )
     dead_feature_window: int = option(
         1000, "a latent that has not fired for more than this many steps counts as dead"
     )
@@ -384,6 +390,8 @@ class TrainingSettings:
                 f"{list(LR_SCHEDULERS)}." + choices_hint(name, LR_SCHEDULERS)
             )
         object.__setattr__(self, "lr_scheduler_name", name)
+        if self.compute_dtype is not None:
+            object.__setattr__(self, "compute_dtype", canonical_dtype(self.compute_dtype))
         if self.lr_end is None:
             object.__setattr__(self, "lr_end", self.lr / 10)
         if not self.lr > 0:

@@ -39,13 +39,29 @@ def make_step(
     """The (un-jitted) step function for an architecture and its settings."""
     coefficient_specs = arch.coefficients(ctx.settings)
     transcoder = arch.is_transcoder
+    # Mixed precision: the loss runs on a compute-dtype copy of the parameters (thresholds stay
+    # float32); gradients flow back through the cast to the master parameters.
+    compute = (
+        cfg
+        if training.compute_dtype in (None, cfg.dtype)
+        else cfg.replace(dtype=training.compute_dtype)
+    )
+
+    def compute_params(params: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        if compute is cfg:
+            return params
+        return {
+            name: value if name in arch.fp32_params else value.astype(compute.jax_dtype)
+            for name, value in params.items()
+        }
+
     window = training.dead_feature_window
     sampling = training.feature_sampling_window
 
     def step_fn(state: TrainState, x: jax.Array, y: jax.Array, scale: jax.Array):
         step = state.step
-        x = (x * scale).astype(cfg.jax_dtype)  # [B, d_in]
-        target = y.astype(cfg.jax_dtype) if transcoder else x  # [B, d_out]
+        x = (x * scale).astype(compute.jax_dtype)  # [B, d_in]
+        target = y.astype(compute.jax_dtype) if transcoder else x  # [B, d_out]
         coefficients = {
             name: coefficient(value, warm, step)
             for name, (value, warm) in coefficient_specs.items()
@@ -53,7 +69,8 @@ def make_step(
         inputs = TrainInputs(coefficients, state.since_fired > window)
 
         def loss_fn(params):
-            out = arch.train_forward(cfg, ctx, params, state.buffers, x, target, inputs)
+            p = compute_params(params)
+            out = arch.train_forward(compute, ctx, p, state.buffers, x, target, inputs)
             return out.loss, out
 
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
