@@ -73,10 +73,11 @@ def timed(fn, steps: int) -> list[float]:
     return out
 
 
-def matmul_peak(reps: int) -> float:
+def matmul_peak(reps: int, dtype: str = "float32") -> float:
+    """The machine's rate for the encoder-shaped matmul in `dtype` (FLOP/s)."""
     rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.standard_normal((BATCH, D_IN), dtype=np.float32))
-    b = jnp.asarray(rng.standard_normal((D_IN, D_SAE), dtype=np.float32))
+    a = jnp.asarray(rng.standard_normal((BATCH, D_IN), dtype=np.float32), dtype)
+    b = jnp.asarray(rng.standard_normal((D_IN, D_SAE), dtype=np.float32), dtype)
     mm = jax.jit(lambda a, b: a @ b)
     jax.block_until_ready(mm(a, b))
     best = min(timed(lambda: jax.block_until_ready(mm(a, b)), reps))
@@ -174,22 +175,32 @@ def main() -> None:
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--sparse-batch", type=int, default=BATCH)
     parser.add_argument("--rounds", type=int, default=2, help="alternations with SAELens")
+    parser.add_argument(
+        "--compute-dtype",
+        default="float32",
+        help="archs part: the step's compute dtype (bfloat16 = mixed precision with float32 "
+        "masters); the peak is then measured in that dtype too",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/bench_train.py {' '.join(sys.argv[1:])}")
-    peak = matmul_peak(5)
-    print(f"matmul peak (fp32 [{BATCH},{D_IN}]@[{D_IN},{D_SAE}]): {peak / 1e9:.1f} GFLOP/s")
+    compute = args.compute_dtype
+    peak = matmul_peak(5, compute)
+    print(f"matmul peak ({compute} [{BATCH},{D_IN}]@[{D_IN},{D_SAE}]): {peak / 1e9:.1f} GFLOP/s")
     needed = 10 * BATCH * D_IN * D_SAE
     jsae_standard = None
     if "archs" in parts:
-        print(f"\ntraining step, d_in {D_IN}, d_sae {D_SAE}, batch {BATCH}, fp32; achieved = the "
+        print(f"\ntraining step, d_in {D_IN}, d_sae {D_SAE}, batch {BATCH}, compute {compute}, "
+              "float32 parameters; achieved = the "
               "architecture's needed matmul FLOPs / step time:")  # fmt: skip
         print("  (peak: the matmul rate measured just before each timing; the machine is shared)")
         for label in args.archs.split(","):
             arch = dict(ARCHS[label])
             arch.setdefault("architecture", label)
-            local_peak = matmul_peak(3)
+            if compute != "float32":
+                arch["compute_dtype"] = compute
+            local_peak = matmul_peak(3, compute)
             seconds = trainer_step_time(arch, args.steps)
             if label == "standard":
                 jsae_standard = seconds
