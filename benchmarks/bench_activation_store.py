@@ -1,6 +1,6 @@
 """Training batches from a language model: jsae's ActivationStore vs SAELens's ActivationsStore.
 
-    python benchmarks/bench_activation_store.py [--rounds 2] [--batches 16]
+    python benchmarks/bench_activation_store.py [--rounds 2] [--batches 32]
 
 Both sides read the same text dataset (tokenized and packed the same way), run the same
 GPT-2-small-shaped random weights (written by PyTorch, loaded by jsae from safetensors) to
@@ -68,6 +68,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     parser.add_argument("--batches", type=int, default=32, help="training batches per round")
     args = parser.parse_args()
+    buffer_tokens = (
+        SETTINGS["n_batches_in_buffer"]
+        * SETTINGS["store_batch_size_prompts"]
+        * SETTINGS["context_size"]
+    )
+    min_batches = 2 * buffer_tokens // SETTINGS["batch_size"]
+    if args.batches < min_batches:
+        # fewer batches than two buffer refills would time serving a pre-filled buffer, not the model
+        parser.error(
+            f"--batches must be at least {min_batches} (two refills of each store's buffer)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         texts = make_corpus(3000, seed=0)

@@ -17,33 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 
 warnings.filterwarnings("ignore")
-from transformer_lens import HookedTransformer  # noqa: E402
-from transformer_lens import loading_from_pretrained as loading  # noqa: E402
+from tl_gpt2 import random_gpt2  # noqa: E402
 
 model_dir, tokens_file, out_file = map(Path, sys.argv[1:4])
-torch.manual_seed(0)
-hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # gpt2-small shape
-hf.save_pretrained(model_dir)
-config = json.loads((model_dir / "config.json").read_text())
-(model_dir / "config.json").write_text(json.dumps({**config, "n_ctx": config["n_positions"]}))
-
-cfg = loading.get_pretrained_model_config(
-    str(model_dir), device="cpu", fold_ln=False, dtype=torch.float32
-)
-cfg.tokenizer_name = None
-tl = HookedTransformer(cfg, move_to_device=False)
-tl.load_and_process_state_dict(
-    loading.get_pretrained_state_dict(str(model_dir), cfg, hf_model=hf),
-    fold_ln=False,
-    center_writing_weights=False,
-    center_unembed=False,
-    fold_value_biases=False,
-)
-tl.eval()
-del hf
+tl = random_gpt2(model_dir)
 tokens = torch.from_numpy(np.load(tokens_file)).long()
 
 
