@@ -75,7 +75,7 @@ def main() -> None:
     )
     min_batches = 2 * buffer_tokens // SETTINGS["batch_size"]
     if args.batches < min_batches:
-        # fewer batches than two buffer refills would time serving a pre-filled buffer, not the model
+        # fewer batches than two buffer refills would time a pre-filled buffer, not the model
         parser.error(
             f"--batches must be at least {min_batches} (two refills of each store's buffer)"
         )
