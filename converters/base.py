@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from jsae.config import SAEConfig, SAEMetadata
@@ -171,10 +172,46 @@ def with_hints(cfg: SAEConfig, hints: Hints) -> SAEConfig:
 
 def dtype_name(dtype: Any) -> str:
     """jsae dtype name of a numpy/ml_dtypes dtype (float32 for float64 and non-floats)."""
-    import numpy as np
-
     name = np.dtype(dtype).name
     return name if name in ("float32", "float16", "bfloat16") else "float32"
+
+
+def linear_pair_sae(
+    fmt: str,
+    hints: Hints,
+    state: Mapping[str, Any],
+    source: Any,
+    *,
+    encoder: str,
+    decoder: str,
+    what: str,
+    metadata: Mapping[str, Any],
+) -> tuple[SAEConfig, dict[str, Any]]:
+    """A ReLU SAE stored as two torch `nn.Linear`s, `{encoder}.*` and `{decoder}.*`.
+
+    `f = relu(x @ encoder.weightᵀ + encoder.bias)`, `x̂ = f @ decoder.weightᵀ + decoder.bias`:
+    a `standard` SAE without b_dec subtraction, both weights transposed to SAELens orientation.
+    """
+    keys = tuple(f"{layer}.{part}" for layer in (encoder, decoder) for part in ("weight", "bias"))
+    require(state, keys, source, what)
+    params = {
+        "W_enc": state[f"{encoder}.weight"].T,
+        "b_enc": state[f"{encoder}.bias"],
+        "W_dec": state[f"{decoder}.weight"].T,
+        "b_dec": state[f"{decoder}.bias"],
+    }
+    d_in, d_sae = np.shape(params["W_enc"])
+    cfg = build_config(
+        fmt,
+        hints,
+        architecture="standard",
+        d_in=int(d_in),
+        d_sae=int(d_sae),
+        dtype=dtype_name(np.asarray(params["W_enc"]).dtype),
+        apply_b_dec_to_input=False,
+        metadata=metadata,
+    )
+    return cfg, params
 
 
 __all__ = [

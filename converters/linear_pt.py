@@ -12,11 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from jsae.config import SAEConfig
 
-from .base import Hints, build_config, dtype_name, require
+from .base import Hints, linear_pair_sae
 from .torch_pickle import load_state_dict
 
 NAME = "linear_pt"
@@ -31,29 +29,20 @@ def matches(state: dict[str, Any]) -> bool:
 
 def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     path = Path(path)
-    state = load_state_dict(path)
-    require(state, KEYS, path, "nn.Linear SAE")
-    params = {
-        "W_enc": state["encoder.weight"].T,
-        "b_enc": state["encoder.bias"],
-        "W_dec": state["decoder.weight"].T,
-        "b_dec": state["decoder.bias"],
-    }
-    d_in, d_sae = np.shape(params["W_enc"])
     deepseek = re.search(r"DeepSeek-R1-Distill-Llama-8B-SAE-l(\d+)", hints.where or path.name)
-    cfg = build_config(
+    metadata = {
+        "model_name": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B" if deepseek else None,
+        "hook_name": f"blocks.{deepseek.group(1)}.hook_resid_post" if deepseek else None,
+        "context_size": 1024 if deepseek else None,
+        "dataset_path": "lmsys/lmsys-chat-1m" if deepseek else None,
+    }
+    return linear_pair_sae(
         NAME,
         hints,
-        architecture="standard",
-        d_in=int(d_in),
-        d_sae=int(d_sae),
-        dtype=dtype_name(np.asarray(params["W_enc"]).dtype),
-        apply_b_dec_to_input=False,
-        metadata={
-            "model_name": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B" if deepseek else None,
-            "hook_name": f"blocks.{deepseek.group(1)}.hook_resid_post" if deepseek else None,
-            "context_size": 1024 if deepseek else None,
-            "dataset_path": "lmsys/lmsys-chat-1m" if deepseek else None,
-        },
+        load_state_dict(path),
+        path,
+        encoder="encoder",
+        decoder="decoder",
+        what="nn.Linear SAE",
+        metadata=metadata,
     )
-    return cfg, params
