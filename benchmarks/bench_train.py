@@ -13,7 +13,8 @@ All parts run in one process and print ratios measured in that same run:
            architecture at d_in 768, d_sae 16384, batch 4096, fp32; achieved FLOP/s counts the
            10·B·d_in·d_sae FLOPs a dense SAE step needs (encoder and decoder forward, the two
            weight gradients and the latent gradient; the conventional "6 × params × tokens" is
-           12·B·d·n) and is shown as a fraction of the measured peak.
+           12·B·d·n) and is shown as a fraction of the measured peak. The TopK family also runs
+           its sparse (value, index) path, shown as a speed-up over its own dense path.
 * saelens: SAELens 6.54's `SAETrainer.step` (training_forward_pass + backward + clip + Adam +
            schedulers) on the same config (standard, same sizes, fp32, torch on this CPU),
            against the jsae step: the ratio of step rates.
@@ -50,17 +51,27 @@ ARCHS = {
     "jumprelu": {"l0_coefficient": 1.0},
     "topk (dense)": {"architecture": "topk", "k": 32, "use_sparse_activations": False},
     "topk (sparse)": {"architecture": "topk", "k": 32, "use_sparse_activations": True},
-    "batchtopk": {"k": 32},
-    "matryoshka_batchtopk": {"k": 32, "matryoshka_widths": [1024, 4096]},
-}
+    "batchtopk (dense)": {"architecture": "batchtopk", "k": 32, "use_sparse_activations": False},
+    "batchtopk (sparse)": {"architecture": "batchtopk", "k": 32, "use_sparse_activations": True},
+    "matryoshka (dense)": {
+        "architecture": "matryoshka_batchtopk", "k": 32, "matryoshka_widths": [1024, 4096],
+        "use_sparse_activations": False,
+    },
+    "matryoshka (sparse)": {
+        "architecture": "matryoshka_batchtopk", "k": 32, "matryoshka_widths": [1024, 4096],
+        "use_sparse_activations": True,
+    },
+}  # fmt: skip
 # Matmul work each step needs, in units of B·d_in·d_sae multiply-adds (2 FLOPs each): a dense
 # SAE needs 5 (encoder, decoder, decoder-weight, latent and encoder-weight gradients); gated adds
 # the gate path and its auxiliary reconstruction (4 more plus a second encoder-weight gradient);
 # Matryoshka adds its prefix decodes (up to width 4096 of 16384: 0.25 forward, 0.5 backward);
-# the sparse TopK path needs the dense encoder forward (1) and O(k/d_sae) for the rest.
+# the sparse (value, index) paths need the dense encoder forward (1) and O(k/d_sae) for the rest.
+SPARSE = 1 + 4 * 32 / D_SAE
 MATMULS = {
-    "standard": 5, "gated": 10, "jumprelu": 5, "topk (dense)": 5,
-    "topk (sparse)": 1 + 4 * 32 / D_SAE, "batchtopk": 5, "matryoshka_batchtopk": 5.75,
+    "standard": 5, "gated": 10, "jumprelu": 5, "topk (dense)": 5, "topk (sparse)": SPARSE,
+    "batchtopk (dense)": 5, "batchtopk (sparse)": SPARSE,
+    "matryoshka (dense)": 5.75, "matryoshka (sparse)": SPARSE,
 }  # fmt: skip
 
 
@@ -195,6 +206,7 @@ def main() -> None:
               "float32 parameters; achieved = the "
               "architecture's needed matmul FLOPs / step time:")  # fmt: skip
         print("  (peak: the matmul rate measured just before each timing; the machine is shared)")
+        step_seconds: dict[str, float] = {}
         for label in args.archs.split(","):
             arch = dict(ARCHS[label])
             arch.setdefault("architecture", label)
@@ -204,10 +216,15 @@ def main() -> None:
             seconds = trainer_step_time(arch, args.steps)
             if label == "standard":
                 jsae_standard = seconds
+            step_seconds[label] = seconds
             rate = MATMULS[label] * needed / 5 / seconds
-            print(f"  {label:22s} {seconds:6.2f} s/step  {BATCH / seconds:8.0f} tok/s  "
-                  f"{MATMULS[label]:5.2f} matmuls  {rate / 1e9:6.1f} GFLOP/s = "
-                  f"{rate / local_peak:5.1%} of peak ({local_peak / 1e9:.0f})")  # fmt: skip
+            line = (f"  {label:22s} {seconds:6.2f} s/step  {BATCH / seconds:8.0f} tok/s  "
+                    f"{MATMULS[label]:5.2f} matmuls  {rate / 1e9:6.1f} GFLOP/s = "
+                    f"{rate / local_peak:5.1%} of peak ({local_peak / 1e9:.0f})")  # fmt: skip
+            dense_label = label.replace("(sparse)", "(dense)")
+            if dense_label != label and dense_label in step_seconds:
+                line += f"; {step_seconds[dense_label] / seconds:.2f}x its dense path"
+            print(line)
     if "saelens" in parts:
         # Alternate the two, `rounds` times, and keep each one's fastest step: on a shared
         # machine this compares both at their least disturbed.

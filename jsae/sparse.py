@@ -213,3 +213,121 @@ def _gather_encode_bwd(residuals, g):
 
 
 gather_encode.defvjp(_gather_encode_fwd, _gather_encode_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training with a variable number of latents per token: BatchTopK's (row, column, value) pairs.
+#
+# BatchTopK keeps the k·B largest activations of the whole batch, so one token may hold
+# hundreds of latents and another none. Padding every row to the largest count (as the loops
+# above would) costs O(B · max count · d); these kernels cost O(P · d) for P pairs instead.
+# They process the pairs in chunks of `PAIR_CHUNK` so the gathered [chunk, d] rows stay small.
+
+PAIR_CHUNK = 16384
+
+
+def _pair_chunks(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """Reshape [P] arrays to [C, chunk], padding to a multiple of PAIR_CHUNK: index arrays
+    (integers) repeat their last entry, which keeps sorted ones sorted; values get zeros, so
+    padding pairs add nothing."""
+    n = arrays[0].shape[0]
+    chunk = min(PAIR_CHUNK, max(n, 1))
+    pad = -n % chunk
+
+    def padded(a: jax.Array) -> jax.Array:
+        integer = jnp.issubdtype(a.dtype, jnp.integer)
+        return jnp.pad(a, (0, pad), mode="edge" if integer else "constant")
+
+    return tuple(padded(a).reshape(-1, chunk) for a in arrays)
+
+
+def _scatter_rows(
+    n_out: int, seg: jax.Array, coef: jax.Array, src: jax.Array, src_idx: jax.Array, sorted_: bool
+) -> jax.Array:
+    """out[seg[p]] += coef[p] · src[src_idx[p]] over all pairs. -> [n_out, src.shape[1]]
+
+    Accumulates in float32 at least: a row may receive thousands of bf16 contributions."""
+    acc_dtype = jnp.promote_types(jnp.result_type(coef, src), jnp.float32)
+    seg_c, coef_c, idx_c = _pair_chunks(seg, coef, src_idx)
+
+    def body(acc, chunk):
+        s, c, i = chunk
+        rows = c[:, None].astype(acc_dtype) * src[i].astype(acc_dtype)  # [chunk, d]
+        return acc.at[s].add(rows, indices_are_sorted=sorted_), None
+
+    init = jnp.zeros((n_out, src.shape[1]), acc_dtype)
+    return jax.lax.scan(body, init, (seg_c, coef_c, idx_c))[0]
+
+
+def _pair_dots(a: jax.Array, a_idx: jax.Array, b: jax.Array, b_idx: jax.Array) -> jax.Array:
+    """dot(a[a_idx[p]], b[b_idx[p]]) for every pair. -> [P]"""
+    n = a_idx.shape[0]
+    acc_dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
+    ai_c, bi_c = _pair_chunks(a_idx, b_idx)
+
+    def body(_, chunk):
+        ai, bi = chunk
+        return None, jnp.sum(a[ai].astype(acc_dtype) * b[bi].astype(acc_dtype), axis=-1)
+
+    return jax.lax.scan(body, None, (ai_c, bi_c))[1].reshape(-1)[:n]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def pair_decode(
+    vals: jax.Array, seg: jax.Array, cols: jax.Array, W_dec: jax.Array, n_out: int
+) -> jax.Array:
+    """out[seg[p]] += vals[p] · W_dec[cols[p]]: decode (row, column, value) latents. -> [n_out, d]
+
+    `seg` is the output row of each pair (the token, or token · levels + level for Matryoshka's
+    per-level sums) and must be sorted. Backward: d vals[p] = g[seg[p]] · W_dec[cols[p]],
+    d W_dec[c] = Σ_{p: cols[p] = c} vals[p] · g[seg[p]]; nothing of size [n_out, d_sae] appears.
+    """
+    return _scatter_rows(n_out, seg, vals, W_dec, cols, True).astype(jnp.result_type(vals, W_dec))
+
+
+def _pair_decode_fwd(vals, seg, cols, W_dec, n_out):
+    return pair_decode(vals, seg, cols, W_dec, n_out), (vals, seg, cols, W_dec)
+
+
+def _pair_decode_bwd(n_out, residuals, g):
+    vals, seg, cols, W_dec = residuals
+    dvals = _pair_dots(W_dec, cols, g, seg).astype(vals.dtype)
+    dW = _scatter_rows(W_dec.shape[0], cols, vals, g, seg, False).astype(W_dec.dtype)
+    return dvals, None, None, dW
+
+
+pair_decode.defvjp(_pair_decode_fwd, _pair_decode_bwd)
+
+
+@jax.custom_vjp
+def pair_encode(
+    hidden_pre: jax.Array,
+    x: jax.Array,
+    W_enc: jax.Array,
+    b_enc: jax.Array,
+    rows: jax.Array,
+    cols: jax.Array,
+) -> jax.Array:
+    """hidden_pre[rows[p], cols[p]], differentiable in (x, W_enc, b_enc). -> [P]
+
+    As `gather_encode`, for pairs: `hidden_pre` must equal `x @ W_enc + b_enc` and is not
+    differentiated. Backward: d W_enc[:, c] += g[p] · x[rows[p]], d b_enc[c] += g[p],
+    d x[r] += g[p] · W_enc[:, cols[p]] (`rows` sorted).
+    """
+    return hidden_pre[rows, cols]
+
+
+def _pair_encode_fwd(hidden_pre, x, W_enc, b_enc, rows, cols):
+    return hidden_pre[rows, cols], (x, W_enc, b_enc, rows, cols)
+
+
+def _pair_encode_bwd(residuals, g):
+    x, W_enc, b_enc, rows, cols = residuals
+    W_t = W_enc.T  # [d_sae, d_in]
+    dx = _scatter_rows(x.shape[0], rows, g, W_t, cols, True).astype(x.dtype)
+    dW_t = _scatter_rows(W_t.shape[0], cols, g, x, rows, False).astype(W_enc.dtype)
+    db = jnp.zeros_like(b_enc).at[cols].add(g.astype(b_enc.dtype))
+    return None, dx, dW_t.T, db, None, None
+
+
+pair_encode.defvjp(_pair_encode_fwd, _pair_encode_bwd)

@@ -88,6 +88,8 @@ def test_a_bf16_compute_step_tracks_the_float32_step() -> None:
         ("standard", {"l1_coefficient": 0.3}),
         ("jumprelu", {"l0_coefficient": 0.3, "jumprelu_init_threshold": 0.1}),
         ("topk", {"k": 2}),
+        # the sparse (row, column, value) path, with BatchTopK's usual longer run
+        ("batchtopk", {"k": 2, "use_sparse_activations": True, "training_tokens": 256 * 1200}),
     ],
 )
 def test_bf16_compute_recovers_the_true_features(architecture: str, extra: dict) -> None:
@@ -116,10 +118,12 @@ def test_unknown_compute_dtype_is_refused() -> None:
         ("jumprelu", {"jumprelu_sparsity_loss_mode": "tanh", "pre_act_loss_coefficient": 3e-6}),
         ("topk", {"k": 4, "use_sparse_activations": True}),
         ("batchtopk", {"k": 4}),
+        ("batchtopk", {"k": 4, "use_sparse_activations": True}),
         (
             "matryoshka_batchtopk",
             {"k": 4, "matryoshka_widths": [16, 64], "use_matryoshka_aux_loss": True},
         ),
+        ("matryoshka_batchtopk", {"k": 4, "matryoshka_widths": [16, 64]}),
         ("jumprelu_skip_transcoder", {"d_out": 16}),
     ],
 )

@@ -118,16 +118,25 @@ def test_losses_and_gradients_match_saelens(loss_fixtures: Path, case: str) -> N
         assert_close(new["topk_threshold"], io["topk_threshold_after"], what="threshold EMA")
 
 
-@pytest.mark.parametrize("case", ["topk", "topk_many_dead", "topk_no_rescale", "topk_no_dead"])
-def test_sparse_topk_path_matches_saelens(loss_fixtures: Path, case: str) -> None:
-    """The (value, index) path with gather/scatter-add backward gives SAELens's numbers too."""
-    *_, io, _, out, grads = run_jsae(loss_fixtures / case, sparse=True)
-    for name, value in io.items():
-        if name.startswith("loss_"):
-            assert_close(out.losses[name.removeprefix("loss_")], value, atol=2e-5, rtol=2e-5)
+@pytest.mark.parametrize(
+    "case",
+    ["topk", "topk_many_dead", "topk_no_rescale", "topk_no_dead", "batchtopk", "matryoshka"],
+)
+def test_sparse_paths_match_saelens(loss_fixtures: Path, case: str) -> None:
+    """The (value, index) paths with gather/scatter-add backward give SAELens's numbers too."""
+    arch, cfg, ctx, buffers, io, _, out, grads = run_jsae(loss_fixtures / case, sparse=True)
+    expected = {k.removeprefix("loss_"): v for k, v in io.items() if k.startswith("loss_")}
+    assert set(out.losses) == set(expected)
+    for name, value in expected.items():
+        assert_close(out.losses[name], value, atol=2e-5, rtol=2e-5, what=f"sparse {case}: {name}")
     for name, g in grads.items():
         assert_close(g, io[f"grad_{name}"], atol=3e-5, rtol=3e-4, what=f"sparse {case}: {name}")
-    assert np.array_equal(np.asarray(out.fire_counts), np.sum(io["feature_acts"] != 0, 0))
+    f = io["feature_acts"]
+    assert np.array_equal(np.asarray(out.fire_counts), np.sum(f != 0, 0))
+    assert_close(out.l0, np.mean(np.sum(f != 0, -1)), what="l0")
+    if "topk_threshold_after" in io:
+        new = arch.update_buffers(cfg, ctx, buffers, out.extras)
+        assert_close(new["topk_threshold"], io["topk_threshold_after"], what="threshold EMA")
 
 
 def test_auxk_gradient_reaches_the_encoder(loss_fixtures: Path) -> None:

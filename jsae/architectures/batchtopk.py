@@ -25,10 +25,18 @@ from jsae.architectures.base import (
     Params,
     TrainContext,
     TrainInputs,
+    TrainOutput,
     mean_sq_error,
 )
-from jsae.architectures.topk import TopK, row_norms, topk_aux_loss
+from jsae.architectures.topk import (
+    SparseEncoder,
+    TopK,
+    row_norms,
+    sparse_auxk_loss,
+    topk_aux_loss,
+)
 from jsae.errors import ConfigError
+from jsae.sparse import AUTO_MIN_D_SAE, pair_decode, pair_encode
 
 if TYPE_CHECKING:
     from jsae.config import SAEConfig
@@ -142,6 +150,21 @@ class BatchTopK(TopK):
         new = (1 - lr) * old + lr * extras["min_positive"]
         return {**buffers, "topk_threshold": jnp.where(extras["any_positive"], new, old)}
 
+    @classmethod
+    def train_forward(
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        buffers: Params,
+        x: jax.Array,
+        target: jax.Array,
+        inputs: TrainInputs,
+    ) -> TrainOutput:
+        if uses_sparse_batch_training(cfg, ctx, x.shape[0]):
+            return sparse_batch_train_forward(cfg, ctx, params, x, target, inputs)
+        return super(TopK, cls).train_forward(cfg, ctx, params, buffers, x, target, inputs)
+
 
 class MatryoshkaBatchTopK(BatchTopK):
     """Matryoshka BatchTopK: BatchTopK with nested prefix reconstruction losses (training)."""
@@ -217,3 +240,87 @@ def matryoshka_aux_loss(
         total = total + scale * mean_sq_error(recons, residual)
         prev = width
     return coefficient * total
+
+
+def uses_sparse_batch_training(cfg: SAEConfig, ctx: TrainContext, n_tokens: int) -> bool:
+    """Whether BatchTopK training runs on (row, column, value) pairs (`use_sparse_activations`).
+
+    Only on one device: the selection is a top-k over the whole batch, which a mesh splits.
+    Matryoshka's per-level AuxK ranks each level's dead latents densely, so it stays dense too.
+    """
+    if ctx.mesh is not None and ctx.mesh.size > 1:
+        return False
+    if cfg.architecture == "matryoshka_batchtopk" and ctx.settings.use_matryoshka_aux_loss:
+        return False
+    if int(cfg.k * n_tokens) < 1:
+        return False
+    choice = ctx.settings.use_sparse_activations
+    return cfg.d_sae >= AUTO_MIN_D_SAE if choice is None else bool(choice)
+
+
+def sparse_batch_train_forward(
+    cfg: SAEConfig,
+    ctx: TrainContext,
+    params: Params,
+    x: jax.Array,
+    target: jax.Array,
+    inputs: TrainInputs,
+) -> TrainOutput:
+    """BatchTopK (and Matryoshka) training on the k·B kept (row, column, value) pairs.
+
+    The same losses as the dense path: the dense pre-activation is ranked once; the decoder,
+    its gradient and the kept encoder columns' gradients cost O(k·B·d) (`jsae.sparse.pair_*`)
+    instead of four dense [B, d_sae] x [d_sae, d] matmuls. Matryoshka's prefix reconstructions
+    come from the same pass: each pair adds into its token's level (the band of prefix widths
+    its latent falls in) and the levels are summed cumulatively.
+    """
+    from jsae.normalization import normalize_out
+
+    x = x.astype(cfg.jax_dtype)
+    target = target.astype(cfg.jax_dtype)
+    enc = SparseEncoder.build(cfg, params, x)
+    n_tokens, d_sae = enc.h.shape
+    n_keep = min(int(cfg.k * n_tokens), enc.h.size)
+    _, flat = jax.lax.top_k(enc.scores.reshape(-1), n_keep)  # the batch's k·B largest
+    flat = jnp.sort(flat)  # token-major order: pairs of one token are contiguous
+    rows, cols = flat // d_sae, flat % d_sae  # [P]
+    z = pair_encode(enc.h, enc.x_in, params["W_enc"], params["b_enc"], rows, cols)  # [P]
+    if enc.norms is not None:
+        z = z * enc.norms[cols]
+    acts = jax.nn.relu(z)  # [P] the kept latents (zero where the batch has < P positives)
+    dec_vals = acts if enc.norms is None else acts / enc.norms[cols]
+
+    matryoshka = cfg.architecture == "matryoshka_batchtopk"
+    widths = ctx.settings.matryoshka_widths if matryoshka else (d_sae,)
+    n_levels = len(widths)
+    level = jnp.searchsorted(jnp.asarray(widths), cols, side="right")  # [P] band of each latent
+    seg = rows * n_levels + level  # sorted, as rows are and levels rise along a token's columns
+    bands = pair_decode(dec_vals, seg, cols, params["W_dec"], n_tokens * n_levels)
+    prefixes = jnp.cumsum(bands.reshape(n_tokens, n_levels, -1), axis=1) + params["b_dec"]
+
+    def output(decoded: jax.Array) -> jax.Array:
+        return normalize_out(cfg.normalize_activations, decoded, enc.stats)
+
+    x_hat = output(prefixes[:, -1])  # [B, d_out]
+    losses = {
+        "mse_loss": mean_sq_error(x_hat, target),
+        "auxiliary_reconstruction_loss": sparse_auxk_loss(
+            cfg, ctx, enc, inputs.dead_mask, target, x_hat
+        ),
+    }
+    for i, width in enumerate(widths[:-1]):
+        losses[f"inner_mse_loss_{width}"] = mean_sq_error(output(prefixes[:, i]), target)
+
+    fired = acts != 0  # [P]
+    kept = jax.lax.stop_gradient(acts).astype(jnp.float32)
+    return TrainOutput(
+        loss=sum(losses.values()),
+        losses=losses,
+        x_hat=x_hat,
+        fire_counts=jnp.zeros((d_sae,), jnp.int32).at[cols].add(fired.astype(jnp.int32)),
+        l0=jnp.sum(fired, dtype=jnp.float32) / n_tokens,
+        extras={
+            "min_positive": jnp.min(jnp.where(fired, kept, jnp.inf)),
+            "any_positive": jnp.any(fired),
+        },
+    )

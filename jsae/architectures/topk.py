@@ -16,6 +16,7 @@ the selected encoder columns' gradients cost O(B·k·d) (`jsae.sparse.gather_dec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -211,6 +212,44 @@ def topk_aux_loss(
     return coefficient * scale * value
 
 
+@dataclass(frozen=True)
+class SparseEncoder:
+    """What the sparse training paths share: the encoder's input and its dense pre-activation
+    (computed once, ranked, never differentiated: gradients reach the encoder through the
+    selected entries only), plus the decoder-norm rescaling of `rescale_acts_by_decoder_norm`."""
+
+    params: Params
+    x_in: jax.Array  # [B, d_in] normalised, b_dec subtracted when configured
+    stats: Any  # run-time normalisation statistics (for normalize_out)
+    h: jax.Array  # [B, d_sae] x_in @ W_enc + b_enc, under stop_gradient
+    norms: jax.Array | None  # [d_sae] decoder row norms when rescaling, else None
+    scores: jax.Array  # [B, d_sae] what selection ranks: h, times the (detached) norms
+
+    @classmethod
+    def build(cls, cfg: SAEConfig, params: Params, x: jax.Array) -> SparseEncoder:
+        from jsae.normalization import normalize_in
+
+        x_in, stats = normalize_in(cfg.normalize_activations, x)
+        if cfg.apply_b_dec_to_input:
+            x_in = x_in - params["b_dec"]
+        h = jax.lax.stop_gradient(x_in @ params["W_enc"] + params["b_enc"])
+        norms = row_norms(params["W_dec"]) if cfg.rescale_acts_by_decoder_norm else None
+        scores = h if norms is None else h * jax.lax.stop_gradient(norms)
+        return cls(params, x_in, stats, h, norms, scores)
+
+    def pre_at(self, idx: jax.Array, count: Any = None) -> jax.Array:
+        """Differentiable pre-activations at per-row indices idx [B, K] (rescaled). [B, K]"""
+        p = self.params
+        z = gather_encode(self.h, self.x_in, p["W_enc"], p["b_enc"], idx, count)
+        return z if self.norms is None else z * self.norms[idx]
+
+    def decode_at(self, acts: jax.Array, idx: jax.Array, count: Any = None) -> jax.Array:
+        """Σ_j acts[:, j] · W_dec[idx[:, j]] (without b_dec), undoing the rescale. [B, d]"""
+        if self.norms is not None:
+            acts = acts / self.norms[idx]
+        return gather_decode(acts, idx, self.params["W_dec"], count)
+
+
 def _sparse_train_forward(
     cfg: SAEConfig,
     ctx: TrainContext,
@@ -220,53 +259,21 @@ def _sparse_train_forward(
     inputs: TrainInputs,
 ) -> TrainOutput:
     """TopK training on (value, index) pairs: same losses as the dense path, O(B·k·d) decode."""
-    from jsae.normalization import normalize_in, normalize_out
+    from jsae.normalization import normalize_out
 
     x = x.astype(cfg.jax_dtype)
     target = target.astype(cfg.jax_dtype)
-    W_enc, b_enc, W_dec, b_dec = (params[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
-    x_in, stats = normalize_in(cfg.normalize_activations, x)
-    if cfg.apply_b_dec_to_input:
-        x_in = x_in - b_dec
-    h = jax.lax.stop_gradient(x_in @ W_enc + b_enc)  # [B, d_sae], ranked but not differentiated
-    rescale = cfg.rescale_acts_by_decoder_norm
-    norms = row_norms(W_dec) if rescale else None  # [d_sae]
-    scores = h * jax.lax.stop_gradient(norms) if rescale else h
-
-    def pre_at(idx: jax.Array, count: Any = None) -> jax.Array:
-        z = gather_encode(h, x_in, W_enc, b_enc, idx, count)  # [B, K], differentiable
-        return z * norms[idx] if rescale else z
-
-    def decode_at(acts: jax.Array, idx: jax.Array, count: Any = None) -> jax.Array:
-        if rescale:
-            acts = acts / norms[idx]
-        return gather_decode(acts, idx, W_dec, count)
-
-    _, idx = jax.lax.top_k(scores, cfg.k)  # [B, k]
-    vals = jax.nn.relu(pre_at(idx))  # [B, k]
-    x_hat = normalize_out(cfg.normalize_activations, decode_at(vals, idx) + b_dec, stats)
-    losses = {"mse_loss": mean_sq_error(x_hat, target)}
-
-    coefficient = ctx.settings.aux_loss_coefficient
-    if coefficient:
-        dead = inputs.dead_mask
-        k_aux = max(target.shape[-1] // 2, 1)
-        k_sel = min(k_aux, cfg.d_sae)
-        n_dead = jnp.sum(dead)
-        count = jnp.minimum(n_dead, k_sel)  # dead latents come first in the aux top-k
-        residual = jax.lax.stop_gradient(target - x_hat)
-
-        def aux(_: Any) -> jax.Array:
-            _, idx_aux = jax.lax.top_k(jnp.where(dead, scores, -jnp.inf), k_sel)  # [B, k_sel]
-            valid = jnp.arange(k_sel) < count
-            acts = jnp.where(valid, pre_at(idx_aux, count), 0)
-            return mean_sq_error(decode_at(acts, idx_aux, count), residual)
-
-        value = jax.lax.cond(n_dead > 0, aux, lambda _: jnp.zeros((), jnp.float32), None)
-        scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
-        losses["auxiliary_reconstruction_loss"] = coefficient * scale * value
-    else:
-        losses["auxiliary_reconstruction_loss"] = jnp.zeros((), jnp.float32)
+    enc = SparseEncoder.build(cfg, params, x)
+    _, idx = jax.lax.top_k(enc.scores, cfg.k)  # [B, k]
+    vals = jax.nn.relu(enc.pre_at(idx))  # [B, k]
+    decoded = enc.decode_at(vals, idx) + params["b_dec"]
+    x_hat = normalize_out(cfg.normalize_activations, decoded, enc.stats)
+    losses = {
+        "mse_loss": mean_sq_error(x_hat, target),
+        "auxiliary_reconstruction_loss": sparse_auxk_loss(
+            cfg, ctx, enc, inputs.dead_mask, target, x_hat
+        ),
+    }
 
     active = vals != 0  # [B, k]
     fire_counts = (
@@ -282,3 +289,37 @@ def _sparse_train_forward(
         l0=jnp.mean(jnp.sum(active, axis=-1, dtype=jnp.float32)),
         extras={},
     )
+
+
+def sparse_auxk_loss(
+    cfg: SAEConfig,
+    ctx: TrainContext,
+    enc: SparseEncoder,
+    dead: jax.Array,
+    target: jax.Array,
+    x_hat: jax.Array,
+) -> jax.Array:
+    """AuxK on (value, index) pairs: `topk_aux_loss`'s value with O(B·k_aux·d) work.
+
+    The dead latents with the largest scores per token reconstruct the detached residual.
+    Only the first min(n_dead, k_aux) columns can hold dead latents, so the gather loops stop
+    there.
+    """
+    coefficient = ctx.settings.aux_loss_coefficient
+    if not coefficient:
+        return jnp.zeros((), jnp.float32)
+    k_aux = max(target.shape[-1] // 2, 1)
+    k_sel = min(k_aux, cfg.d_sae)
+    n_dead = jnp.sum(dead)
+    count = jnp.minimum(n_dead, k_sel)  # dead latents come first in the aux top-k
+    residual = jax.lax.stop_gradient(target - x_hat)
+
+    def aux(_: Any) -> jax.Array:
+        _, idx_aux = jax.lax.top_k(jnp.where(dead, enc.scores, -jnp.inf), k_sel)  # [B, k_sel]
+        valid = jnp.arange(k_sel) < count
+        acts = jnp.where(valid, enc.pre_at(idx_aux, count), 0)
+        return mean_sq_error(enc.decode_at(acts, idx_aux, count), residual)
+
+    value = jax.lax.cond(n_dead > 0, aux, lambda _: jnp.zeros((), jnp.float32), None)
+    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
+    return coefficient * scale * value
