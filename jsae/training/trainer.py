@@ -537,14 +537,16 @@ class Trainer:
         """Build the final SAE and write `output_path` (SAELens format + sparsity + config)."""
         sae = self.final_sae()
         out = self.config.training.output_path
-        if out and jax.process_index() == 0:
-            self._write_output(sae, Path(out))
+        if out:
+            # Every process gathers the statistics (a collective); process 0 alone writes.
+            log_sparsity = self.log_feature_sparsity() if self.steps_done else None
+            if jax.process_index() == 0:
+                self._write_output(sae, Path(out), log_sparsity)
         return sae
 
-    def _write_output(self, sae: SAE, out: Path) -> None:
+    def _write_output(self, sae: SAE, out: Path, log_sparsity: np.ndarray | None) -> None:
         from jsae.io import save
 
-        log_sparsity = self.log_feature_sparsity() if self.steps_done else None
         with atomic_output_dir(out, overwrite=self.config.training.overwrite_output) as tmp:
             save(sae, tmp, log_sparsity=log_sparsity, overwrite=True)
             (tmp / "training_config.yaml").write_text(self.config.to_yaml())
