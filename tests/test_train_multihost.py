@@ -187,3 +187,15 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["ckpt", "ckpt.stalled.p0", "ckpt.stalled.p1", "out"]
     )  # process 0 alone wrote the output, leaving nothing else behind
+
+
+@pytest.mark.slow
+def test_a_mesh_that_does_not_split_batches_over_processes_is_refused(tmp_path: Path) -> None:
+    """With 'data' of size 1 each process would feed half a batch the mesh replicates."""
+    config = dict(CONFIG, mesh={"data": 1, "model": 4})
+    procs = _launch(WORKER.format(config=config), str(tmp_path / "out"))
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode != 0
+        assert "ConfigError" in stderr and "'data' axis must split batches" in stderr, stderr
+    assert not (tmp_path / "out").exists()
