@@ -72,7 +72,7 @@ class Trainer:
         _initialize_distributed(tr)
         self.mesh = _build_mesh(tr)
         self.settings = self.config.sae
-        self.cfg = self.settings.sae_config()
+        self.cfg = self.config.sae_config()
         self.arch = get_architecture(self.cfg.architecture)
         self.ctx = TrainContext(self.settings, self.mesh)
         self.optimizer = make_optimizer(tr)
