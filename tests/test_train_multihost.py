@@ -75,13 +75,25 @@ def _launch(script: str, *args: str) -> list[subprocess.Popen]:
     ]
 
 
+def _kill(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL whichever of `procs` still runs (a failed worker leaves its peer waiting)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    for proc in procs:
+        proc.communicate()
+
+
 def _finish(procs: list[subprocess.Popen]) -> list[str]:
     """Wait for both processes to succeed; their stderr."""
     errors = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"worker failed:\n{stdout}\n{stderr[-4000:]}"
-        errors.append(stderr)
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"worker failed:\n{stdout}\n{stderr[-4000:]}"
+            errors.append(stderr)
+    finally:
+        _kill(procs)
     return errors
 
 
@@ -151,16 +163,15 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path: Path) -> None
     killed = _launch(script, str(ckpt), str(out), str(3 + 25))
     markers = [Path(f"{ckpt}.stalled.p{i}") for i in range(2)]
     deadline = time.time() + 240
-    while not all(m.exists() for m in markers):
-        for proc in killed:
-            assert proc.poll() is None, f"worker ended early:\n{proc.communicate()[1][-4000:]}"
-        assert time.time() < deadline, "the workers never reached step 25"
-        time.sleep(0.05)
-    for proc in killed:
-        proc.send_signal(signal.SIGKILL)
-    for proc in killed:
-        proc.communicate()
-        assert proc.returncode == -signal.SIGKILL
+    try:
+        while not all(m.exists() for m in markers):
+            for proc in killed:
+                assert proc.poll() is None, f"worker ended early:\n{proc.communicate()[1][-4000:]}"
+            assert time.time() < deadline, "the workers never reached step 25"
+            time.sleep(0.05)
+    finally:
+        _kill(killed)
+    assert [proc.returncode for proc in killed] == [-signal.SIGKILL] * 2
     committed = sorted(int(p.name) for p in (ckpt / "state").iterdir() if p.name.isdigit())
     assert committed == [10, 20]
     assert sorted(p.name for p in (ckpt / "host").iterdir()) == [
@@ -194,8 +205,11 @@ def test_a_mesh_that_does_not_split_batches_over_processes_is_refused(tmp_path: 
     """With 'data' of size 1 each process would feed half a batch the mesh replicates."""
     config = dict(CONFIG, mesh={"data": 1, "model": 4})
     procs = _launch(WORKER.format(config=config), str(tmp_path / "out"))
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode != 0
-        assert "ConfigError" in stderr and "'data' axis must split batches" in stderr, stderr
+    try:
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=300)
+            assert proc.returncode != 0
+            assert "ConfigError" in stderr and "'data' axis must split batches" in stderr, stderr
+    finally:
+        _kill(procs)
     assert not (tmp_path / "out").exists()
