@@ -4,6 +4,7 @@ and every invalid value is refused with the valid choices listed."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,10 @@ def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
         ({"learning_rate": 1e-3}, r"unknown config key 'learning_rate'.*'lr'"),
         ({"normalize_activations": "unit"}, r"'expected_average_only_in'"),
         ({"jumprelu_sparsity_loss_mode": "l0"}, r"'step', 'tanh', 'quadratic'"),
+        (
+            {"reshape_activations": "hookz"},
+            r"reshape_activations='hookz'.*\['auto', 'none', 'hook_z'\].*Did you mean 'hook_z'",
+        ),
         ({"mesh": {"data": 2, "tensor": 2}}, r"unknown mesh axes \['tensor'\]"),
         ({"mesh": {"model": 3}}, "d_sae=64 cannot be split over mesh model=3"),
         ({"train_batch_size_tokens": 100, "mesh": {"data": 8}}, "divisible by the data axis"),
@@ -136,11 +141,49 @@ def test_invalid_values_are_refused_with_choices(change: dict, message: str) -> 
         ({"architecture": "transcoder", "apply_b_dec_to_input": True}, "b_dec"),
         ({"architecture": "standard", "d_out": 4}, "d_out is only used by transcoders"),
         ({"architecture": "topk", "k": 4, "normalize_activations": "layer_norm"}, "AuxK"),
+        ({"architecture": "transcoder", "reshape_activations": "hook_z"}, "hook_z"),
+        (
+            {"reshape_activations": "hook_z", "hook_name": "blocks.1.hook_resid_pre"},
+            "needs an attn.hook_z hook",
+        ),
+        (
+            {
+                "reshape_activations": "hook_z",
+                "hook_name": "blocks.1.attn.hook_z",
+                "hook_head_index": 2,
+            },
+            "trains on one head",
+        ),
     ],
 )
 def test_contradictory_architecture_settings_are_refused(config: dict, message: str) -> None:
     with pytest.raises(jsae.ConfigError, match=message):
         TrainConfig.from_dict({"d_in": 16, "d_sae": 64, **config})
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, "none"),
+        ({"hook_name": "blocks.1.attn.hook_z"}, "hook_z"),  # the store flattens all heads
+        ({"metadata": {"hook_name": "blocks.1.attn.hook_z"}}, "hook_z"),
+        ({"hook_name": "blocks.1.attn.hook_z", "hook_head_index": 0}, "none"),  # one head
+        ({"hook_name": "blocks.1.hook_resid_pre"}, "none"),
+        ({"hook_name": "blocks.1.attn.hook_z", "reshape_activations": "none"}, "none"),
+        ({"reshape_activations": "hook_z"}, "hook_z"),
+        ({"hook_name": "blocks.1.attn.hook_z", "reshape_activations": None}, "hook_z"),
+        ({"architecture": "transcoder", "hook_name": "blocks.1.attn.hook_z"}, "none"),
+    ],
+)
+def test_reshape_activations_is_set_or_follows_the_hook(config: dict, expected: str) -> None:
+    base = {"architecture": "standard", "d_in": 16, "d_sae": 64}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a SAELens key jsae uses, not one it ignores
+        built = TrainConfig.from_dict({**base, **config})
+    assert built.reshape_activations == expected
+    assert built.sae_config().reshape_activations == expected
+    again = TrainConfig.from_dict(yaml.safe_load(built.to_yaml()))
+    assert again.sae_config().reshape_activations == expected
 
 
 def test_every_option_is_documented() -> None:

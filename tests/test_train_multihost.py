@@ -1,13 +1,16 @@
 """Multi-host training: two real processes on localhost (gloo CPU collectives), 2 devices each,
 a 2x2 ("data", "model") mesh over the 4 global devices, each host feeding its own half of every
-batch. The result equals one process training on a 2x2 mesh of local devices."""
+batch. The result equals one process training on a 2x2 mesh of local devices, also when the two
+processes are killed part way and two new ones resume from their shared checkpoint."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +59,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def _launch(script: str, *args: str) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of a two-process run, with their own coordinator port."""
     port = str(_free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
-    script = WORKER.format(config=CONFIG)
-    procs = [
+    return [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(i), port, str(out)],
+            [sys.executable, "-c", script, str(i), port, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -72,12 +73,143 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
         )
         for i in range(2)
     ]
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL whichever of `procs` still runs (a failed worker leaves its peer waiting)."""
     for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"worker failed:\n{stdout}\n{stderr[-4000:]}"
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    for proc in procs:
+        proc.communicate()
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+    """Wait for both processes to succeed; their stderr."""
+    errors = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"worker failed:\n{stdout}\n{stderr[-4000:]}"
+            errors.append(stderr)
+    finally:
+        _kill(procs)
+    return errors
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _finish(_launch(WORKER.format(config=CONFIG), str(out)))
 
     single = jsae.train(dict(CONFIG, output_path=None))  # 2x2 mesh of this process's devices
     got = load_file(out / "sae_weights.safetensors")
     for name, value in single.params.items():
         assert_close(got[name], value, atol=2e-5, rtol=2e-4, what=name)
     assert not np.allclose(got["W_dec"], jsae.SAE.init(single.cfg).params["W_dec"])
+
+
+CKPT_CONFIG = dict(
+    CONFIG,
+    training_tokens=64 * 40,
+    feature_sampling_window=15,
+    checkpoint_every_steps=10,
+)
+
+# Both processes get the same configuration (one output_path, one shared checkpoint_path), as
+# from one YAML file. With STALL >= 0 the source stops answering after STALL items (3 for the
+# scale estimate, then one per step: checkpoints 10 and 20 are on disk, steps 21-25 are not),
+# so the run can be killed at a known point; otherwise the run resumes from the checkpoint.
+CKPT_WORKER = """
+import pathlib, sys, time, jax
+jax.config.update("jax_num_cpu_devices", 2)
+import jsae
+from jsae.training.sources import make_source
+process_id, port, ckpt, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+stall = int(sys.argv[5])
+config = dict({config!r}, checkpoint_path=ckpt, output_path=out,
+              coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process_id)
+
+class Stalling:
+    def __init__(self, source, items):
+        self.source, self.items = source, items
+    def __iter__(self):
+        for i, batch in enumerate(self.source):
+            if i == self.items:
+                pathlib.Path(ckpt + f".stalled.p{{process_id}}").touch()
+                time.sleep(3600)
+            yield batch
+    def state(self):
+        return self.source.state()
+    def restore(self, state):
+        self.source.restore(state)
+
+if stall >= 0:
+    jax.distributed.initialize(config["coordinator_address"], 2, process_id)
+    source = Stalling(make_source(jsae.TrainConfig.coerce(config), 32), stall)
+else:
+    config["resume_from_checkpoint"] = ckpt
+    source = None
+trainer = jsae.Trainer(config, source)
+trainer.fit()
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_train_like_one(tmp_path: Path) -> None:
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    script = CKPT_WORKER.format(config=CKPT_CONFIG)
+    killed = _launch(script, str(ckpt), str(out), str(3 + 25))
+    markers = [Path(f"{ckpt}.stalled.p{i}") for i in range(2)]
+    deadline = time.time() + 240
+    try:
+        while not all(m.exists() for m in markers):
+            for proc in killed:
+                assert proc.poll() is None, f"worker ended early:\n{proc.communicate()[1][-4000:]}"
+            assert time.time() < deadline, "the workers never reached step 25"
+            time.sleep(0.05)
+    finally:
+        _kill(killed)
+    assert [proc.returncode for proc in killed] == [-signal.SIGKILL] * 2
+    committed = sorted(int(p.name) for p in (ckpt / "state").iterdir() if p.name.isdigit())
+    assert committed == [10, 20]
+    assert sorted(p.name for p in (ckpt / "host").iterdir()) == [
+        "10.p0.json", "10.p1.json", "20.p0.json", "20.p1.json"
+    ]  # fmt: skip
+    assert not out.exists()
+
+    # A different number of processes cannot take over the sources' positions.
+    with pytest.raises(jsae.ConfigError, match="written by 2 process"):
+        jsae.Trainer(dict(CKPT_CONFIG, output_path=None, resume_from_checkpoint=str(ckpt)))
+
+    errors = _finish(_launch(script, str(ckpt), str(out), "-1"))
+    assert "resumed from step 20" in errors[0]
+
+    # One process, a 2x2 mesh of its own devices, no interruption.
+    single = jsae.Trainer(dict(CKPT_CONFIG, checkpoint_path=None, output_path=None))
+    single.fit()
+    got = load_file(out / "sae_weights.safetensors")
+    for name, value in single.final_sae().params.items():
+        assert_close(got[name], value, atol=2e-5, rtol=2e-4, what=name)
+    assert np.array_equal(
+        load_file(out / "sparsity.safetensors")["sparsity"], single.log_feature_sparsity()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["ckpt", "ckpt.stalled.p0", "ckpt.stalled.p1", "out"]
+    )  # process 0 alone wrote the output, leaving nothing else behind
+
+
+@pytest.mark.slow
+def test_a_mesh_that_does_not_split_batches_over_processes_is_refused(tmp_path: Path) -> None:
+    """With 'data' of size 1 each process would feed half a batch the mesh replicates."""
+    config = dict(CONFIG, mesh={"data": 1, "model": 4})
+    procs = _launch(WORKER.format(config=config), str(tmp_path / "out"))
+    try:
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=300)
+            assert proc.returncode != 0
+            assert "ConfigError" in stderr and "'data' axis must split batches" in stderr, stderr
+    finally:
+        _kill(procs)
+    assert not (tmp_path / "out").exists()

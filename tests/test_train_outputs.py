@@ -4,6 +4,7 @@ and runs to the same outputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,18 +76,59 @@ def test_saelens_loads_and_runs_what_jsae_trained(tmp_path: Path) -> None:
         "topk": {"architecture": "topk", "k": 4},
         "batchtopk": {"architecture": "batchtopk", "k": 4},
         "transcoder": {"architecture": "transcoder", "d_out": 5},
+        "hook_z": {"architecture": "standard", "metadata": {"hook_name": HOOK_Z}},
     }
     saes = {}
+    inputs = {name: x for name in cases} | {"hook_z": x.reshape(64, 3, 4)}  # [B, heads, d_head]
     for name, arch in cases.items():
         config = _config(root / name, "sae", **arch, normalize_activations="none")
         batches = _batches(25, scale=1.0)
         if arch["architecture"] == "transcoder":
             batches = [(b, b[:, :5] * 2) for b in batches]
         saes[name] = jsae.train(config, batches)
-        save_file({"x": x}, root / name / "inputs.safetensors")
+        save_file({"x": inputs[name]}, root / name / "inputs.safetensors")
     run_reference("saelens_fixtures.py", "check", root)
     for name, sae in saes.items():
         out = load_file(root / name / "saelens_outputs.safetensors")
-        assert_close(out["feature_acts"], sae.encode(x), atol=1e-5, what=f"{name} encode")
-        assert_close(out["forward"], sae(x), atol=1e-5, what=f"{name} forward")
+        x_in = inputs[name]
+        assert_close(out["feature_acts"], sae.encode(x_in), atol=1e-5, what=f"{name} encode")
+        assert_close(out["forward"], sae(x_in), atol=1e-5, what=f"{name} forward")
+    hook_z_out = load_file(root / "hook_z" / "saelens_outputs.safetensors")
+    assert hook_z_out["forward"].shape == (64, 3, 4)  # SAELens's hook_z SAE took the heads
     assert (root / "batchtopk" / "saelens_class.txt").read_text() == "JumpReLUSAE"
+
+
+HOOK_Z = "blocks.0.attn.hook_z"  # 3 heads of d_head 4: d_in = 12
+
+
+def test_hook_z_sae_trains_on_flat_rows_and_takes_heads_once_saved(tmp_path: Path) -> None:
+    """reshape_activations='hook_z' changes what the saved SAE takes, not what is trained."""
+    batches = _batches(4 + 25)  # the scale estimate, then 25 steps
+    meta = {"hook_name": HOOK_Z}
+    trainer = jsae.Trainer(
+        _config(tmp_path, "hz", architecture="topk", k=4, metadata=meta), batches
+    )
+    final = trainer.fit()  # reshape_activations follows the hook: all heads of attn.hook_z
+    flat = jsae.train(
+        _config(
+            tmp_path, "flat", architecture="topk", k=4, metadata=meta, reshape_activations="none"
+        ),
+        batches,
+    )
+    assert final.cfg.reshape_activations == "hook_z" and flat.cfg.reshape_activations == "none"
+    for name, value in flat.params.items():  # the same flat [B, d_in] rows were trained on
+        assert np.array_equal(np.asarray(final.params[name]), np.asarray(value)), name
+
+    assert json.loads((tmp_path / "hz" / "cfg.json").read_text())["reshape_activations"] == "hook_z"
+    loaded = jsae.load(tmp_path / "hz")
+    assert loaded.cfg.reshape_activations == "hook_z"
+    x = batches[-1]  # [64, 12]
+    s = trainer.scale
+    trained = trainer.sae.to_inference()  # the trained params, in the scaled training space
+    for heads in [(64, 3, 4), (8, 8, 3, 4)]:  # [..., n_heads, d_head]
+        xh = x.reshape(heads)
+        assert loaded(xh).shape == heads
+        want = (np.asarray(trained(s * x)) / s).reshape(heads)
+        assert_close(loaded(xh), want, atol=1e-4, rtol=1e-4)
+        assert_close(loaded.encode(xh), flat.encode(x).reshape(*heads[:-2], -1), atol=1e-5)
+    assert_close(loaded(x), flat(x), atol=1e-5)  # flat rows are still accepted

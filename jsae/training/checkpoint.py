@@ -10,6 +10,12 @@
 orbax writes each step into a temporary directory renamed into place when complete, and the
 host files are written atomically before it, so a run killed at any moment leaves only complete
 checkpoints (an unfinished one is ignored and cleaned up on the next start).
+
+Several processes (multi-host): every process takes part in each save and restore (orbax writes
+each process's shards and commits the step once all are written), so `checkpoint_path` must be a
+directory all processes share. Each process keeps its own host file, because each reads its own
+part of every batch; a checkpoint resumes with the number of processes that wrote it. The step
+to resume is process 0's newest, so all processes restore the same one.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jsae.errors import FormatError
+from jsae.errors import ConfigError, FormatError
 from jsae.fsutil import atomic_write_bytes
 
 
@@ -51,7 +57,14 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The newest complete step (process 0's view, shared with every process)."""
+        step = self.manager.latest_step()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            chosen = multihost_utils.broadcast_one_to_all(np.int32(-1 if step is None else step))
+            step = None if int(chosen) < 0 else int(chosen)
+        return step
 
     def save(
         self, step: int, state: Any, host: dict[str, Any], arrays: dict[str, np.ndarray]
@@ -63,7 +76,12 @@ class Checkpointer:
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
             atomic_write_bytes(self._host_file(step, ".npz"), buffer.getvalue())
-        host = {**host, "has_arrays": bool(arrays)}
+        host = {
+            **host,
+            "has_arrays": bool(arrays),
+            "process_index": jax.process_index(),
+            "process_count": jax.process_count(),
+        }
         atomic_write_bytes(self._host_file(step, ".json"), json.dumps(host).encode())
         self.manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
@@ -77,14 +95,50 @@ class Checkpointer:
                 file.unlink(missing_ok=True)
 
     def read_host(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """(host state, leftover arrays) of checkpoint `step` for this process."""
+        """(host state, leftover arrays) of checkpoint `step` for this process.
+
+        With several processes, all of them fail together when one cannot read its state
+        (instead of the others waiting forever in the restore that follows).
+        """
+        error: Exception | None = None
+        try:
+            found = self._read_own_host(step)
+        except (ConfigError, FormatError) as exc:
+            error = exc
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            failed = multihost_utils.process_allgather(np.int32(error is not None))
+            if error is None and failed.any():
+                raise FormatError(
+                    f"checkpoint {step} in {self.directory}: process(es) "
+                    f"{np.flatnonzero(failed).tolist()} could not read their host state "
+                    "(their errors say why)."
+                )
+        if error is not None:
+            raise error
+        return found
+
+    def _read_own_host(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         host_file = self._host_file(step, ".json")
         if not host_file.is_file():
+            written_by = sorted(
+                p.name.split(".")[1] for p in (self.directory / "host").glob(f"{step}.p*.json")
+            )
             raise FormatError(
                 f"checkpoint {step} in {self.directory} has no host state for process "
-                f"{jax.process_index()} ({host_file.name}); it is incomplete."
+                f"{jax.process_index()} ({host_file.name}; found {written_by or 'none'}). Resume "
+                "with the number of processes that wrote it, from a checkpoint_path all "
+                "processes share."
             )
         host = json.loads(host_file.read_text())
+        count = host.get("process_count", 1)
+        if count != jax.process_count():
+            raise ConfigError(
+                f"checkpoint {step} in {self.directory} was written by {count} process(es) but "
+                f"this run has {jax.process_count()}: each process saved its own position in the "
+                f"activation source, so resume with num_processes={count}."
+            )
         arrays: dict[str, np.ndarray] = {}
         if host.get("has_arrays"):
             with np.load(self._host_file(step, ".npz")) as data:

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import yaml
 
 from jsae.activations.config import LanguageModelSettings
-from jsae.config import NORMALIZE_MODES, canonical_dtype, freeze, unfreeze
+from jsae.config import NORMALIZE_MODES, RESHAPE_MODES, canonical_dtype, freeze, unfreeze
 from jsae.errors import ConfigError, choices_hint
 
 # Architectures the trainer can train (every registered one has loss terms).
@@ -74,7 +74,6 @@ IGNORED_SAELENS_KEYS = frozenset(
         "log_activations_store_to_wandb",
         "log_optimizer_state_to_wandb",
         "prefetch_llm_batches",
-        "reshape_activations",
     }
 )
 
@@ -105,6 +104,13 @@ class SAESettings:
         "none",
         f"one of {list(NORMALIZE_MODES)}; expected_average_only_in scales inputs to "
         "E||x|| = sqrt(d_in) during training and folds the scale into the weights at the end",
+    )
+    reshape_activations: str = option(
+        "auto",
+        f"one of {['auto', *RESHAPE_MODES]}: what the saved SAE takes as input; 'hook_z' takes "
+        "attn.hook_z activations [..., n_heads, d_head] (and flat [..., d_in]), 'none' takes "
+        "[..., d_in]; training always sees flat [B, d_in] rows. 'auto': 'hook_z' when the hook "
+        "(metadata or model hook_name) is an attn.hook_z over all heads, else 'none'",
     )
     decoder_init_norm: float | None = option(
         0.1, "initial L2 norm of each decoder row, with W_enc = W_dec.T (None: kaiming only)"
@@ -192,6 +198,14 @@ class SAESettings:
                 f"one of {list(NORMALIZE_MODES)}."
                 + choices_hint(self.normalize_activations, NORMALIZE_MODES)
             )
+        if self.reshape_activations is None:  # YAML null: unset
+            object.__setattr__(self, "reshape_activations", "auto")
+        if self.reshape_activations not in ("auto", *RESHAPE_MODES):
+            raise ConfigError(
+                f"reshape_activations={self.reshape_activations!r} is not supported; choose one "
+                f"of {['auto', *RESHAPE_MODES]}."
+                + choices_hint(self.reshape_activations, ("auto", *RESHAPE_MODES))
+            )
         if self.jumprelu_sparsity_loss_mode not in SPARSITY_LOSS_MODES:
             raise ConfigError(
                 f"jumprelu_sparsity_loss_mode={self.jumprelu_sparsity_loss_mode!r} is not "
@@ -274,6 +288,11 @@ class SAESettings:
                 "transcoders cannot subtract b_dec from their input (b_dec lives in the output "
                 "space); set apply_b_dec_to_input to False or leave it unset."
             )
+        if transcoder and self.reshape_activations == "hook_z":
+            raise ConfigError(
+                "transcoders cannot use reshape_activations='hook_z' (their output belongs to "
+                "another hook); leave it 'auto' or set 'none'."
+            )
         if transcoder and self.normalize_activations != "none":
             raise ConfigError(
                 "transcoder training supports normalize_activations='none' only: input and "
@@ -299,8 +318,12 @@ class SAESettings:
             True if self.rescale_acts_by_decoder_norm is None else self.rescale_acts_by_decoder_norm
         )
 
-    def sae_config(self) -> Any:
-        """The `jsae.SAEConfig` of the SAE being trained (training form)."""
+    def sae_config(self, reshape_activations: str | None = None) -> Any:
+        """The `jsae.SAEConfig` of the SAE being trained (training form).
+
+        `reshape_activations` replaces 'auto' (`TrainConfig.sae_config` resolves it from the
+        hook); 'auto' with none given is "none".
+        """
         from jsae.config import SAEConfig
 
         return SAEConfig(
@@ -311,6 +334,11 @@ class SAESettings:
             dtype=self.dtype,
             apply_b_dec_to_input=self.apply_b_dec_to_input,
             normalize_activations=self.normalize_activations,
+            reshape_activations=(
+                self.reshape_activations
+                if self.reshape_activations != "auto"
+                else reshape_activations or "none"
+            ),
             k=self.k,
             rescale_acts_by_decoder_norm=self.rescale,
             metadata=unfreeze(self.metadata),
@@ -567,6 +595,48 @@ class TrainConfig:
                 raise ConfigError(
                     f"k={sae.k} keeps no latent in a batch of {tr.train_batch_size_tokens} tokens."
                 )
+        self._check_reshape()
+
+    def _check_reshape(self) -> None:
+        if self.sae.reshape_activations != "hook_z":
+            return
+        hook, head = self.sae_hook()
+        if head is not None:
+            raise ConfigError(
+                f"reshape_activations='hook_z' is for SAEs over all heads of attn.hook_z, but "
+                f"hook_head_index={head} trains on one head ([d_head] inputs); remove one of them."
+            )
+        if hook is not None and not hook.endswith("_z"):
+            raise ConfigError(
+                f"reshape_activations='hook_z' needs an attn.hook_z hook, not {hook!r} (SAELens "
+                "refuses to load such an SAE); set reshape_activations to 'none'."
+            )
+
+    # ------------------------------------------------------------------ the SAE
+
+    def sae_hook(self) -> tuple[str | None, int | None]:
+        """(hook_name, hook_head_index) of the SAE: from its metadata, else the model settings."""
+        meta = self.sae.metadata
+        if meta.get("hook_name"):
+            return meta["hook_name"], meta.get("hook_head_index")
+        return self.model.hook_name, self.model.hook_head_index
+
+    @property
+    def reshape_activations(self) -> str:
+        """The SAE's reshape_activations: as set, or 'hook_z' for an attn.hook_z over all heads.
+
+        The activation store flattens all heads of attn.hook_z into [B, n_heads * d_head] rows;
+        'hook_z' lets the saved SAE take the hook's own [..., n_heads, d_head] activations.
+        """
+        if self.sae.reshape_activations != "auto":
+            return self.sae.reshape_activations
+        hook, head = self.sae_hook()
+        all_heads = hook is not None and hook.rsplit(".", 1)[-1] == "hook_z" and head is None
+        return "hook_z" if all_heads and not self.sae.is_transcoder else "none"
+
+    def sae_config(self) -> Any:
+        """The `jsae.SAEConfig` of the SAE being trained (training form)."""
+        return self.sae.sae_config(reshape_activations=self.reshape_activations)
 
     # ------------------------------------------------------------------ building
 

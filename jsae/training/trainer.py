@@ -72,7 +72,7 @@ class Trainer:
         _initialize_distributed(tr)
         self.mesh = _build_mesh(tr)
         self.settings = self.config.sae
-        self.cfg = self.settings.sae_config()
+        self.cfg = self.config.sae_config()
         self.arch = get_architecture(self.cfg.architecture)
         self.ctx = TrainContext(self.settings, self.mesh)
         self.optimizer = make_optimizer(tr)
@@ -160,9 +160,27 @@ class Trainer:
         return jax.jit(build, out_shardings=shardings)(params), shardings
 
     def _make_batch_sharding(self) -> Any:
-        if self.mesh is not None:
-            return NamedSharding(self.mesh, P("data", None))
-        return SingleDeviceSharding(jax.local_devices()[0])
+        if self.mesh is None:
+            return SingleDeviceSharding(jax.local_devices()[0])
+        sharding = NamedSharding(self.mesh, P("data", None))
+        if jax.process_count() > 1:
+            # Each process feeds local_rows rows of its own: its devices must hold exactly that
+            # many distinct rows of the global batch (not the whole batch, replicated).
+            shape = (self.batch_size, self.cfg.d_in)
+            starts = {
+                index[0].start or 0
+                for index in sharding.addressable_devices_indices_map(shape).values()
+            }
+            held = len(starts) * sharding.shard_shape(shape)[0]
+            if held != self.local_rows:
+                raise ConfigError(
+                    f"mesh {dict(self.mesh.shape)} gives each of the {jax.process_count()} "
+                    f"processes {held} rows of every {self.batch_size}-row batch, but each "
+                    f"process feeds {self.local_rows}: the 'data' axis must split batches "
+                    "over the processes (make 'data' a multiple of num_processes, e.g. "
+                    f"mesh: {{data: {jax.process_count()}, model: {jax.local_device_count()}}})."
+                )
+        return sharding
 
     def _check_output_path(self) -> None:
         out = self.config.training.output_path
@@ -537,14 +555,16 @@ class Trainer:
         """Build the final SAE and write `output_path` (SAELens format + sparsity + config)."""
         sae = self.final_sae()
         out = self.config.training.output_path
-        if out and jax.process_index() == 0:
-            self._write_output(sae, Path(out))
+        if out:
+            # Every process gathers the statistics (a collective); process 0 alone writes.
+            log_sparsity = self.log_feature_sparsity() if self.steps_done else None
+            if jax.process_index() == 0:
+                self._write_output(sae, Path(out), log_sparsity)
         return sae
 
-    def _write_output(self, sae: SAE, out: Path) -> None:
+    def _write_output(self, sae: SAE, out: Path, log_sparsity: np.ndarray | None) -> None:
         from jsae.io import save
 
-        log_sparsity = self.log_feature_sparsity() if self.steps_done else None
         with atomic_output_dir(out, overwrite=self.config.training.overwrite_output) as tmp:
             save(sae, tmp, log_sparsity=log_sparsity, overwrite=True)
             (tmp / "training_config.yaml").write_text(self.config.to_yaml())
