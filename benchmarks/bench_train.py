@@ -65,13 +65,13 @@ ARCHS = {
 # Matmul work each step needs, in units of B·d_in·d_sae multiply-adds (2 FLOPs each): a dense
 # SAE needs 5 (encoder, decoder, decoder-weight, latent and encoder-weight gradients); gated adds
 # the gate path and its auxiliary reconstruction (4 more plus a second encoder-weight gradient);
-# Matryoshka adds its prefix decodes (up to width 4096 of 16384: 0.25 forward, 0.5 backward);
+# Matryoshka decodes its latents in bands whose cumulative sums are its levels (one decoder);
 # the sparse (value, index) paths need the dense encoder forward (1) and O(k/d_sae) for the rest.
 SPARSE = 1 + 4 * 32 / D_SAE
 MATMULS = {
     "standard": 5, "gated": 10, "jumprelu": 5, "topk (dense)": 5, "topk (sparse)": SPARSE,
     "batchtopk (dense)": 5, "batchtopk (sparse)": SPARSE,
-    "matryoshka (dense)": 5.75, "matryoshka (sparse)": SPARSE,
+    "matryoshka (dense)": 5, "matryoshka (sparse)": SPARSE,
 }  # fmt: skip
 
 

@@ -75,7 +75,7 @@ class ForwardPass(NamedTuple):
     f: jax.Array  # [B, d_sae]
     x_hat: jax.Array  # [B, d_out]
     stats: Any  # NormStats of the run-time normalisation
-    encoded: dict[str, jax.Array]  # other encoder intermediates (the gated gate path)
+    encoded: dict[str, jax.Array]  # other intermediates (gated's gate path, Matryoshka's prefixes)
 
 
 class TrainOutput(NamedTuple):
@@ -354,8 +354,10 @@ class Architecture:
         center = params["b_dec"] if cfg.apply_b_dec_to_input else None
         x_in = x_norm if center is None else x_norm - center
         hidden_pre, f, encoded = cls.train_encode(cfg, ctx, params, x_norm, center, x_in)
-        x_hat = cls.train_output(cfg, params, f, x, stats)  # [B, d_out]
-        fwd = ForwardPass(x, x_in, x_norm, center, target, hidden_pre, f, x_hat, stats, encoded)
+        x_hat, decoded = cls.train_reconstruct(cfg, ctx, params, f, x, stats)  # [B, d_out]
+        fwd = ForwardPass(
+            x, x_in, x_norm, center, target, hidden_pre, f, x_hat, stats, {**encoded, **decoded}
+        )
         losses = {"mse_loss": mean_sq_error(x_hat, target)}
         losses.update(cls.aux_losses(cfg, ctx, params, fwd, inputs))
         fired = f != 0
@@ -400,6 +402,19 @@ class Architecture:
     ) -> jax.Array:
         """Latents in training (straight-through estimators, sharded top-k). [B, d_sae]"""
         return cls.activation(cfg, params, hidden_pre, x)
+
+    @classmethod
+    def train_reconstruct(
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        f: jax.Array,
+        x: jax.Array,
+        stats: Any,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(reconstruction [B, d_out], intermediates the auxiliary losses reuse)."""
+        return cls.train_output(cfg, params, f, x, stats), {}
 
     @classmethod
     def train_output(

@@ -172,6 +172,24 @@ class MatryoshkaBatchTopK(BatchTopK):
     name = "matryoshka_batchtopk"
 
     @classmethod
+    def train_reconstruct(
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        f: jax.Array,
+        x: jax.Array,
+        stats: Any,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The reconstruction is the last prefix: every level's decode comes from one pass over
+        the latents in bands (the matmul work of one decoder), summed cumulatively."""
+        from jsae.normalization import normalize_out
+
+        prefixes = prefix_decodes(cfg, params, f, ctx.settings.matryoshka_widths)
+        x_hat = normalize_out(cfg.normalize_activations, prefixes[-1], stats)
+        return x_hat, {"prefixes": prefixes}
+
+    @classmethod
     def aux_losses(
         cls,
         cfg: SAEConfig,
@@ -183,6 +201,7 @@ class MatryoshkaBatchTopK(BatchTopK):
         from jsae.normalization import normalize_out
 
         widths = ctx.settings.matryoshka_widths
+        prefixes = fwd.encoded["prefixes"]
         if ctx.settings.use_matryoshka_aux_loss:
             aux = matryoshka_aux_loss(cfg, ctx, params, fwd, inputs.dead_mask)
         else:
@@ -190,23 +209,31 @@ class MatryoshkaBatchTopK(BatchTopK):
                 cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask
             )
         losses = {"auxiliary_reconstruction_loss": aux}
-        for width, partial in _prefix_decodes(cfg, params, fwd.f, widths[:-1]):
+        for width, partial in zip(widths[:-1], prefixes[:-1], strict=True):
             inner = normalize_out(cfg.normalize_activations, partial, fwd.stats)
             losses[f"inner_mse_loss_{width}"] = mean_sq_error(inner, fwd.target)
         return losses
 
 
-def _prefix_decodes(cfg: SAEConfig, params: Params, f: jax.Array, widths: tuple[int, ...]):
-    """(w, b_dec + f[:, :w] @ W_dec[:w]) for each width, accumulated level by level."""
+def prefix_decodes(
+    cfg: SAEConfig, params: Params, f: jax.Array, widths: tuple[int, ...]
+) -> list[jax.Array]:
+    """b_dec + f[:, :w] @ W_dec[:w] for each width w (the last being d_sae). [B, d_in] each
+
+    Each band of latents [previous width, w) is decoded once and the bands are summed in
+    order, so all levels together cost one decoder matmul.
+    """
     W_dec = params["W_dec"]
     if cfg.rescale_acts_by_decoder_norm:
         f = f / row_norms(W_dec)
     decoded = params["b_dec"]
+    prefixes = []
     prev = 0
     for width in widths:
         decoded = decoded + f[:, prev:width] @ W_dec[prev:width]  # [B, d_in]
         prev = width
-        yield width, decoded
+        prefixes.append(decoded)
+    return prefixes
 
 
 def matryoshka_aux_loss(
@@ -226,7 +253,7 @@ def matryoshka_aux_loss(
     latent = jnp.arange(cfg.d_sae)
     total = jnp.zeros((), jnp.float32)
     prev = 0
-    for width, partial in _prefix_decodes(cfg, params, fwd.f, widths):
+    for width, partial in zip(widths, fwd.encoded["prefixes"], strict=True):
         level_dead = dead_mask & (latent >= prev) & (latent < width)
         n_dead = jnp.sum(level_dead)
         scale = jnp.minimum(n_dead / k_aux, 1.0).astype(total.dtype)
