@@ -171,9 +171,10 @@ class SAESettings:
     )
     use_sparse_activations: bool | None = option(
         None,
-        "topk: decode and backpropagate through (value, index) pairs (gather / scatter-add) "
-        "instead of dense [B, d_sae] matrices; None picks it when d_sae >= 4096 and latents "
-        "are not split over the mesh's model axis",
+        "topk, batchtopk, matryoshka_batchtopk: decode and backpropagate through the kept "
+        "(value, index) pairs (gather / scatter-add) instead of dense [B, d_sae] matrices; None "
+        "picks it when d_sae >= 4096 and, for topk, latents are not split over the mesh's "
+        "model axis; for the batch-wide selections, on one device without per-level AuxK",
     )
     metadata: dict = field(
         default_factory=dict,
