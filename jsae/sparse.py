@@ -168,6 +168,13 @@ def _gather_decode_bwd(residuals, g):
 gather_decode.defvjp(_gather_decode_fwd, _gather_decode_bwd)
 
 
+def bias_gradient(b_enc: jax.Array, cols: jax.Array, g: jax.Array) -> jax.Array:
+    """d b_enc[c] = Σ_{p: cols[p] = c} g[p], summed in float32 (a latent that fires on many
+    tokens gets that many bf16 terms) and returned in b_enc's dtype. [d_sae]"""
+    acc = jnp.zeros(b_enc.shape, jnp.promote_types(b_enc.dtype, jnp.float32))
+    return acc.at[cols].add(g.astype(acc.dtype)).astype(b_enc.dtype)
+
+
 @jax.custom_vjp
 def gather_encode(
     hidden_pre: jax.Array,
@@ -208,7 +215,7 @@ def _gather_encode_bwd(residuals, g):
 
     init = (jnp.zeros_like(x), jnp.zeros_like(W_t))
     dx, dW_t = jax.lax.fori_loop(0, n_cols, body, init)
-    db = jnp.zeros_like(b_enc).at[idx.reshape(-1)].add(g.reshape(-1).astype(b_enc.dtype))
+    db = bias_gradient(b_enc, idx.reshape(-1), g.reshape(-1))
     return None, dx, dW_t.T, db, None, None
 
 
@@ -326,7 +333,7 @@ def _pair_encode_bwd(residuals, g):
     W_t = W_enc.T  # [d_sae, d_in]
     dx = _scatter_rows(x.shape[0], rows, g, W_t, cols, True).astype(x.dtype)
     dW_t = _scatter_rows(W_t.shape[0], cols, g, x, rows, False).astype(W_enc.dtype)
-    db = jnp.zeros_like(b_enc).at[cols].add(g.astype(b_enc.dtype))
+    db = bias_gradient(b_enc, cols, g)
     return None, dx, dW_t.T, db, None, None
 
 
