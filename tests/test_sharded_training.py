@@ -128,3 +128,46 @@ def test_two_stage_selection_equals_single_device(mesh: tuple[int, int]) -> None
         got = jax.jit(lambda s, n=n_keep: batch_topk_mask(s, n, m))(placed)
         assert np.array_equal(np.asarray(got), np.asarray(batch_topk_mask(scores, n_keep)))
         assert int(np.asarray(got).sum()) == n_keep
+
+
+@pytest.mark.parametrize(
+    "first, then", [((2, 4), None), (None, (1, 8)), ((8, 1), (2, 4))], ids=str
+)
+def test_resume_on_another_mesh_ends_where_one_device_does(
+    tmp_path, first: tuple[int, int] | None, then: tuple[int, int] | None
+) -> None:
+    """A checkpoint written on one mesh resumes on another (or on one device): orbax re-shards
+    the parameters, optimizer state and firing statistics onto the new placement."""
+    arch = {**BATCHTOPK}
+    single = _train(arch, None)
+
+    def config(mesh: tuple[int, int] | None, **extra) -> dict:
+        return {
+            **arch,
+            "d_in": D_IN,
+            "d_sae": D_SAE,
+            "lr": 1e-2,
+            "train_batch_size_tokens": BATCH,
+            "training_tokens": BATCH * STEPS,
+            "dead_feature_window": 2,
+            "feature_sampling_window": 4,
+            "mesh": None if mesh is None else {"data": mesh[0], "model": mesh[1]},
+            "log_to_wandb": False,
+            "checkpoint_path": str(tmp_path / "ckpt"),
+            "output_path": None,
+            "progress_bar": False,
+            **extra,
+        }
+
+    before = jsae.Trainer(config(first), _batches())
+    for _ in range(3):
+        before.step()
+    before.save_checkpoint()
+    after = jsae.Trainer(config(then, resume_from_checkpoint=str(tmp_path / "ckpt")), _batches())
+    assert after.steps_done == 3
+    if then is not None:
+        W_enc = after.state.params["W_enc"]
+        assert W_enc.sharding.mesh.shape == {"data": then[0], "model": then[1]}
+        assert W_enc.sharding.spec == parallel.param_spec("W_enc")
+    after.fit()
+    _compare(after, single, f"resumed {first} -> {then}")
