@@ -236,3 +236,49 @@ def test_model_settings_route_from_flat_nested_and_saelens_configs(tmp_path) -> 
     assert round_trip.model == flat.model
     with pytest.raises(jsae.ConfigError, match=r"unknown config key 'hook_nme'.*hook_name"):
         TrainConfig.from_dict({"d_in": 32, "d_sae": 64, "hook_nme": HOOK})
+
+
+def test_training_on_attention_hook_z_saves_a_head_shaped_sae(assets, tmp_path) -> None:
+    """`attn.hook_z` yields [..., n_heads, d_head]: training flattens it to rows of d_in, and
+    `jsae.train` saves an SAE (reshape_activations "hook_z", chosen by `auto`) that takes the
+    hook's own shape, flattened in the order the rows were, and evaluates spliced at the hook."""
+    out = tmp_path / "z"
+    hook = "blocks.0.attn.hook_z"
+    config = _config(
+        assets, out, hook_name=hook, training_tokens=32 * 60, l1_coefficient=1e-3, lr=5e-3
+    )
+    returned = jsae.train(config)
+    sae = jsae.load(out)
+    assert np.array_equal(np.asarray(returned.params["W_dec"]), np.asarray(sae.params["W_dec"]))
+    assert sae.cfg.reshape_activations == "hook_z"
+    assert (sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name) == (hook, str(assets["model"]))
+
+    model = jsae.models.load_model(str(assets["model"]))
+    z = np.asarray(model.run_with_cache(np.arange(1, 9)[None], [hook])[1][hook])  # [1, 8, H, dh]
+    assert z.ndim == 4 and z.shape[-2] * z.shape[-1] == 32
+
+    def explained(acts: np.ndarray) -> float:
+        recon = np.asarray(sae.forward(acts))
+        assert recon.shape == acts.shape
+        return float(1 - ((recon - acts) ** 2).sum() / ((acts - acts.mean((0, 1))) ** 2).sum())
+
+    # heads flattened in the wrong order would reconstruct far worse than the right order
+    swapped = z.transpose(0, 1, 3, 2).reshape(z.shape)
+    assert explained(z) > 0.25 and explained(z) > explained(swapped) + 0.3
+    results = json.loads((out / "eval_results.json").read_text())["metrics"]
+    assert results["reconstruction_quality"]["explained_variance"] > 0.5
+    assert np.isfinite(results["model_performance_preservation"]["ce_loss_score"])
+
+
+def test_trainer_on_a_model_source_names_the_model_and_hook(assets, tmp_path) -> None:
+    """A Trainer building the model source itself fills the SAE metadata, as `jsae train` does;
+    activations passed in keep the metadata as given (a model's defaults would misdescribe them)."""
+    trainer = jsae.Trainer(_config(assets, None, training_tokens=32 * 2))
+    sae = trainer.fit()
+    assert (sae.cfg.metadata.hook_name, sae.cfg.metadata.context_size) == (HOOK, 16)
+    rows = [np.ones((32, 32), np.float32)] * 2
+    given = jsae.Trainer(
+        _config(assets, None, training_tokens=32 * 2, metadata={"hook_name": "mine"}), rows
+    )
+    assert given.fit().cfg.metadata.hook_name == "mine"
+    assert given.config.sae.metadata.get("context_size") is None

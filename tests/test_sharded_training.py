@@ -130,9 +130,7 @@ def test_two_stage_selection_equals_single_device(mesh: tuple[int, int]) -> None
         assert int(np.asarray(got).sum()) == n_keep
 
 
-@pytest.mark.parametrize(
-    "first, then", [((2, 4), None), (None, (1, 8)), ((8, 1), (2, 4))], ids=str
-)
+@pytest.mark.parametrize("first, then", [((2, 4), None), (None, (1, 8)), ((8, 1), (2, 4))], ids=str)
 def test_resume_on_another_mesh_ends_where_one_device_does(
     tmp_path, first: tuple[int, int] | None, then: tuple[int, int] | None
 ) -> None:

@@ -32,7 +32,6 @@ from jsae.activations.store import (
     sliced_length,
 )
 from jsae.activations.tokenization import resolve_exclude_special_tokens
-from jsae.config import unfreeze
 from jsae.errors import ConfigError
 
 
@@ -316,20 +315,11 @@ def spliced_evaluator(
 # ------------------------------------------------------------------------------ training
 
 
-def with_model_metadata(config: Any) -> Any:
-    """The training config with the SAE metadata filled from its model/data settings."""
-    lm = config.model
-    filled = {k: v for k, v in lm.sae_metadata().items() if v is not None}
-    merged = {**filled, **unfreeze(config.sae.metadata)}
-    if merged == unfreeze(config.sae.metadata):
-        return config
-    return config.replace(metadata=merged)
-
-
 def train_language_model_sae(
     config: Any,
     *,
     model: Any = None,
+    init: Any = None,
     final_evals: bool = True,
     eval_config: Any = None,
     log: Callable[[str], None] | None = print,
@@ -338,14 +328,15 @@ def train_language_model_sae(
 
     `config` is a `TrainConfig` whose `model` concern names the model, hook and dataset (or a
     cache with `use_cached_activations`). Returns the trained SAE and the final eval metrics
-    (written next to the SAE as `eval_results.json` when `output_path` is set).
+    (written next to the SAE as `eval_results.json` when `output_path` is set). `init` starts
+    from an existing SAE (fine-tuning).
     """
     import jax
 
     from jsae import evals
     from jsae.training import Trainer
 
-    config = with_model_metadata(config)
+    config = config.with_model_metadata()
     lm, tr = config.model, config.training
     if model is None and lm.model_name is not None:
         model = load_model_for(lm)
@@ -362,7 +353,7 @@ def train_language_model_sae(
         source = activation_store(
             lm, model, batch_size=tr.train_batch_size_tokens, seed=tr.seed, d_in=config.sae.d_in
         )
-    trainer = Trainer(config, source)
+    trainer = Trainer(config, source, init=init)
     if model is not None:
         trainer.evaluator = spliced_evaluator(lm, model, activation_scale=lambda: trainer.scale)
     t0 = time.perf_counter()

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jsae.errors import ConfigError
-    from jsae.training.config import TrainConfig, option_help
+    from jsae.training.config import MODEL_SOURCES, TrainConfig, option_help
 
     _take_trailing_flags(args)
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
 
-    if config.data.activation_source in ("model", "cache"):  # model -> activations -> evals
+    if config.data.activation_source in MODEL_SOURCES:  # model -> activations -> evals
         from jsae.activations.pipeline import train_language_model_sae
 
         train_language_model_sae(config)

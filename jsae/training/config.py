@@ -34,6 +34,8 @@ from jsae.activations.config import LanguageModelSettings
 from jsae.config import NORMALIZE_MODES, RESHAPE_MODES, canonical_dtype, freeze, unfreeze
 from jsae.errors import ConfigError, choices_hint
 
+MODEL_SOURCES = ("model", "cache")  # activation sources that run (or cached) a language model
+
 # Architectures the trainer can train (every registered one has loss terms).
 TRAINABLE_ARCHITECTURES = (
     "standard",
@@ -634,6 +636,20 @@ class TrainConfig:
         hook, head = self.sae_hook()
         all_heads = hook is not None and hook.rsplit(".", 1)[-1] == "hook_z" and head is None
         return "hook_z" if all_heads and not self.sae.is_transcoder else "none"
+
+    def with_model_metadata(self) -> TrainConfig:
+        """This config with the SAE metadata (model_name, hook_name, context_size, ...) filled
+        from the model/data settings, when the activations come from the model or its cache.
+
+        Values already in `metadata` win. Other sources keep the metadata as given: a model's
+        defaults (context_size, prepend_bos) would misdescribe activations from elsewhere.
+        """
+        if self.data.activation_source not in MODEL_SOURCES:
+            return self
+        given = unfreeze(self.sae.metadata)
+        implied = {k: v for k, v in self.model.sae_metadata().items() if v is not None}
+        merged = {**implied, **given}
+        return self if merged == given else self.replace(metadata=merged)
 
     def sae_config(self) -> Any:
         """The `jsae.SAEConfig` of the SAE being trained (training form)."""

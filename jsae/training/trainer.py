@@ -46,7 +46,7 @@ from jsae.io import log_feature_sparsity
 from jsae.parallel import make_mesh
 from jsae.sae import SAE
 from jsae.training.checkpoint import Checkpointer
-from jsae.training.config import TrainConfig
+from jsae.training.config import MODEL_SOURCES, TrainConfig
 from jsae.training.monitor import ProgressBar, RunLogger
 from jsae.training.optimizer import make_optimizer
 from jsae.training.sources import Feeder, make_source
@@ -68,6 +68,8 @@ class Trainer:
         evaluator: Evaluator | None = None,
     ):
         self.config = TrainConfig.coerce(config)
+        if activations is None:
+            self.config = self.config.with_model_metadata()
         tr = self.config.training
         _initialize_distributed(tr)
         self.mesh = _build_mesh(tr)
@@ -588,9 +590,17 @@ def train(
     """Train an SAE on `activations` (any iterable of [B, d_in] arrays) and return it.
 
     `config`: a `TrainConfig`, a flat or nested dict of SAELens field names, or a YAML path.
-    Without `activations`, the configured `activation_source` is built. `init` starts from an
-    existing SAE (fine-tuning). Returns the SAE in inference form (what `output_path` holds).
+    Without `activations`, the configured `activation_source` is built; a language model
+    (`model_name`) or its `jsae cache` runs what `jsae train` runs: the SAE's metadata names the
+    model and hook, training evaluates it spliced into the model, and the final evals are written
+    next to it as `eval_results.json`. `init` starts from an existing SAE (fine-tuning). Returns
+    the SAE in inference form (what `output_path` holds).
     """
+    config = TrainConfig.coerce(config)
+    if activations is None and evaluator is None and config.data.activation_source in MODEL_SOURCES:
+        from jsae.activations.pipeline import train_language_model_sae
+
+        return train_language_model_sae(config, init=init, log=None)[0]
     return Trainer(config, activations, init=init, evaluator=evaluator).fit()
 
 
