@@ -25,9 +25,14 @@ MESHES = [(1, 8), (8, 1), (2, 4)]
 D_IN, D_SAE, BATCH, STEPS = 16, 64, 64, 5
 
 
-def _batches(seed: int = 0) -> list[np.ndarray]:
+def _batches(seed: int = 0, d_out: int | None = None) -> list:
+    """STEPS batches [BATCH, D_IN]; for transcoders (x, target [BATCH, d_out]) pairs."""
     rng = np.random.default_rng(seed)
-    return [rng.normal(0.2, 1.0, (BATCH, D_IN)).astype(np.float32) for _ in range(STEPS)]
+    xs = [rng.normal(0.2, 1.0, (BATCH, D_IN)).astype(np.float32) for _ in range(STEPS)]
+    if d_out is None:
+        return xs
+    mix = rng.normal(size=(D_IN, d_out)).astype(np.float32) / np.sqrt(D_IN)
+    return [(x, np.tanh(x @ mix)) for x in xs]
 
 
 def _train(arch: dict, mesh: tuple[int, int] | None) -> jsae.Trainer:
@@ -52,7 +57,7 @@ def _train_cached(arch_json: str, mesh: tuple[int, int] | None) -> jsae.Trainer:
         "output_path": None,
         "progress_bar": False,
     }
-    trainer = jsae.Trainer(config, _batches())
+    trainer = jsae.Trainer(config, _batches(d_out=arch.get("d_out")))
     trainer.fit()
     return trainer
 
@@ -102,6 +107,9 @@ def test_topk_family_on_every_mesh_matches_one_device(arch: dict, mesh: tuple[in
             "matryoshka_widths": [16, 32],
             "use_matryoshka_aux_loss": True,
         },
+        {"architecture": "gated", "l1_coefficient": 0.5},
+        {"architecture": "skip_transcoder", "l1_coefficient": 0.5, "d_out": 12},
+        {"architecture": "jumprelu_transcoder", "l0_coefficient": 0.2, "d_out": 12},
     ],
     ids=lambda a: a["architecture"],
 )
