@@ -82,6 +82,23 @@ def test_diverged_loss_is_reported_as_such(tmp_path: Path) -> None:
         trainer.fit()
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_batches_for_the_scale_estimate_stop_before_training(
+    tmp_path: Path, value: float
+) -> None:
+    """expected_average_only_in estimates its scale first; a NaN there would silently scale
+    every batch to NaN, so it stops the run, naming the estimate."""
+    config = _config(tmp_path, normalize_activations="expected_average_only_in")
+    trainer = jsae.Trainer(config, _batches(12, 1, value))
+    with pytest.raises(jsae.NonFiniteError, match="estimate the activation scale"):
+        trainer.fit()
+    assert trainer.steps_done == 0 and trainer.scale is None
+    assert not (tmp_path / "out").exists()
+    given = jsae.Trainer(_config(tmp_path / "b", normalize_activations="expected_average_only_in"))
+    with pytest.raises(jsae.NonFiniteError, match="estimate the activation scale"):
+        given.step(_batches(1, 0, value)[0])
+
+
 def test_source_of_the_wrong_width_is_refused_before_training(tmp_path: Path) -> None:
     wrong = [np.zeros((16, 12), np.float32)] * 3
     trainer = jsae.Trainer(_config(tmp_path, checkpoint_every_steps=1), wrong)

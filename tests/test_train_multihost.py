@@ -1,11 +1,13 @@
 """Multi-host training: two real processes on localhost (gloo CPU collectives), 2 devices each,
 a 2x2 ("data", "model") mesh over the 4 global devices, each host feeding its own half of every
 batch. The result equals one process training on a 2x2 mesh of local devices, also when the two
-processes are killed part way and two new ones resume from their shared checkpoint."""
+processes are killed part way and two new ones resume from their shared checkpoint, and when
+a checkpoint of a global-position source is resumed by another number of processes."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,6 +145,7 @@ class Stalling:
         return self.source.state()
     def restore(self, state):
         self.source.restore(state)
+    position_is_global = property(lambda self: self.source.position_is_global)
 
 if stall >= 0:
     jax.distributed.initialize(config["coordinator_address"], 2, process_id)
@@ -178,10 +181,8 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path: Path) -> None
         "10.p0.json", "10.p1.json", "20.p0.json", "20.p1.json"
     ]  # fmt: skip
     assert not out.exists()
-
-    # A different number of processes cannot take over the sources' positions.
-    with pytest.raises(jsae.ConfigError, match="written by 2 process"):
-        jsae.Trainer(dict(CKPT_CONFIG, output_path=None, resume_from_checkpoint=str(ckpt)))
+    one_ckpt = tmp_path / "one" / "ckpt"  # for one process to resume the same checkpoint
+    shutil.copytree(ckpt, one_ckpt)
 
     errors = _finish(_launch(script, str(ckpt), str(out), "-1"))
     assert "resumed from step 20" in errors[0]
@@ -196,8 +197,76 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path: Path) -> None
         load_file(out / "sparsity.safetensors")["sparsity"], single.log_feature_sparsity()
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["ckpt", "ckpt.stalled.p0", "ckpt.stalled.p1", "out"]
+        ["ckpt", "ckpt.stalled.p0", "ckpt.stalled.p1", "one", "out"]
     )  # process 0 alone wrote the output, leaving nothing else behind
+
+    # The synthetic source's position is global: one process takes over the two's checkpoint.
+    one = jsae.Trainer(
+        dict(
+            CKPT_CONFIG,
+            checkpoint_path=str(one_ckpt),
+            resume_from_checkpoint=str(one_ckpt),
+            output_path=None,
+        )
+    )
+    assert one.steps_done == 20
+    one.fit()
+    for name, value in single.final_sae().params.items():
+        assert_close(one.final_sae().params[name], value, atol=2e-5, rtol=2e-4, what=name)
+
+
+# Two processes resume (or refuse) a checkpoint one process wrote.
+RESUME_WORKER = """
+import sys, jax
+jax.config.update("jax_num_cpu_devices", 2)
+import jsae
+process_id, port, ckpt, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+config = dict({config!r}, checkpoint_path=ckpt, output_path=out, resume_from_checkpoint=ckpt,
+              coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process_id)
+trainer = jsae.Trainer(config)
+trainer.fit()
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_resume_what_one_process_wrote(tmp_path: Path) -> None:
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    first = jsae.Trainer(dict(CKPT_CONFIG, checkpoint_path=str(ckpt), output_path=None))
+    for _ in range(17):
+        first.step()
+    first.save_checkpoint()
+    errors = _finish(_launch(RESUME_WORKER.format(config=CKPT_CONFIG), str(ckpt), str(out)))
+    assert "resumed from step 17" in errors[0] and "written by 1 process(es)" in errors[0]
+
+    single = jsae.Trainer(dict(CKPT_CONFIG, checkpoint_path=None, output_path=None))
+    single.fit()
+    got = load_file(out / "sae_weights.safetensors")
+    for name, value in single.final_sae().params.items():
+        assert_close(got[name], value, atol=2e-5, rtol=2e-4, what=name)
+
+
+@pytest.mark.slow
+def test_a_per_process_position_refuses_another_process_count(tmp_path: Path) -> None:
+    """A plain list of batches is fast-forwarded item by item: its position means something
+    only with the process count (and share of each batch) that wrote it."""
+    ckpt = tmp_path / "ckpt"
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(64, 16)).astype(np.float32) for _ in range(12)]
+    first = jsae.Trainer(dict(CKPT_CONFIG, checkpoint_path=str(ckpt), output_path=None), batches)
+    for _ in range(5):
+        first.step()
+    first.save_checkpoint()
+    procs = _launch(RESUME_WORKER.format(config=CKPT_CONFIG), str(ckpt), str(tmp_path / "out"))
+    try:
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=300)
+            assert proc.returncode != 0
+            assert "written by 1 process(es) but this run has 2" in stderr, stderr[-3000:]
+            assert "num_processes=1" in stderr
+    finally:
+        _kill(procs)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -65,6 +65,25 @@ def test_scale_is_estimated_applied_and_folded(tmp_path: Path, arch: dict) -> No
     assert meta["l0"] > 0 and meta["num_dead_features"] is not None
 
 
+def test_stepping_by_hand_scales_like_fit(tmp_path: Path) -> None:
+    """Trainer.step() estimates the scale before its first step, as fit() does: from the
+    source's first n_batches_for_norm_estimate batches, or from the batch it is given."""
+    batches = _batches(30)
+    config = _config(tmp_path, "out", architecture="standard", output_path=None)
+    fitted = jsae.Trainer(config, batches)
+    fitted.fit()
+    by_hand = jsae.Trainer(config, batches)
+    while by_hand.steps_done < fitted.steps_done:
+        by_hand.step()
+    assert by_hand.scale == fitted.scale
+    for name, value in fitted.sae.params.items():
+        assert np.array_equal(np.asarray(by_hand.sae.params[name]), np.asarray(value)), name
+    given = jsae.Trainer(config, [])
+    given.step(batches[5])
+    norms = np.linalg.norm(batches[5], axis=-1)
+    assert given.scale == pytest.approx(np.sqrt(12) / norms.mean(), rel=1e-6)
+
+
 def test_saelens_loads_and_runs_what_jsae_trained(tmp_path: Path) -> None:
     """Each architecture's output directory, loaded by SAELens 6.54 (reference env)."""
     root = tmp_path / "cases"

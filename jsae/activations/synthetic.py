@@ -176,6 +176,9 @@ class SyntheticActivations:
             else:
                 yield x[lo : lo + local], y[lo : lo + local]
 
+    # Every process draws the whole global batch and keeps its slice: the position is global.
+    position_is_global = True
+
     def state(self) -> dict[str, Any]:
         return {"rng": self._rng.bit_generator.state, "batches_drawn": self.batches_drawn}
 

@@ -14,8 +14,11 @@ checkpoints (an unfinished one is ignored and cleaned up on the next start).
 Several processes (multi-host): every process takes part in each save and restore (orbax writes
 each process's shards and commits the step once all are written), so `checkpoint_path` must be a
 directory all processes share. Each process keeps its own host file, because each reads its own
-part of every batch; a checkpoint resumes with the number of processes that wrote it. The step
-to resume is process 0's newest, so all processes restore the same one.
+part of every batch. The step to resume is process 0's newest, so all processes restore the
+same one. A checkpoint resumes with the number of processes that wrote it, or with any number
+when it is *portable*: its source's position is global (`position_is_global`, as for the
+synthetic and `.npy` sources) and no leftover rows are held, so process 0's host state is
+every process's. orbax re-shards the device state onto the new mesh either way.
 """
 
 from __future__ import annotations
@@ -67,9 +70,17 @@ class Checkpointer:
         return step
 
     def save(
-        self, step: int, state: Any, host: dict[str, Any], arrays: dict[str, np.ndarray]
+        self,
+        step: int,
+        state: Any,
+        host: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        *,
+        portable: bool = False,
     ) -> None:
-        """Write checkpoint `step` (every process calls this)."""
+        """Write checkpoint `step` (every process calls this). `portable`: the host state is
+        the same on every process and holds no leftover rows, so another number of processes
+        may resume from it."""
         if arrays:
             import io
 
@@ -81,6 +92,7 @@ class Checkpointer:
             "has_arrays": bool(arrays),
             "process_index": jax.process_index(),
             "process_count": jax.process_count(),
+            "portable": bool(portable and not arrays),
         }
         atomic_write_bytes(self._host_file(step, ".json"), json.dumps(host).encode())
         self.manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
@@ -121,23 +133,29 @@ class Checkpointer:
 
     def _read_own_host(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         host_file = self._host_file(step, ".json")
-        if not host_file.is_file():
-            written_by = sorted(
-                p.name.split(".")[1] for p in (self.directory / "host").glob(f"{step}.p*.json")
-            )
-            raise FormatError(
-                f"checkpoint {step} in {self.directory} has no host state for process "
-                f"{jax.process_index()} ({host_file.name}; found {written_by or 'none'}). Resume "
-                "with the number of processes that wrote it, from a checkpoint_path all "
-                "processes share."
-            )
-        host = json.loads(host_file.read_text())
-        count = host.get("process_count", 1)
-        if count != jax.process_count():
+        host = json.loads(host_file.read_text()) if host_file.is_file() else None
+        if host is None or host.get("process_count", 1) != jax.process_count():
+            # Another number of processes: process 0's state serves all when it is portable.
+            first = self.directory / "host" / f"{step}.p0.json"
+            shared = json.loads(first.read_text()) if first.is_file() else None
+            if shared is not None and shared.get("portable"):
+                return shared, {}
+            count = (host or shared or {}).get("process_count")
+            if count is None or count == jax.process_count():
+                written_by = sorted(
+                    p.name.split(".")[1] for p in (self.directory / "host").glob(f"{step}.p*.json")
+                )
+                raise FormatError(
+                    f"checkpoint {step} in {self.directory} has no host state for process "
+                    f"{jax.process_index()} ({host_file.name}; found {written_by or 'none'}). "
+                    "Resume with the number of processes that wrote it, from a checkpoint_path "
+                    "all processes share."
+                )
             raise ConfigError(
                 f"checkpoint {step} in {self.directory} was written by {count} process(es) but "
-                f"this run has {jax.process_count()}: each process saved its own position in the "
-                f"activation source, so resume with num_processes={count}."
+                f"this run has {jax.process_count()}: each process saved its own position in "
+                "its activation source (a source whose position is global, like the synthetic "
+                f"and npy sources, resumes under any count), so resume with num_processes={count}."
             )
         arrays: dict[str, np.ndarray] = {}
         if host.get("has_arrays"):

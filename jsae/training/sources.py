@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class ResumableSource(Protocol):
-    """An activation source that can report and restore its position."""
+    """An activation source that can report and restore its position.
+
+    A source may also set `position_is_global = True`: its `state()` is a position in the
+    global stream, the same on every process (each process slicing its share of every global
+    batch). A checkpoint of such a source resumes under any number of processes.
+    """
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable position: after `restore(state)`, iteration continues from here."""
@@ -115,8 +120,10 @@ class NpyDirectorySource:
     Files are memory-mapped and read sequentially, one global batch at a time; with several
     processes each takes its own slice of every global batch. With `targets_path` (transcoders)
     a second directory with the same row counts provides the targets. Resumable: the position
-    is the number of rows already read.
+    is the number of global rows already read, so it resumes under any number of processes.
     """
+
+    position_is_global = True
 
     def __init__(
         self,
@@ -287,6 +294,15 @@ class Feeder:
         return xs[: self.rows], ys[: self.rows]
 
     # ---------------------------------------------------------------- resuming
+
+    def position_is_global(self) -> bool:
+        """Whether `position()` means the same on every process and under any process count:
+        the source says its state is a global position and no leftover rows are held."""
+        return (
+            isinstance(self.source, ResumableSource)
+            and bool(getattr(self.source, "position_is_global", False))
+            and not self._pending
+        )
 
     def position(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(JSON-able position, leftover row arrays) describing where the next batch starts."""

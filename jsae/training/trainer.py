@@ -262,7 +262,17 @@ class Trainer:
         state as it was and raises NonFiniteError when the next step is about to run (or at
         `fit`'s end, or on checkpointing): the check waits for the previous step only, after the
         next batch is already prepared, so the device stays busy.
+
+        With `normalize_activations="expected_average_only_in"` the first step estimates the
+        scale first, as `fit` does: from the source's next `n_batches_for_norm_estimate`
+        batches, or from `x` itself when a batch is given.
         """
+        if self._scale_wanted():
+            if x is None:
+                self.scale = self._estimate_scale(self.config.training.n_batches_for_norm_estimate)
+            else:
+                self._check_batch(x, self.cfg.d_in, "input")
+                self.scale = _activation_scale(x, self.cfg.d_in)
         if x is None:
             x, y = self.feeder.next()
         elif y is None:
@@ -312,7 +322,7 @@ class Trainer:
             raise ConfigError("the activation source is empty.") from None
         self._open_logs()
         try:
-            if self.cfg.normalize_activations == "expected_average_only_in" and self.scale is None:
+            if self._scale_wanted():
                 self.scale = self._estimate_scale(tr.n_batches_for_norm_estimate)
             while self.steps_done < self.total_steps:
                 s = self.steps_done
@@ -351,6 +361,10 @@ class Trainer:
             stacklevel=3,
         )
 
+    def _scale_wanted(self) -> bool:
+        """The activation scale is to be estimated (it is, once, before the first step)."""
+        return self.cfg.normalize_activations == "expected_average_only_in" and self.scale is None
+
     def _estimate_scale(self, n_batches: int) -> float:
         """sqrt(d_in) / E||x|| over `n_batches` batches (consumed, as in SAELens)."""
         total, count = 0.0, 0
@@ -372,7 +386,7 @@ class Trainer:
             raise ConfigError(
                 "cannot estimate the activation scale: the source gave no activations."
             )
-        return math.sqrt(self.cfg.d_in) / (total / count)
+        return _checked_scale(math.sqrt(self.cfg.d_in) / (total / count))
 
     # ------------------------------------------------------------------ logging
 
@@ -488,7 +502,8 @@ class Trainer:
             "feeder": position,
             "sae": self.config.to_dict()["sae"],
         }
-        self.checkpointer.save(step, self.state, host, arrays)
+        portable = self.feeder.position_is_global()
+        self.checkpointer.save(step, self.state, host, arrays, portable=portable)
         self._last_checkpoint = step
         return step
 
@@ -521,6 +536,9 @@ class Trainer:
         self.n_training_samples = int(host["n_training_samples"])
         self.scale = host["scale"]
         how = self.feeder.restore(host["feeder"], arrays)
+        written_by = int(host.get("process_count", 1))
+        if written_by != jax.process_count():
+            how += f"; written by {written_by} process(es), continued on {jax.process_count()}"
         self._thresholds = [
             t for t in self._checkpoint_thresholds() if t >= self.n_training_samples
         ]
@@ -625,6 +643,28 @@ def _initialize_distributed(training: Any) -> None:
         num_processes=training.num_processes,
         process_id=training.process_id,
     )
+
+
+def _activation_scale(x: Any, d_in: int) -> float:
+    """sqrt(d_in) / mean row norm of one batch (a step given its batch, not the source)."""
+    norms = np.linalg.norm(np.asarray(x, np.float32), axis=-1)
+    mean = float(norms.mean(dtype=np.float64)) if norms.size else 0.0
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        mean = float(np.mean(multihost_utils.process_allgather(np.float64(mean))))
+    if mean == 0:
+        raise ConfigError("cannot estimate the activation scale: the batch is all zeros.")
+    return _checked_scale(math.sqrt(d_in) / mean)
+
+
+def _checked_scale(scale: float) -> float:
+    if not (math.isfinite(scale) and scale > 0):  # NaN, or Inf norms giving 0
+        raise NonFiniteError(
+            "step 0: the batches that estimate the activation scale (expected_average_only_in) "
+            "contain NaN or Inf; training stopped before the first step."
+        )
+    return scale
 
 
 def _to_host(tree: Any) -> Any:
