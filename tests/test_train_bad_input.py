@@ -141,3 +141,90 @@ def test_a_source_that_ends_early_saves_what_was_trained(tmp_path: Path) -> None
         sae = trainer.fit()
     assert trainer.steps_done == 5
     assert jsae.load(tmp_path / "out").cfg.d_sae == sae.cfg.d_sae == 16
+
+
+def test_a_fresh_run_refuses_another_runs_checkpoints(tmp_path: Path) -> None:
+    """Writing among another run's checkpoints would fail when a step exists (after the work)
+    or make a later resume continue the wrong run; nothing of the old run is touched."""
+    config = _config(tmp_path, checkpoint_every_steps=4, output_path=None)
+    first = jsae.Trainer(config, _batches(12))
+    first.fit()
+    kept = sorted(p.name for p in (tmp_path / "ckpt").rglob("*"))
+    with pytest.raises(jsae.ConfigError, match=r"already holds checkpoints.*steps \[4, 8, 12\]"):
+        jsae.Trainer(_config(tmp_path, output_path=None), _batches(12))
+    assert sorted(p.name for p in (tmp_path / "ckpt").rglob("*")) == kept
+    resumed = jsae.Trainer(
+        _config(tmp_path, output_path=None, resume_from_checkpoint=str(tmp_path / "ckpt")),
+        _batches(12),
+    )
+    assert resumed.steps_done == 12
+    assert resumed.save_checkpoint() == 12  # already there: saving again is a no-op
+
+
+def _transcoder_config(tmp: Path, **extra) -> dict:
+    return _config(tmp, architecture="transcoder", d_out=5, checkpoint_path=None, **extra)
+
+
+def test_transcoder_pairs_with_unequal_rows_are_refused(tmp_path: Path) -> None:
+    """Re-cut batches concatenate inputs and targets separately: one pair of unequal lengths
+    would shift every later target against its input."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(size=(20, 8)), rng.normal(size=(20, 5))) for _ in range(12)]
+    pairs = [(x.astype(np.float32), y.astype(np.float32)) for x, y in pairs]
+    pairs[1] = (pairs[1][0], pairs[1][1][:19])
+    trainer = jsae.Trainer(_transcoder_config(tmp_path, output_path=None), pairs)
+    with pytest.raises(jsae.ShapeError, match=r"step 1: item 2 .*pairs 20 input rows with 19"):
+        trainer.fit()
+    trainer = jsae.Trainer(_transcoder_config(tmp_path, output_path=None), pairs)
+    with pytest.raises(jsae.ConfigError, match=r"needs its target batch too.*\[16, 5\]"):
+        trainer.step(pairs[0][0][:16])
+
+
+def test_a_wrong_width_in_a_recut_item_names_the_step(tmp_path: Path) -> None:
+    items = [np.ones((20, 8), np.float32) for _ in range(12)]
+    items[3] = np.ones((20, 9), np.float32)  # 20-row items are re-cut into 16-row batches
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None), items)
+    with pytest.raises(jsae.ShapeError, match=r"step 3: .*item 4 has input shape \(20, 9\)"):
+        trainer.fit()
+    items[3] = np.ones((20, 8), np.int32)
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None), items)
+    with pytest.raises(jsae.ShapeError, match="must be floating point, got int32"):
+        trainer.fit()
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_initial_sae_must_fit_and_takes_the_configs_dtype(tmp_path: Path) -> None:
+    config = jsae.TrainConfig.from_dict(_transcoder_config(tmp_path, output_path=None))
+    wrong = jsae.SAE.init(config.sae.sae_config().replace(d_out=4), 0)
+    with pytest.raises(jsae.ConfigError, match=r"W_dec has shape \(16, 4\).*takes \(16, 5\)"):
+        jsae.Trainer(config, [], init=wrong)
+    bf16 = jsae.SAE.init(config.sae.sae_config(), 0).astype("bfloat16")
+    trainer = jsae.Trainer(config, [], init=bf16)
+    assert {str(v.dtype) for v in trainer.state.params.values()} == {"float32"}
+    assert trainer.state.opt_state[1].mu["W_enc"].dtype == np.float32
+
+
+def test_exhausted_and_too_short_sources_say_so(tmp_path: Path) -> None:
+    trainer = jsae.Trainer(_config(tmp_path, output_path=None), _batches(3))
+    for _ in range(3):
+        trainer.step()
+    with pytest.raises(StopIteration, match="exhausted after 3 steps"):
+        trainer.step()
+    trainer.save_checkpoint()
+    with pytest.raises(jsae.ConfigError, match="ended after 2 items while skipping the 3"):
+        jsae.Trainer(
+            _config(tmp_path, output_path=None, resume_from_checkpoint=str(tmp_path / "ckpt")),
+            _batches(2),
+        )
+
+
+def test_a_failed_steps_metrics_row_stays_strict_json(tmp_path: Path) -> None:
+    import json
+
+    config = _config(tmp_path, wandb_log_frequency=1)
+    trainer = jsae.Trainer(config, _batches(12, 4))
+    with pytest.raises(jsae.NonFiniteError, match="step 4"):
+        trainer.fit()
+    rows = (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()
+    parsed = [json.loads(r, parse_constant=lambda c: pytest.fail(f"{c} in JSONL")) for r in rows]
+    assert parsed[-1]["step"] == 4 and parsed[-1]["losses/overall_loss"] is None

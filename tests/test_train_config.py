@@ -122,6 +122,25 @@ def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
             },
             "exceeds the 15 training steps",
         ),
+        # numbers: integers are integers, everything finite (NaN passes every `<` check)
+        ({"lr_warm_up_steps": 2.5}, "lr_warm_up_steps must be an integer, got 2.5"),
+        ({"n_checkpoints": 1.5, "checkpoint_path": "c"}, "n_checkpoints must be an integer"),
+        ({"lr": float("inf")}, "lr must be a finite number"),
+        ({"lr": True}, "lr must be a finite number, got True"),
+        ({"l1_coefficient": float("nan")}, "l1_coefficient must be a finite number, got nan"),
+        ({"l1_coefficient": -0.5}, "l1_coefficient must be >= 0"),
+        ({"lr_end": -1e-5}, "lr_end must be >= 0"),
+        ({"adam_epsilon": 0.0}, "adam_epsilon must be > 0"),
+        ({"lr": "fast"}, "lr must be a finite number, got 'fast'"),
+        (
+            {
+                "lr_scheduler_name": "cosineannealingwarmrestarts",
+                "n_restart_cycles": 20,
+                "training_tokens": 64 * 12,
+                "train_batch_size_tokens": 64,
+            },
+            "at least one step per cycle: 12 steps.*n_restart_cycles=20",
+        ),
     ],
 )
 def test_invalid_values_are_refused_with_choices(change: dict, message: str) -> None:
@@ -250,3 +269,8 @@ def test_cli_trains_from_npy_activations(tmp_path: Path, capsys) -> None:
     assert main(argv) == 2  # the output exists: refused before training
     assert "already exists" in capsys.readouterr().err
     assert main([*argv, "--overwrite", "training_tokens=100"]) == 0
+
+
+def test_checkpoint_options_without_a_checkpoint_path_say_they_do_nothing() -> None:
+    with pytest.warns(UserWarning, match=r"no checkpoints are written: n_checkpoints=3"):
+        TrainConfig.from_dict({**BASE, "checkpoint_path": None, "n_checkpoints": 3})

@@ -171,3 +171,21 @@ def test_resume_refuses_different_sae_settings(tmp_path: Path) -> None:
         jsae.Trainer(changed, chunks)
     with pytest.raises(jsae.ConfigError, match="no checkpoint"):
         jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "empty")), chunks)
+
+
+def test_resume_may_switch_the_sparse_path(tmp_path: Path) -> None:
+    """use_sparse_activations changes only how the same losses are computed."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    jumprelu_only = ("l0_coefficient", "l0_warm_up_steps", "jumprelu_bandwidth")
+    config = {k: v for k, v in _list_config(tmp_path).items() if k not in jumprelu_only}
+    config.update(architecture="topk", k=3)
+    trainer = jsae.Trainer(dict(config, use_sparse_activations=False), chunks)
+    for _ in range(4):
+        trainer.step()
+    trainer.save_checkpoint()
+    resumed = jsae.Trainer(
+        dict(config, use_sparse_activations=True, resume_from_checkpoint=str(tmp_path / "ckpt")),
+        chunks,
+    )
+    assert resumed.steps_done == 4

@@ -18,8 +18,10 @@ concern is one dataclass here plus one field of `TrainConfig`; routing picks it 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
+import numbers
 import types
 import typing
 import warnings
@@ -185,6 +187,7 @@ class SAESettings:
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
+        _check_numbers(self)
         arch = self.architecture
         if arch not in TRAINABLE_ARCHITECTURES:
             raise ConfigError(
@@ -223,6 +226,15 @@ class SAESettings:
             raise ConfigError(f"jumprelu_bandwidth must be > 0, got {self.jumprelu_bandwidth}.")
         if self.jumprelu_init_threshold < 0:
             raise ConfigError("jumprelu_init_threshold must be >= 0.")
+        for name in (
+            "l1_coefficient",
+            "l0_coefficient",
+            "pre_act_loss_coefficient",
+            "aux_loss_coefficient",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}.")
         if not self.lp_norm > 0:
             raise ConfigError(f"lp_norm must be > 0, got {self.lp_norm}.")
         for name in ("l1_warm_up_steps", "l0_warm_up_steps"):
@@ -414,6 +426,7 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
+        _check_numbers(self)
         name = str(self.lr_scheduler_name).lower()
         if name not in LR_SCHEDULERS:
             raise ConfigError(
@@ -427,6 +440,10 @@ class TrainingSettings:
             object.__setattr__(self, "lr_end", self.lr / 10)
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}.")
+        if not math.isfinite(self.lr_end) or self.lr_end < 0:
+            raise ConfigError(f"lr_end must be >= 0, got {self.lr_end}.")
+        if not self.adam_epsilon > 0:
+            raise ConfigError(f"adam_epsilon must be > 0, got {self.adam_epsilon}.")
         for beta in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, beta) < 1:
                 raise ConfigError(f"{beta} must be in [0, 1), got {getattr(self, beta)}.")
@@ -454,6 +471,15 @@ class TrainingSettings:
             )
         if self.lr_decay_steps > 0 and self.lr_scheduler_name != "constant" and self.lr_end == 0:
             raise ConfigError("lr_decay_steps > 0 with lr_end = 0 would decay from 0 to 0.")
+        main_steps = steps - self.lr_warm_up_steps - self.lr_decay_steps
+        if self.lr_scheduler_name == "cosineannealingwarmrestarts" and (
+            main_steps < self.n_restart_cycles
+        ):
+            raise ConfigError(
+                f"cosineannealingwarmrestarts needs at least one step per cycle: {main_steps} "
+                f"steps between warm-up and decay over n_restart_cycles={self.n_restart_cycles}; "
+                "lower n_restart_cycles or train longer."
+            )
         if self.mesh is not None:
             unknown = set(self.mesh) - {"data", "model"}
             if unknown:
@@ -465,6 +491,23 @@ class TrainingSettings:
                     raise ConfigError(f"mesh axis {axis!r} must be a positive int, got {size!r}.")
         if self.resume_from_checkpoint is not None and self.checkpoint_path is None:
             object.__setattr__(self, "checkpoint_path", self.resume_from_checkpoint)
+        if self.checkpoint_path is None:
+            wanted = [
+                f"{name}={getattr(self, name)!r}"
+                for name, off in (
+                    ("n_checkpoints", 0),
+                    ("checkpoint_every_steps", None),
+                    ("save_final_checkpoint", False),
+                    ("keep_checkpoints", None),
+                )
+                if getattr(self, name) != off
+            ]
+            if wanted:  # None means "no checkpoints"; say that these options do nothing
+                warnings.warn(
+                    f"checkpoint_path is None, so no checkpoints are written: {', '.join(wanted)} "
+                    "has no effect (set a checkpoint_path to checkpoint).",
+                    stacklevel=2,
+                )
 
     @property
     def total_steps(self) -> int:
@@ -502,6 +545,7 @@ class LoggingSettings:
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
+        _check_numbers(self)
         _positive_int("wandb_log_frequency", self.wandb_log_frequency, required=True)
         _positive_int("eval_every_n_wandb_logs", self.eval_every_n_wandb_logs, required=True)
 
@@ -543,6 +587,7 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
+        _check_numbers(self)
 
 
 # ------------------------------------------------------------------------------------ the whole
@@ -820,6 +865,40 @@ def _positive_int(name: str, value: Any, *, required: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+@functools.cache
+def _number_fields(cls: type) -> dict[str, tuple[str, bool]]:
+    """{field: ("int" | "float", optional)} for the number-typed fields of a settings class."""
+    found = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        options = typing.get_args(hint) if _is_union(hint) else (hint,)
+        optional = type(None) in options
+        options = tuple(o for o in options if o is not type(None))
+        if options == (int,):
+            found[name] = ("int", optional)
+        elif float in options:
+            found[name] = ("float", optional)
+    return found
+
+
+def _check_numbers(obj: Any) -> None:
+    """Integers are integers and numbers finite: 2.5 warm-up steps, lr=True or a NaN coefficient
+    would otherwise pass the range checks (NaN compares False) and fail mid-run."""
+    for name, (kind, optional) in _number_fields(type(obj)).items():
+        value = getattr(obj, name)
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"{name} must be set (a number), got None.")
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ConfigError(f"{name} must be an integer, got {value!r}.")
+        if kind == "float" and (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}.")
 
 
 def _freeze_fields(obj: Any) -> None:

@@ -13,6 +13,7 @@ prompting; it never blocks on the network in that case.
 from __future__ import annotations
 
 import json
+import math
 import netrc
 import os
 import sys
@@ -82,7 +83,11 @@ class RunLogger:
     def log(self, step: int, row: dict[str, Any]) -> None:
         """Write one row of scalar metrics (numbers or arrays of one element)."""
         clean = {k: _scalar(v) for k, v in row.items()}
-        self._file.write(json.dumps({"step": step, **clean}) + "\n")
+        strict = {  # NaN/Inf -> null: the file stays strict JSON (a failed step's row)
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in clean.items()
+        }
+        self._file.write(json.dumps({"step": step, **strict}) + "\n")
         self._file.flush()
         if self.wandb is not None:
             self.wandb.log(clean, step=step)

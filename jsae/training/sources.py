@@ -225,10 +225,18 @@ class Feeder:
     starts; `restore(position)` goes back there in a fresh process.
     """
 
-    def __init__(self, source: Iterable[Any], *, rows: int, transcoder: bool):
+    def __init__(
+        self,
+        source: Iterable[Any],
+        *,
+        rows: int,
+        transcoder: bool,
+        widths: tuple[int, int] | None = None,
+    ):
         self.source = source
         self.rows = rows
         self.transcoder = transcoder
+        self.widths = widths  # (d_in, d_out): every item is checked against them
         self.items_read = 0  # source items consumed
         self._iter: Iterator[Any] | None = None
         self._pending: list[tuple[Any, Any]] = []  # leftover (x, y) row blocks
@@ -244,7 +252,37 @@ class Feeder:
         self.items_read += 1
         if isinstance(self.source, ResumableSource):
             self._source_state = self.source.state()
-        return self._split(item)
+        x, y = self._split(item)
+        self._check_item(x, y)
+        return x, y
+
+    def _check_item(self, x: Any, y: Any) -> None:
+        """Each item as it arrives: items are concatenated when batches are re-cut, where a
+        wrong width would fail inside numpy and a row-count mismatch would silently pair the
+        wrong inputs and targets."""
+        n = _rows(x)
+        checks = [("input", x, self.widths[0] if self.widths else None)]
+        if self.transcoder:
+            checks.append(("target", y, self.widths[1] if self.widths else None))
+            if _rows(y) != n:
+                raise ShapeError(
+                    f"item {self.items_read} of the activation source pairs {n} input rows "
+                    f"with {_rows(y)} target rows; a transcoder's (x, y) must have equal rows."
+                )
+        for what, array, width in checks:
+            dtype = np.dtype(getattr(array, "dtype", np.float32))
+            if width is not None and array.shape[1] != width:
+                name = "d_out" if what == "target" else "d_in"
+                raise ShapeError(
+                    f"the activation source's item {self.items_read} has {what} shape "
+                    f"{tuple(array.shape)} but the SAE has {name}={width}; check that the "
+                    "source reads the hook the SAE is configured for."
+                )
+            if not (np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"):
+                raise ShapeError(
+                    f"item {self.items_read} of the activation source: {what} batches must be "
+                    f"floating point, got {dtype}."
+                )
 
     def _split(self, item: Any) -> tuple[Any, Any]:
         if self.transcoder:
@@ -324,8 +362,15 @@ class Feeder:
             how = "restored the source's position"
         else:
             self._iter = iter(self.source)
-            for _ in range(self.items_read):
-                next(self._iter)
+            for skipped in range(self.items_read):
+                try:
+                    next(self._iter)
+                except StopIteration:
+                    raise ConfigError(
+                        f"the activation source ended after {skipped} items while skipping the "
+                        f"{self.items_read} the checkpoint had already used; resume with the "
+                        "same source as the interrupted run."
+                    ) from None
             how = f"re-read the source and skipped {self.items_read} items already used"
         self._pending, self._pending_rows = [], 0
         if "x" in arrays:

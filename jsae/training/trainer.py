@@ -90,7 +90,12 @@ class Trainer:
         source = (
             activations if activations is not None else make_source(self.config, self.local_rows)
         )
-        self.feeder = Feeder(source, rows=self.local_rows, transcoder=self.settings.is_transcoder)
+        self.feeder = Feeder(
+            source,
+            rows=self.local_rows,
+            transcoder=self.settings.is_transcoder,
+            widths=(self.cfg.d_in, self.settings.output_dim),
+        )
         self.n_training_samples = 0
         self.scale: float | None = None  # expected_average_only_in factor
         self.state, self.shardings = self._initial_state(init)
@@ -120,11 +125,13 @@ class Trainer:
         self._pending: tuple[int, dict[str, jax.Array]] | None = None  # last step, unchecked
         self._last_checkpoint: int | None = None
         self._resumed_from: int | None = None
+        self._resumed_dir: Path | None = None
         self.logger: RunLogger | None = None
         self._progress: ProgressBar | None = None
         self._tmp_metrics: Path | None = None
         if tr.resume_from_checkpoint is not None:
             self.resume(tr.resume_from_checkpoint)
+        self._refuse_another_runs_checkpoints()
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -139,7 +146,19 @@ class Trainer:
                     f"d_sae={init.cfg.d_sae}) does not match the config ({self.cfg.architecture}, "
                     f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae})."
                 )
+            fresh = jax.eval_shape(
+                lambda: self.arch.train_init_params(self.cfg, self.settings, jax.random.key(0))
+            )
             given = {k: jnp.asarray(v) for k, v in init.params.items()}
+            for name, want in fresh.items():
+                got = given.get(name)
+                if got is None or got.shape != want.shape:
+                    raise ConfigError(
+                        f"the initial SAE's {name} has shape "
+                        f"{None if got is None else tuple(got.shape)} but the config's SAE "
+                        f"takes {tuple(want.shape)} (check d_in, d_sae and d_out)."
+                    )
+                given[name] = got.astype(want.dtype)  # the config's dtype (Adam state follows)
             params = {k: v for k, v in given.items() if k not in buffer_names}
             buffers = self.arch.init_buffers(self.cfg, self.settings)
             buffers.update({k: given[k].astype(jnp.float32) for k in buffer_names if k in given})
@@ -183,6 +202,20 @@ class Trainer:
                     f"mesh: {{data: {jax.process_count()}, model: {jax.local_device_count()}}})."
                 )
         return sharding
+
+    def _refuse_another_runs_checkpoints(self) -> None:
+        """A run that does not resume from `checkpoint_path` must not write among another run's
+        checkpoints: orbax would refuse a step that exists (after the work is done), and a later
+        resume would pick whichever run's step is newest."""
+        if self.checkpointer is None or self._resumed_dir == self.checkpointer.directory:
+            return
+        existing = self.checkpointer.steps()
+        if existing:
+            raise ConfigError(
+                f"checkpoint_path {self.checkpointer.directory} already holds checkpoints of "
+                f"another run (steps {existing}). Resume that run (resume_from_checkpoint, or "
+                "jsae train --resume), or choose another checkpoint_path, or delete it."
+            )
 
     def _check_output_path(self) -> None:
         out = self.config.training.output_path
@@ -274,8 +307,19 @@ class Trainer:
                 self._check_batch(x, self.cfg.d_in, "input")
                 self.scale = _activation_scale(x, self.cfg.d_in)
         if x is None:
-            x, y = self.feeder.next()
+            try:
+                x, y = self._next_batch()
+            except StopIteration:
+                raise StopIteration(
+                    f"the activation source is exhausted after {self.steps_done} steps "
+                    f"({self.n_training_samples} tokens)."
+                ) from None
         elif y is None:
+            if self.settings.is_transcoder:
+                raise ConfigError(
+                    "a transcoder's step needs its target batch too: trainer.step(x, y) with "
+                    f"y of shape [{self.local_rows}, {self.settings.output_dim}]."
+                )
             y = x
         xd = self._device_batch(x, self.cfg.d_in, "input")
         if self.settings.is_transcoder:
@@ -289,6 +333,13 @@ class Trainer:
         self.n_training_samples += self.batch_size
         self._pending = (s, metrics)
         return metrics
+
+    def _next_batch(self) -> tuple[Any, Any]:
+        """The source's next batch; a bad item's error names the step it was for."""
+        try:
+            return self.feeder.next()
+        except ShapeError as exc:
+            raise ShapeError(f"step {self.steps_done}: {exc}") from None
 
     def _check_pending(self) -> None:
         if self._pending is not None:
@@ -329,7 +380,7 @@ class Trainer:
                 if s > 0 and s % tr.feature_sampling_window == 0:
                     self._log_sparsity(s)
                 try:
-                    batch = self.feeder.next()
+                    batch = self._next_batch()
                 except StopIteration:
                     self._warn_exhausted()
                     break
@@ -494,6 +545,8 @@ class Trainer:
             raise ConfigError("checkpoint_path is None: checkpoints are disabled.")
         self._check_pending()
         step = self.steps_done
+        if self._last_checkpoint == step:
+            return step  # already saved (e.g. fit's final checkpoint)
         position, arrays = self.feeder.position()
         host = {
             "step": step,
@@ -521,8 +574,10 @@ class Trainer:
         host, arrays = checkpointer.read_host(step)
         saved_sae = host.get("sae")
         current = self.config.to_dict()["sae"]
-        if saved_sae is not None and saved_sae != current:
-            diff = sorted(k for k in current if saved_sae.get(k) != current[k])
+        speed_only = ("use_sparse_activations",)  # the same losses either way
+        saved_sae = saved_sae or current
+        diff = sorted(k for k in current if k not in speed_only and saved_sae.get(k) != current[k])
+        if diff:
             raise ConfigError(
                 f"cannot resume from {directory}: the SAE settings differ from the "
                 f"checkpoint's in {diff}."
@@ -542,8 +597,12 @@ class Trainer:
         self._thresholds = [
             t for t in self._checkpoint_thresholds() if t >= self.n_training_samples
         ]
-        self._last_checkpoint = step
+        same_directory = (
+            self.checkpointer is not None and self.checkpointer.directory == checkpointer.directory
+        )
+        self._last_checkpoint = step if same_directory else None  # else it is not in ours
         self._resumed_from = step
+        self._resumed_dir = checkpointer.directory
         self._pending = None
         if jax.process_index() == 0:
             print(f"jsae: resumed from step {step} in {directory} ({how}).", file=sys.stderr)
