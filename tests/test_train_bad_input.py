@@ -228,3 +228,16 @@ def test_a_failed_steps_metrics_row_stays_strict_json(tmp_path: Path) -> None:
     rows = (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()
     parsed = [json.loads(r, parse_constant=lambda c: pytest.fail(f"{c} in JSONL")) for r in rows]
     assert parsed[-1]["step"] == 4 and parsed[-1]["losses/overall_loss"] is None
+
+
+def test_an_initial_jumprelu_sae_starts_with_non_negative_thresholds(tmp_path: Path) -> None:
+    """Every update projects the threshold to >= 0 (SAELens projects before each forward
+    pass); a starting SAE is projected the same way, so its first step has a valid gate."""
+    config = jsae.TrainConfig.from_dict(
+        _config(tmp_path, architecture="jumprelu", checkpoint_path=None)
+    )
+    sae = jsae.SAE.init(config.sae.sae_config(), 0)
+    threshold = np.linspace(-0.5, 0.5, 16).astype(np.float32)
+    start = jsae.SAE.from_params(sae.cfg, {**sae.params, "threshold": threshold})
+    trainer = jsae.Trainer(config, [], init=start)
+    assert np.array_equal(np.asarray(trainer.state.params["threshold"]), np.maximum(threshold, 0))

@@ -118,6 +118,11 @@ CKPT_CONFIG = dict(
     checkpoint_every_steps=10,
 )
 
+UNINTERRUPTED = {  # the same run without checkpoints, to compare with
+    **{k: v for k, v in CKPT_CONFIG.items() if k != "checkpoint_every_steps"},
+    "checkpoint_path": None,
+}
+
 # Both processes get the same configuration (one output_path, one shared checkpoint_path), as
 # from one YAML file. With STALL >= 0 the source stops answering after STALL items (3 for the
 # scale estimate, then one per step: checkpoints 10 and 20 are on disk, steps 21-25 are not),
@@ -188,7 +193,7 @@ def test_two_processes_killed_and_resumed_train_like_one(tmp_path: Path) -> None
     assert "resumed from step 20" in errors[0]
 
     # One process, a 2x2 mesh of its own devices, no interruption.
-    single = jsae.Trainer(dict(CKPT_CONFIG, checkpoint_path=None, output_path=None))
+    single = jsae.Trainer(dict(UNINTERRUPTED, output_path=None))
     single.fit()
     got = load_file(out / "sae_weights.safetensors")
     for name, value in single.final_sae().params.items():
@@ -239,7 +244,7 @@ def test_two_processes_resume_what_one_process_wrote(tmp_path: Path) -> None:
     errors = _finish(_launch(RESUME_WORKER.format(config=CKPT_CONFIG), str(ckpt), str(out)))
     assert "resumed from step 17" in errors[0] and "written by 1 process(es)" in errors[0]
 
-    single = jsae.Trainer(dict(CKPT_CONFIG, checkpoint_path=None, output_path=None))
+    single = jsae.Trainer(dict(UNINTERRUPTED, output_path=None))
     single.fit()
     got = load_file(out / "sae_weights.safetensors")
     for name, value in single.final_sae().params.items():

@@ -162,7 +162,11 @@ class Trainer:
             params = {k: v for k, v in given.items() if k not in buffer_names}
             buffers = self.arch.init_buffers(self.cfg, self.settings)
             buffers.update({k: given[k].astype(jnp.float32) for k in buffer_names if k in given})
-            build = lambda p: init_state(p, buffers, self.optimizer)  # noqa: E731
+
+            def build(p):  # projected like every update (JumpReLU: thresholds >= 0)
+                return init_state(
+                    self.arch.project_params(self.cfg, self.ctx, p), buffers, self.optimizer
+                )
         else:
             key = jax.random.key(self.config.training.seed)
             params = None
