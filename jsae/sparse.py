@@ -107,7 +107,8 @@ def gather_decode_loop(
     """
     n_cols = idx.shape[-1]
     count = n_cols if count is None else count
-    acc_dtype = jnp.result_type(vals, W_dec)
+    out_dtype = jnp.result_type(vals, W_dec)
+    acc_dtype = _accumulator(out_dtype)  # bf16 inputs: k terms summed in float32, as a matmul
     acc = jnp.zeros((idx.shape[0], W_dec.shape[1]), acc_dtype)
 
     def body(j, acc):
@@ -115,7 +116,13 @@ def gather_decode_loop(
         i = jax.lax.dynamic_index_in_dim(idx, j, axis=1, keepdims=False)
         return acc + v[:, None].astype(acc_dtype) * W_dec[i].astype(acc_dtype)
 
-    return jax.lax.fori_loop(0, jnp.minimum(count, n_cols), body, acc)
+    return jax.lax.fori_loop(0, jnp.minimum(count, n_cols), body, acc).astype(out_dtype)
+
+
+def _accumulator(dtype: Any) -> Any:
+    """The dtype sums are kept in: float32 at least (a latent firing on every token adds B
+    terms into its gradient row; in bfloat16 that sum loses most of its digits)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +156,8 @@ def _gather_decode_fwd(vals, idx, W_dec, count):
 def _gather_decode_bwd(residuals, g):
     vals, idx, W_dec, count = residuals
     n_cols = idx.shape[1] if count is None else jnp.minimum(count, idx.shape[1])
-    acc_dtype = jnp.result_type(g, W_dec)
+    acc_dtype = _accumulator(jnp.result_type(g, W_dec))
+    g = g.astype(acc_dtype)
 
     def body(j, carry):
         dvals, dW = carry
@@ -157,12 +165,12 @@ def _gather_decode_bwd(residuals, g):
         v = jax.lax.dynamic_index_in_dim(vals, j, axis=1, keepdims=False)  # [N]
         rows = W_dec[i].astype(acc_dtype)  # [N, d]
         dvals = dvals.at[:, j].set(jnp.sum(rows * g, axis=-1).astype(dvals.dtype))
-        dW = dW.at[i].add((v[:, None].astype(acc_dtype) * g).astype(dW.dtype))
+        dW = dW.at[i].add(v[:, None].astype(acc_dtype) * g)
         return dvals, dW
 
-    init = (jnp.zeros_like(vals), jnp.zeros_like(W_dec))
+    init = (jnp.zeros_like(vals), jnp.zeros(W_dec.shape, acc_dtype))
     dvals, dW = jax.lax.fori_loop(0, n_cols, body, init)
-    return dvals, None, dW, None
+    return dvals, None, dW.astype(W_dec.dtype), None
 
 
 gather_decode.defvjp(_gather_decode_fwd, _gather_decode_bwd)
@@ -203,20 +211,21 @@ def _gather_encode_bwd(residuals, g):
     x, W_enc, b_enc, idx, count = residuals
     n_cols = idx.shape[1] if count is None else jnp.minimum(count, idx.shape[1])
     W_t = W_enc.T  # [d_sae, d_in]: rows are the encoder columns
-    acc_dtype = jnp.result_type(g, W_enc)
+    acc_dtype = _accumulator(jnp.result_type(g, W_enc))
+    x_acc = x.astype(acc_dtype)
 
     def body(j, carry):
         dx, dW_t = carry
         i = jax.lax.dynamic_index_in_dim(idx, j, axis=1, keepdims=False)  # [N]
         gj = jax.lax.dynamic_index_in_dim(g, j, axis=1, keepdims=False).astype(acc_dtype)
-        dx = dx + (gj[:, None] * W_t[i].astype(acc_dtype)).astype(dx.dtype)
-        dW_t = dW_t.at[i].add((gj[:, None] * x.astype(acc_dtype)).astype(dW_t.dtype))
+        dx = dx + gj[:, None] * W_t[i].astype(acc_dtype)
+        dW_t = dW_t.at[i].add(gj[:, None] * x_acc)
         return dx, dW_t
 
-    init = (jnp.zeros_like(x), jnp.zeros_like(W_t))
+    init = (jnp.zeros(x.shape, acc_dtype), jnp.zeros(W_t.shape, acc_dtype))
     dx, dW_t = jax.lax.fori_loop(0, n_cols, body, init)
     db = bias_gradient(b_enc, idx.reshape(-1), g.reshape(-1))
-    return None, dx, dW_t.T, db, None, None
+    return None, dx.astype(x.dtype), dW_t.T.astype(W_enc.dtype), db, None, None
 
 
 gather_encode.defvjp(_gather_encode_fwd, _gather_encode_bwd)

@@ -106,3 +106,18 @@ jsae.train({{"architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_si
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
     assert "tok/s" in proc.stderr  # the progress bar
     assert (tmp_path / "out" / "sae_weights.safetensors").exists()
+
+
+def test_sparsity_thresholds_compare_the_frequencies_themselves() -> None:
+    """A latent firing exactly once in 1e5 tokens is at 1e-5, not below it (SAELens compares
+    count / tokens < 1e-5); recovering the frequency from the float32 log put it below."""
+    from jsae.training.trainer import sparsity_summary
+
+    counts = np.array([0, 1, 10, 2, 100], np.int32)
+    _, at_1e5 = sparsity_summary(counts, 100_000)
+    assert (at_1e5["sparsity/below_1e-5"], at_1e5["sparsity/below_1e-6"]) == (1, 1)
+    _, at_1e6 = sparsity_summary(counts, 1_000_000)
+    assert (at_1e6["sparsity/below_1e-5"], at_1e6["sparsity/below_1e-6"]) == (3, 1)
+    log, row = sparsity_summary(counts, 100_000)
+    assert row["metrics/mean_log10_feature_sparsity"] == pytest.approx(float(np.mean(log)))
+    assert log[2] == pytest.approx(-4.0, abs=1e-6)

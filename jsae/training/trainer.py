@@ -485,17 +485,10 @@ class Trainer:
 
     def _log_sparsity(self, s: int) -> None:
         """SAELens's sparsity log at the end of a feature_sampling_window (before the reset)."""
-        log_sparsity = self.log_feature_sparsity()
-        freq = 10.0**log_sparsity - 1e-10
+        counts = _to_host(self.state.fire_counts)  # every process takes part
+        log_sparsity, row = sparsity_summary(counts, self.window_tokens())
         if self.logger is not None:
-            self.logger.log(
-                s,
-                {
-                    "metrics/mean_log10_feature_sparsity": float(np.mean(log_sparsity)),
-                    "sparsity/below_1e-5": int(np.sum(freq < 1e-5)),
-                    "sparsity/below_1e-6": int(np.sum(freq < 1e-6)),
-                },
-            )
+            self.logger.log(s, row)
             self.logger.log_histograms(s, {"plots/feature_density_line_chart": log_sparsity})
 
     def _log_evals(self, s: int) -> None:
@@ -706,6 +699,21 @@ def _initialize_distributed(training: Any) -> None:
         num_processes=training.num_processes,
         process_id=training.process_id,
     )
+
+
+def sparsity_summary(counts: Any, tokens: int) -> tuple[np.ndarray, dict[str, float]]:
+    """(log10 firing frequencies [d_sae], SAELens's sparsity metrics) of one sampling window.
+
+    The below-threshold counts compare the frequencies themselves, as SAELens does; recovered
+    from the float32 log, a frequency of exactly 1e-5 would land just below it.
+    """
+    log_sparsity = log_feature_sparsity(counts, tokens)
+    freq = np.asarray(counts, np.float64) / max(tokens, 1)  # [d_sae]
+    return log_sparsity, {
+        "metrics/mean_log10_feature_sparsity": float(np.mean(log_sparsity)),
+        "sparsity/below_1e-5": int(np.sum(freq < 1e-5)),
+        "sparsity/below_1e-6": int(np.sum(freq < 1e-6)),
+    }
 
 
 def _activation_scale(x: Any, d_in: int) -> float:
