@@ -177,3 +177,16 @@ def test_resume_on_another_mesh_ends_where_one_device_does(
         assert W_enc.sharding.spec == parallel.param_spec("W_enc")
     after.fit()
     _compare(after, single, f"resumed {first} -> {then}")
+
+
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: f"{m[0]}x{m[1]}")
+def test_two_stage_batch_selection_breaks_ties_as_one_device(mesh: tuple[int, int]) -> None:
+    """With many equal scores (common in bfloat16) the entries kept at the cut are the first in
+    the batch's flat order, as one device's top-k keeps them, whatever the mesh."""
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 4, size=(32, 64)).astype(np.float32)  # four values, heavy ties
+    m = parallel.make_mesh(*mesh)
+    placed = jax.device_put(scores, NamedSharding(m, P("data", "model")))
+    for n_keep in (7, 100, 32 * 64 // 3, 32 * 64 - 5):
+        got = jax.jit(lambda s, n=n_keep: batch_topk_mask(s, n, m))(placed)
+        assert np.array_equal(np.asarray(got), np.asarray(batch_topk_mask(scores, n_keep)))

@@ -66,7 +66,7 @@ def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) ->
         all_vals = jax.lax.all_gather(vals, axes, tiled=True)  # [n_dev * k_local]
         all_rows = jax.lax.all_gather(g_rows, axes, tiled=True)
         all_cols = jax.lax.all_gather(g_cols, axes, tiled=True)
-        _, pos = jax.lax.top_k(all_vals, n_keep)
+        pos = _top_positions_in_flat_order(all_vals, all_rows, all_cols, n_keep)
         r = all_rows[pos] - row0
         c = all_cols[pos] - col0
         inside = (r >= 0) & (r < rows) & (c >= 0) & (c < width)
@@ -76,6 +76,29 @@ def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) ->
 
     spec = P("data", "model")
     return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(scores)
+
+
+def _top_positions_in_flat_order(
+    vals: jax.Array, rows: jax.Array, cols: jax.Array, n_keep: int
+) -> jax.Array:
+    """Positions of the n_keep largest `vals`, ties at the cut broken by (row, column) as one
+    device's top-k over the flat batch breaks them. [n] -> [n_keep]
+
+    The candidates arrive in device order, which is not the batch's flat order when latents are
+    split over "model"; a plain top-k would then keep other (equally valued) entries than one
+    device does. Ties at the cut are rare in float32 but common in bfloat16, so the sort runs
+    only when one straddles the cut.
+    """
+    top, pos = jax.lax.top_k(vals, n_keep)
+    cut = top[-1]
+    straddles = jnp.sum(vals >= cut) > n_keep
+
+    def in_flat_order(_: Any) -> jax.Array:
+        group = jnp.where(vals > cut, 0, jnp.where(vals == cut, 1, 2))  # above, at, below
+        order = jnp.arange(vals.shape[0])
+        return jax.lax.sort((group, rows, cols, order), num_keys=3)[-1][:n_keep]
+
+    return jax.lax.cond(straddles, in_flat_order, lambda _: pos, None)
 
 
 def _mask_from_indices(shape: tuple[int, ...], idx: jax.Array) -> jax.Array:
