@@ -72,7 +72,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> No
         "--config", str(_run_config(tmp_path, "ref", checkpoint_every_steps=100))
     )
     killed_cfg = _run_config(tmp_path, "killed", checkpoint_every_steps=100)
-    killed = _jsae_train("--config", str(killed_cfg))
+    killed = _jsae_train("--config", str(killed_cfg), "--auto-resume")  # nothing yet: starts
     state_dir = tmp_path / "killed-ckpt" / "state"
 
     def committed() -> list[int]:  # orbax renames a checkpoint to its bare step when complete
@@ -189,3 +189,27 @@ def test_resume_may_switch_the_sparse_path(tmp_path: Path) -> None:
         chunks,
     )
     assert resumed.steps_done == 4
+
+
+def test_auto_resume_starts_or_continues(tmp_path: Path, capsys) -> None:
+    """resume_from_checkpoint='auto' (`jsae train --auto-resume`): the same command serves a
+    job's first start and every restart."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    config = _list_config(tmp_path, resume_from_checkpoint="auto")
+    first = jsae.Trainer(config, chunks)
+    assert first.steps_done == 0 and "no checkpoint in" in capsys.readouterr().err
+    for _ in range(6):
+        first.step()
+    first.save_checkpoint()
+    again = jsae.Trainer(config, chunks)
+    assert again.steps_done == 6 and "resumed from step 6" in capsys.readouterr().err
+    again.fit()
+    plain = jsae.Trainer(_list_config(tmp_path, checkpoint_path=None), chunks)
+    plain.fit()
+    for name, value in plain.sae.params.items():
+        assert np.array_equal(np.asarray(again.sae.params[name]), np.asarray(value)), name
+    with pytest.raises(jsae.ConfigError, match="'auto' resumes from checkpoint_path, which"):
+        jsae.TrainConfig.from_dict(
+            _list_config(tmp_path, checkpoint_path=None, resume_from_checkpoint="auto")
+        )

@@ -2,6 +2,7 @@
 
     jsae train --config run.yaml lr=1e-4 mesh='{data: 2, model: 4}'
     jsae train --config run.yaml --resume          # continue from the newest checkpoint
+    jsae train --config run.yaml --auto-resume     # continue if there is a checkpoint, else start
     jsae train --list-options                      # every option, its default and what it does
 
 Keys are SAELens's flat field names (`training.lr` also works); values are parsed as YAML. The
@@ -26,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume", action="store_true", help="resume from the newest checkpoint in checkpoint_path"
+    )
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume from checkpoint_path if it holds a checkpoint, else start a new run "
+        "(for jobs that are restarted, e.g. on preemptible machines)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing output_path at the end"
@@ -56,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give a config file (--config run.yaml) and/or key=value overrides.")
     base = TrainConfig.from_yaml(args.config) if args.config else None
     overrides = list(args.overrides)
+    if args.resume and args.auto_resume:
+        raise ConfigError("give --resume or --auto-resume, not both.")
     if args.resume:
         overrides.append("resume_from_checkpoint=" + _checkpoint_dir(base, overrides))
+    if args.auto_resume:
+        overrides.append("resume_from_checkpoint=auto")
     if args.overwrite:
         overrides.append("overwrite_output=true")
     config = _from_overrides(overrides) if base is None else base.with_overrides(overrides)
@@ -111,6 +122,7 @@ def _checkpoint_dir(base, overrides: list[str]) -> str:
 
 _FLAGS = {
     "--resume": "resume",
+    "--auto-resume": "auto_resume",
     "--overwrite": "overwrite",
     "--print-config": "print_config",
     "--list-options": "list_options",

@@ -416,7 +416,9 @@ class TrainingSettings:
     )
     overwrite_output: bool = option(False, "replace an existing output_path")
     resume_from_checkpoint: str | None = option(
-        None, "checkpoint directory to resume from (the newest checkpoint in it)"
+        None,
+        "checkpoint directory to resume from (the newest checkpoint in it); 'auto': resume from "
+        "checkpoint_path when it holds a checkpoint, else start (for jobs that are restarted)",
     )
     coordinator_address: str | None = option(
         None, "multi-host: host:port of process 0 (calls jax.distributed.initialize)"
@@ -489,6 +491,11 @@ class TrainingSettings:
             for axis, size in self.mesh.items():
                 if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
                     raise ConfigError(f"mesh axis {axis!r} must be a positive int, got {size!r}.")
+        if self.resume_from_checkpoint == "auto" and self.checkpoint_path is None:
+            raise ConfigError(
+                "resume_from_checkpoint='auto' resumes from checkpoint_path, which is None; set "
+                "a checkpoint_path."
+            )
         if self.resume_from_checkpoint is not None and self.checkpoint_path is None:
             object.__setattr__(self, "checkpoint_path", self.resume_from_checkpoint)
         if self.checkpoint_path is None:

@@ -129,8 +129,17 @@ class Trainer:
         self.logger: RunLogger | None = None
         self._progress: ProgressBar | None = None
         self._tmp_metrics: Path | None = None
-        if tr.resume_from_checkpoint is not None:
-            self.resume(tr.resume_from_checkpoint)
+        resume_from = tr.resume_from_checkpoint
+        if resume_from == "auto":  # a restarted job: continue if there is anything to continue
+            has_one = self.checkpointer.latest_step() is not None
+            resume_from = tr.checkpoint_path if has_one else None
+            if not has_one and jax.process_index() == 0:
+                print(
+                    f"jsae: no checkpoint in {tr.checkpoint_path} yet; starting a new run.",
+                    file=sys.stderr,
+                )
+        if resume_from is not None:
+            self.resume(resume_from)
         self._refuse_another_runs_checkpoints()
 
     # ------------------------------------------------------------------ construction helpers
