@@ -72,7 +72,6 @@ def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
             "k=8",
             "rescale_acts_by_decoder_norm=false",
             "logger.wandb_entity=me",
-            "lr_end=None",
         ]
     )
     assert changed.training.lr == 1e-3 and isinstance(changed.training.lr, float)
@@ -274,3 +273,16 @@ def test_cli_trains_from_npy_activations(tmp_path: Path, capsys) -> None:
 def test_checkpoint_options_without_a_checkpoint_path_say_they_do_nothing() -> None:
     with pytest.warns(UserWarning, match=r"no checkpoints are written: n_checkpoints=3"):
         TrainConfig.from_dict({**BASE, "checkpoint_path": None, "n_checkpoints": 3})
+
+
+def test_derived_values_follow_the_field_they_derive_from() -> None:
+    """lr_end (lr / 10 unless given) follows an overridden lr; the full-width Matryoshka level
+    follows an overridden d_sae; values given explicitly stay."""
+    base = {**BASE, "architecture": "matryoshka_batchtopk", "matryoshka_widths": [16, 32]}
+    config = TrainConfig.from_dict(base)
+    assert config.with_overrides(["lr=1e-4"]).training.lr_end == pytest.approx(1e-5)
+    assert config.replace(**{"training.lr": 1e-3}).training.lr_end == pytest.approx(1e-4)
+    assert config.replace(lr_end=5e-6).replace(lr=1e-2).training.lr_end == 5e-6
+    assert config.replace(d_sae=128).sae.matryoshka_widths == (16, 32, 128)
+    one_level = TrainConfig.from_dict({**base, "matryoshka_widths": [64]})
+    assert one_level.replace(d_sae=128).sae.matryoshka_widths == (128,)

@@ -79,7 +79,9 @@ def test_jsonl_metrics_use_saelens_keys(tmp_path: Path, arch: dict, extra_keys: 
 
 
 def test_wandb_without_credentials_logs_offline_and_says_so(tmp_path: Path) -> None:
-    """A real wandb run in a clean environment: no API key, no netrc, no WANDB_MODE."""
+    """A real wandb run in a clean environment: no API key, no netrc, no WANDB_MODE; the
+    defaults otherwise, so the final SAE is logged as an artifact named from the default run
+    name (which holds a '+': 'Tokens-1.920e+02', a character wandb refuses in names)."""
     script = f"""
 import numpy as np, jsae
 rng = np.random.default_rng(0)
@@ -87,7 +89,7 @@ batches = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(6)]
 jsae.train({{"architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_size_tokens": 32,
             "training_tokens": 192, "wandb_log_frequency": 2, "log_to_wandb": True,
             "wandb_project": "jsae-test", "checkpoint_path": None,
-            "output_path": {str(tmp_path / "out")!r}, "log_weights_to_wandb": False}}, batches)
+            "output_path": {str(tmp_path / "out")!r}}}, batches)
 """
     env = {
         k: v

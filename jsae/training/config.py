@@ -804,8 +804,22 @@ class TrainConfig:
     # ------------------------------------------------------------------ changing and writing
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with flat (or 'section.key') fields changed, validated again."""
-        return TrainConfig.from_dict(_merge(self.to_dict(), changes))
+        """A copy with flat (or 'section.key') fields changed, validated again.
+
+        Values derived from a changed field follow it unless given too: `lr_end` (lr / 10 by
+        default) after `lr`, and the full-width Matryoshka level after `d_sae`.
+        """
+        merged = _merge(self.to_dict(), changes)
+        changed = {key.rpartition(".")[2] for key in changes}
+        training, sae = merged["training"], merged["sae"]
+        lr_end_is_default = self.training.lr_end == self.training.lr / 10
+        if "lr" in changed and "lr_end" not in changed and lr_end_is_default:
+            training["lr_end"] = None  # derive it again from the new lr
+        if "d_sae" in changed and "matryoshka_widths" not in changed:
+            widths = list(sae.get("matryoshka_widths") or [])
+            if widths and widths[-1] == self.sae.d_sae:  # the full-width level moves with d_sae
+                sae["matryoshka_widths"] = widths[:-1] or [sae["d_sae"]]
+        return TrainConfig.from_dict(merged)
 
     def with_overrides(self, overrides: Iterable[str]) -> TrainConfig:
         """Apply command-line style `key=value` overrides (values parsed as YAML)."""

@@ -16,6 +16,7 @@ import json
 import math
 import netrc
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -106,7 +107,9 @@ class RunLogger:
             return
         import wandb
 
-        artifact = wandb.Artifact(name.replace("/", "__"), type="model")
+        # wandb names allow letters, digits, '-', '_' and '.': the default run name has a '+'
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("/", "__"))
+        artifact = wandb.Artifact(safe, type="model")
         artifact.add_dir(str(directory))
         self.wandb.log_artifact(artifact)
 

@@ -501,8 +501,9 @@ class Trainer:
             self.logger.log_histograms(s, {"plots/feature_density_line_chart": log_sparsity})
 
     def _log_evals(self, s: int) -> None:
-        if self.logger is None and self.evaluator is None:
-            return
+        wanted = self.logger is not None or self.evaluator is not None
+        if not wanted and jax.process_count() == 1:  # several: gathering the SAE is collective,
+            return  # and process 0 (which logs) needs every process to take part
         sae = self.sae
         histograms = {"weights/W_dec_norms": np.linalg.norm(np.asarray(sae.W_dec), axis=1)}
         for name in ("b_enc", "b_gate", "b_mag", "threshold"):
@@ -660,7 +661,13 @@ class Trainer:
             if metrics.exists():
                 shutil.copyfile(metrics, tmp / "metrics.jsonl")
         if self.logger is not None and self.config.logging.log_weights_to_wandb:
-            self.logger.log_artifact(out, f"sae-{self.config.run_name}")
+            try:  # the SAE is saved: an upload problem must not fail the finished run
+                self.logger.log_artifact(out, f"sae-{self.config.run_name}")
+            except Exception as exc:  # wandb raises many kinds
+                warnings.warn(
+                    f"could not log the SAE to wandb as an artifact ({exc}); it is saved in {out}.",
+                    stacklevel=2,
+                )
 
 
 def train(
