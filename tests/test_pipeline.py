@@ -141,6 +141,15 @@ def test_train_from_a_jsae_cache(assets, tmp_path) -> None:
     assert jsae.load(out).cfg.d_sae == 64
     assert (out / "eval_results.json").exists()  # the model is known, so evals ran too
 
+    # The cache's settings describe its activations: a default takes the cache's value, a
+    # contradicting one is refused (it would mislabel the SAE and its evals).
+    unset = {k: v for k, v in cfg.items() if k != "context_size"}
+    trainer = jsae.Trainer({**unset, "output_path": None, "training_tokens": 64})
+    assert trainer.config.model.context_size == 16
+    assert trainer.fit().cfg.metadata.context_size == 16
+    with pytest.raises(jsae.ConfigError, match=r"context_size=32 \(the cache's: 16\)"):
+        jsae.train({**cfg, "context_size": 32, "output_path": None})
+
 
 def test_several_saes_from_one_forward(assets, tmp_path) -> None:
     from jsae.activations.config import LanguageModelSettings
@@ -166,17 +175,17 @@ def test_several_saes_from_one_forward(assets, tmp_path) -> None:
         "progress_bar": False,
         "checkpoint_path": None,
     }
-    configs = {
-        h: {**base, "output_path": str(tmp_path / f"sae{i}"), "metadata": {"hook_name": h}}
-        for i, h in enumerate(hooks)
-    }
-    saes = train_saes(configs, store)
+    configs = {h: {**base, "output_path": str(tmp_path / f"sae{i}")} for i, h in enumerate(hooks)}
+    with pytest.raises(jsae.ConfigError, match=r"names hook_name='blocks\.9\.hook_z'"):
+        train_saes({**configs, HOOK: {**base, "metadata": {"hook_name": "blocks.9.hook_z"}}}, store)
+    saes = train_saes(configs, store, settings=settings)
     assert set(saes) == set(hooks)
     assert not np.allclose(np.asarray(saes[hooks[0]].W_dec), np.asarray(saes[hooks[1]].W_dec))
     served_per_shuffle = store.layout.n_serve // store.layout.batch_size
     assert store.buffer.draws == -(-20 // served_per_shuffle), "one model pass feeds both SAEs"
     for i, h in enumerate(hooks):
-        assert jsae.load(tmp_path / f"sae{i}").cfg.metadata.hook_name == h
+        meta = jsae.load(tmp_path / f"sae{i}").cfg.metadata
+        assert (meta.hook_name, meta.model_name, meta.context_size) == (h, settings.model_name, 16)
     store.close()
 
 
@@ -282,3 +291,22 @@ def test_trainer_on_a_model_source_names_the_model_and_hook(assets, tmp_path) ->
     )
     assert given.fit().cfg.metadata.hook_name == "mine"
     assert given.config.sae.metadata.get("context_size") is None
+
+
+def test_a_model_source_run_resumes_to_the_uninterrupted_result(assets, tmp_path) -> None:
+    """The activation store's buffered and shuffled-but-unserved rows go into the checkpoint, so
+    the resumed run trains on the very batches the uninterrupted one did."""
+    config = _config(assets, None, training_tokens=32 * 12, checkpoint_path=str(tmp_path / "c"))
+    first = jsae.Trainer(config)
+    for _ in range(5):  # mid-buffer: 256 rows are shuffled, then served 32 at a time
+        first.step()
+    first.save_checkpoint()
+    host = tmp_path / "c" / "host"
+    assert any(host.glob("5.p0.npz")), "the store's buffer is saved beside the host state"
+    resumed = jsae.Trainer({**config, "resume_from_checkpoint": str(tmp_path / "c")})
+    assert resumed.steps_done == 5
+    resumed.fit()
+    plain = jsae.Trainer({**config, "checkpoint_path": None})
+    plain.fit()
+    for name, value in plain.sae.params.items():
+        assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name

@@ -286,3 +286,18 @@ def test_derived_values_follow_the_field_they_derive_from() -> None:
     assert config.replace(d_sae=128).sae.matryoshka_widths == (16, 32, 128)
     one_level = TrainConfig.from_dict({**base, "matryoshka_widths": [64]})
     assert one_level.replace(d_sae=128).sae.matryoshka_widths == (128,)
+
+
+def test_a_transcoder_from_a_language_model_is_refused_up_front() -> None:
+    """The model source reads one hook; a transcoder needs input and output activations."""
+    with pytest.raises(jsae.ConfigError, match=r"transcoders from a language model.*targets_path"):
+        TrainConfig.from_dict(
+            {
+                "architecture": "transcoder",
+                "d_in": 16,
+                "d_sae": 64,
+                "d_out": 16,
+                "model_name": "gpt2",
+                "hook_name": "blocks.0.hook_resid_mid",
+            }
+        )

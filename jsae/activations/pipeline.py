@@ -32,6 +32,7 @@ from jsae.activations.store import (
     sliced_length,
 )
 from jsae.activations.tokenization import resolve_exclude_special_tokens
+from jsae.config import unfreeze
 from jsae.errors import ConfigError
 
 
@@ -137,6 +138,58 @@ def cached_source(
         seed=seed,
         exclude_token_ids=None if exclude is None else exclude.tolist(),
     )
+
+
+# The settings a cache records that describe its activations (and so the SAE trained on them).
+CACHE_DESCRIBES = (
+    "model_name",
+    "hook_head_index",
+    "dataset_path",
+    "dataset_name",
+    "dataset_split",
+    "dataset_column",
+    "context_size",
+    "prepend_bos",
+    "sequence_separator_token",
+    "disable_concat_sequences",
+    "seqpos_slice",
+)
+
+
+def with_cache_settings(config: Any) -> Any:
+    """The training config with the model/data settings a `jsae cache` recorded, when training
+    reads that cache: they describe the activations, so they become the SAE's metadata.
+
+    A setting left at its default takes the cache's value; one set to something else is
+    refused by name (training on a context-16 cache while saying context 32 would mislabel the
+    SAE). `model_name` is never filled in (it would load the model for evals); caches imported
+    from elsewhere record no settings and are taken as they are.
+    """
+    import json
+
+    from jsae.activations.cache import read_manifest
+
+    lm = config.model
+    if not lm.use_cached_activations or not lm.cached_activations_path:
+        return config
+    recorded = read_manifest(lm.cached_activations_path).get("settings") or {}
+    plain = lambda d: json.loads(json.dumps(d))  # noqa: E731 - tuples vs lists
+    current, default = plain(lm.to_dict()), plain(type(lm)().to_dict())
+    changes, conflicts = {}, []
+    for key in CACHE_DESCRIBES:
+        if key not in recorded or current[key] == recorded[key]:
+            continue
+        if current[key] != default[key]:
+            conflicts.append(f"{key}={current[key]!r} (the cache's: {recorded[key]!r})")
+        elif key != "model_name":
+            changes[key] = recorded[key]
+    if conflicts:
+        raise ConfigError(
+            f"the cache at {lm.cached_activations_path} was written with other settings than "
+            f"this config gives: {', '.join(conflicts)}. Remove them (the cache's values are "
+            "used) or train from a cache written with them."
+        )
+    return config.replace(**changes) if changes else config
 
 
 # ------------------------------------------------------------------------------ caching
@@ -336,7 +389,7 @@ def train_language_model_sae(
     from jsae import evals
     from jsae.training import Trainer
 
-    config = config.with_model_metadata()
+    config = with_cache_settings(config).with_model_metadata()
     lm, tr = config.model, config.training
     if model is None and lm.model_name is not None:
         model = load_model_for(lm)
@@ -404,17 +457,23 @@ def train_language_model_sae(
 
 
 def train_saes(
-    configs: Mapping[str, Any], store: ActivationStore, *, max_lag: int = 4
+    configs: Mapping[str, Any],
+    store: ActivationStore,
+    *,
+    settings: LanguageModelSettings | None = None,
+    max_lag: int = 4,
 ) -> dict[str, Any]:
     """Train one SAE per hook of a multi-hook store; every model forward feeds all of them.
 
     `configs` maps each of the store's hook names to its training config (a `TrainConfig` or a
     dict of SAELens field names). Each SAE trains in its own thread with the full trainer
     (logging, checkpoints, output), consuming its hook's batches in lockstep with the others.
+    Each SAE's metadata names its hook, and, given the store's `settings`, the model, context
+    and dataset too (as SAELens's multi-SAE runner records them).
     """
     import threading
 
-    from jsae.training import Trainer
+    from jsae.training import TrainConfig, Trainer
 
     unknown = sorted(set(configs) - set(store.hook_names))
     missing = sorted(set(store.hook_names) - set(configs))
@@ -423,6 +482,9 @@ def train_saes(
             f"train_saes needs one config per hook of the store {store.hook_names}: "
             f"missing {missing}, not in the store {unknown}."
         )
+    configs = {
+        h: _with_hook_metadata(TrainConfig.coerce(c), h, settings) for h, c in configs.items()
+    }
     views = store.hook_iterators(max_lag)
     trainers = {h: Trainer(cfg, views[h]) for h, cfg in configs.items()}
     for h, trainer in trainers.items():
@@ -451,3 +513,17 @@ def train_saes(
         hook, exc = next(iter(errors.items()))
         raise RuntimeError(f"training the SAE for {hook} failed: {exc}") from exc
     return results
+
+
+def _with_hook_metadata(config: Any, hook: str, settings: LanguageModelSettings | None) -> Any:
+    """`config` with the metadata of an SAE on `hook` of a store built from `settings`."""
+    given = unfreeze(config.sae.metadata)
+    if given.get("hook_name") not in (None, hook):
+        raise ConfigError(
+            f"the config for {hook} names hook_name={given['hook_name']!r} in its metadata; "
+            "remove it (train_saes fills it in) or give the config to its own hook."
+        )
+    implied = {} if settings is None else settings.sae_metadata()
+    implied = {k: v for k, v in {**implied, "hook_name": hook}.items() if v is not None}
+    merged = {**implied, **given}
+    return config if merged == given else config.replace(metadata=merged)

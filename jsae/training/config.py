@@ -628,6 +628,14 @@ class TrainConfig:
                 f"d_sae={sae.d_sae} cannot be split over mesh model={model}; choose d_sae "
                 "divisible by the model axis."
             )
+        if sae.is_transcoder and self.data.activation_source in MODEL_SOURCES:
+            raise ConfigError(
+                f"a {sae.architecture} learns one hook's activations from another's, but the "
+                f"{self.data.activation_source} source reads one hook: training transcoders from "
+                "a language model is not supported yet. Pass (x, y) pairs of [B, d_in] and "
+                "[B, d_out] arrays to jsae.train, or use activation_source 'npy' with "
+                "targets_path."
+            )
         if data > 1 and tr.train_batch_size_tokens % data:
             raise ConfigError(
                 f"train_batch_size_tokens={tr.train_batch_size_tokens} cannot be split over "

@@ -343,9 +343,14 @@ class Feeder:
         )
 
     def position(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """(JSON-able position, leftover row arrays) describing where the next batch starts."""
-        info: dict[str, Any] = {"items_read": self.items_read, "source": self._source_state}
-        arrays = {}
+        """(JSON-able position, arrays) describing where the next batch starts: leftover rows,
+        and the rows a buffering source holds (`state(include_buffer=True)`, as the activation
+        store has), without which a resumed run would lose them and train on other batches."""
+        state = self._source_state
+        if isinstance(self.source, ResumableSource) and _takes_buffer(self.source):
+            state = self.source.state(include_buffer=True)  # no pull since: same position
+        state, arrays = _arrays_out(state, "source")
+        info: dict[str, Any] = {"items_read": self.items_read, "source": state}
         if self._pending:
             arrays["x"] = np.concatenate([np.asarray(p[0]) for p in self._pending])
             if self.transcoder:
@@ -356,7 +361,8 @@ class Feeder:
         """Return to a position from `position()`; says how (for the log)."""
         self.items_read = int(info["items_read"])
         if isinstance(self.source, ResumableSource) and info.get("source") is not None:
-            self.source.restore(info["source"])
+            state = _arrays_in(info["source"], arrays)
+            self.source.restore(state)
             self._source_state = dict(info["source"])
             self._iter = iter(self.source)
             how = "restored the source's position"
@@ -378,6 +384,45 @@ class Feeder:
             self._pending = [(x, np.asarray(arrays["y"]) if self.transcoder else x)]
             self._pending_rows = len(x)
         return how
+
+
+def _takes_buffer(source: Any) -> bool:
+    import inspect
+
+    try:
+        return "include_buffer" in inspect.signature(source.state).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_ARRAY = "__array__"  # marks where a position's array was moved into the .npz
+
+
+def _arrays_out(value: Any, key: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """(JSON-able copy of a nested state with its arrays replaced by markers, the arrays)."""
+    if isinstance(value, Mapping):
+        out, arrays = {}, {}
+        for k, v in value.items():
+            out[k], found = _arrays_out(v, f"{key}.{k}")
+            arrays.update(found)
+        return out, arrays
+    if isinstance(value, list | tuple):
+        pairs = [_arrays_out(v, f"{key}.{i}") for i, v in enumerate(value)]
+        return [p[0] for p in pairs], {k: a for p in pairs for k, a in p[1].items()}
+    if hasattr(value, "shape") and hasattr(value, "dtype") and np.ndim(value) > 0:
+        return {_ARRAY: key}, {key: np.asarray(value)}
+    return value, {}
+
+
+def _arrays_in(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """Inverse of `_arrays_out`."""
+    if isinstance(value, Mapping):
+        if set(value) == {_ARRAY}:
+            return np.asarray(arrays[value[_ARRAY]])
+        return {k: _arrays_in(v, arrays) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_arrays_in(v, arrays) for v in value]
+    return value
 
 
 def _rows(x: Any) -> int:

@@ -69,6 +69,10 @@ class Trainer:
     ):
         self.config = TrainConfig.coerce(config)
         if activations is None:
+            if self.config.data.activation_source == "cache":
+                from jsae.activations.pipeline import with_cache_settings
+
+                self.config = with_cache_settings(self.config)
             self.config = self.config.with_model_metadata()
         tr = self.config.training
         _initialize_distributed(tr)
