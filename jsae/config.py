@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jsae.errors import ConfigError, choices_hint
 
@@ -94,8 +95,11 @@ def unfreeze(value: Any) -> Any:
 
 
 def canonical_dtype(dtype: Any) -> str:
-    """Normalise 'torch.float32', jnp.float32, np.dtype('float32') ... to 'float32'."""
-    name = str(getattr(dtype, "name", None) or dtype)
+    """Normalise 'torch.float32', jnp.float32, np.float32, np.dtype('float32') ... to 'float32'."""
+    try:  # numpy/jax scalar types and dtypes (jnp.bfloat16 is a type, not a dtype)
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    except TypeError:
+        name = str(getattr(dtype, "name", None) or dtype)
     name = name.removeprefix("torch.").removeprefix("jnp.")
     if name not in _DTYPES:
         raise ConfigError(

@@ -392,3 +392,18 @@ def test_params_that_contradict_the_config_are_refused() -> None:
     missing = {k: v for k, v in sae.params.items() if k != "threshold"}
     with pytest.raises(jsae.FormatError, match=r"missing \['threshold'\]"):
         jsae.SAE.from_params(sae.cfg, missing)
+
+
+def test_dtypes_are_accepted_in_every_spelling() -> None:
+    """jnp.bfloat16 and np.float32 are scalar types, not dtypes: they name dtypes all the same."""
+    from jsae.config import canonical_dtype
+
+    spellings = [jnp.bfloat16, jnp.float32, np.float32, np.dtype("float16"), "torch.bfloat16"]
+    assert [canonical_dtype(d) for d in spellings] == [
+        "bfloat16", "float32", "float32", "float16", "bfloat16"
+    ]  # fmt: skip
+    sae = random_sae("standard")
+    cfg = sae.cfg.replace(dtype=jnp.bfloat16)
+    assert jsae.SAE.from_params(cfg, sae.params).cfg.dtype == "bfloat16"
+    with pytest.raises(jsae.ConfigError, match="unsupported dtype"):
+        canonical_dtype(np.int32)

@@ -301,3 +301,18 @@ def test_a_transcoder_from_a_language_model_is_refused_up_front() -> None:
                 "hook_name": "blocks.0.hook_resid_mid",
             }
         )
+
+
+def test_cli_overrides_complete_a_file_before_it_is_validated(tmp_path: Path, capsys) -> None:
+    """A file may be incomplete until overridden (here: no batch size, so its 1024 tokens are
+    less than the default 4096-token batch); an override wins wherever the file put the key."""
+
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  training_tokens: 1024\n  lr: 0.001\nd_in: 8\nd_sae: 16\n")
+    assert main(["train", "--config", str(path), "train_batch_size_tokens=32", "lr=0.01",
+                 "--print-config"]) == 0  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)["training"]
+    assert (printed["train_batch_size_tokens"], printed["lr"]) == (32, 0.01)
+    assert printed["lr_end"] == pytest.approx(0.001)  # derived from the overridden lr
+    assert main(["train", "--config", str(path), "--print-config"]) != 0
+    assert "less than one batch" in capsys.readouterr().err

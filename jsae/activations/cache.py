@@ -134,7 +134,7 @@ class CacheWriter:
             if not resume:
                 raise FileExistsError(
                     f"{self.path} already holds an activation cache; pass resume=True to "
-                    "extend it or overwrite=True to replace it."
+                    "extend it or overwrite=True to replace it (jsae cache: --overwrite)."
                 )
             keys = ("hook_names", "d_in", "dtype", "context_size", "settings")
             diff = [k for k in keys if manifest.get(k) != fresh[k]]
@@ -143,14 +143,14 @@ class CacheWriter:
                     f"{self.path} holds a cache made with different {diff} "
                     f"(cached: {[manifest.get(k) for k in diff]}, now: "
                     f"{[fresh[k] for k in diff]}); write to another directory or pass "
-                    "overwrite=True."
+                    "overwrite=True (jsae cache: --overwrite)."
                 )
             self.manifest = manifest
         else:
             if self.path.exists() and any(self.path.iterdir()) and not overwrite:
                 raise FileExistsError(
                     f"{self.path} exists and is not an activation cache; choose an empty or new "
-                    "directory, or pass overwrite=True."
+                    "directory, or pass overwrite=True (jsae cache: --overwrite)."
                 )
             if overwrite and self.path.exists():
                 import shutil

@@ -150,8 +150,8 @@ def detect_column(row: Mapping[str, Any], column: str | None = None) -> tuple[st
             return name, False
     raise ConfigError(
         f"the dataset has no text or token column: found columns {columns}; expected one of "
-        f"{list(TOKEN_COLUMNS + TEXT_COLUMNS)}. Rename the column, or name it with "
-        "column_name=..."
+        f"{list(TOKEN_COLUMNS + TEXT_COLUMNS)}. Rename the column, or name it: "
+        "dataset_column=... in a config (TokenSource(column_name=...) in Python)."
     )
 
 

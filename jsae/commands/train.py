@@ -61,17 +61,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.config is None and not args.overrides:
         raise ConfigError("give a config file (--config run.yaml) and/or key=value overrides.")
-    base = TrainConfig.from_yaml(args.config) if args.config else None
     overrides = list(args.overrides)
     if args.resume and args.auto_resume:
         raise ConfigError("give --resume or --auto-resume, not both.")
-    if args.resume:
-        overrides.append("resume_from_checkpoint=" + _checkpoint_dir(base, overrides))
     if args.auto_resume:
         overrides.append("resume_from_checkpoint=auto")
     if args.overwrite:
         overrides.append("overwrite_output=true")
-    config = _from_overrides(overrides) if base is None else base.with_overrides(overrides)
+    config = (  # the file and the overrides are validated together
+        TrainConfig.from_yaml(args.config, overrides) if args.config else _from_overrides(overrides)
+    )
+    if args.resume:  # the newest checkpoint in the run's checkpoint_path
+        where = config.training.checkpoint_path or "checkpoints"
+        config = config.replace(resume_from_checkpoint=where)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
@@ -97,27 +99,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_overrides(overrides: list[str]):
-    # A config from overrides alone: parse them against an empty dict.
-    import yaml
+    """A config from overrides alone."""
+    from jsae.training.config import TrainConfig, parse_overrides
 
-    from jsae.training.config import TrainConfig
-
-    data = {}
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        data[key.strip().rpartition(".")[2]] = yaml.safe_load(raw) if raw.strip() else None
+    data = {key.rpartition(".")[2]: value for key, value in parse_overrides(overrides).items()}
     return TrainConfig.from_dict(data)
-
-
-def _checkpoint_dir(base, overrides: list[str]) -> str:
-    """The checkpoint_path the run will use (override, then config, then the default)."""
-    for item in reversed(overrides):
-        key, _, value = item.partition("=")
-        if key.strip().rpartition(".")[2] == "checkpoint_path":
-            return value
-    if base is not None and base.training.checkpoint_path:
-        return base.training.checkpoint_path
-    return "checkpoints"
 
 
 _FLAGS = {

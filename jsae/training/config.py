@@ -783,8 +783,9 @@ class TrainConfig:
         return cls(**built)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Read a YAML (or JSON) file of flat or nested fields."""
+    def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+        """Read a YAML (or JSON) file of flat or nested fields, with `key=value` overrides
+        applied before validation (so a file may be incomplete until overridden)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist.")
@@ -794,7 +795,7 @@ class TrainConfig:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path} must hold a mapping of config keys.")
-        return cls.from_dict(data)
+        return cls.from_dict(_with_raw_overrides(dict(data), parse_overrides(overrides)))
 
     @classmethod
     def coerce(cls, config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainConfig:
@@ -831,17 +832,7 @@ class TrainConfig:
 
     def with_overrides(self, overrides: Iterable[str]) -> TrainConfig:
         """Apply command-line style `key=value` overrides (values parsed as YAML)."""
-        changes: dict[str, Any] = {}
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4).")
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                value = raw
-            changes[key.strip()] = value
-        return self.replace(**changes)
+        return self.replace(**parse_overrides(overrides))
 
     def to_dict(self, *, flat: bool = False) -> dict[str, Any]:
         """Nested by concern (default) or flat; JSON/YAML-ready."""
@@ -936,6 +927,43 @@ def _freeze_fields(obj: Any) -> None:
         value = getattr(obj, f.name)
         if isinstance(value, list | dict):
             object.__setattr__(obj, f.name, freeze(value))
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """`["lr=1e-4", "training.seed=5"]` -> `{"lr": 1e-4, "training.seed": 5}` (YAML values)."""
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4).")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        changes[key.strip()] = value
+    return changes
+
+
+def _with_raw_overrides(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides applied to an unvalidated config dict (flat, nested or mixed): each key is
+    removed wherever the file put it and appended flat (keys are unique across concerns), so
+    it wins whatever the file's layout."""
+    for dotted, value in changes.items():
+        section, _, key = dotted.rpartition(".")
+        section = TrainConfig.SECTION_ALIASES.get(section, section)
+        if section and TrainConfig.key_index().get(key) not in (None, section):
+            raise ConfigError(
+                f"unknown config key {dotted!r}; {key!r} belongs to "
+                f"{TrainConfig.key_index()[key]!r}."
+            )
+        data.pop(key, None)
+        for name, sub in list(data.items()):
+            if TrainConfig.SECTION_ALIASES.get(name, name) in TrainConfig.sections() and (
+                isinstance(sub, Mapping)
+            ):
+                data[name] = {k: v for k, v in sub.items() if k != key}
+        data[key] = value
+    return data
 
 
 def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
