@@ -20,6 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: Path, mode: int) -> None:
+    """Give a tempfile-made path the mode a plain mkdir/open would (tempfile makes them
+    private, 0700/0600, and the rename would keep that: other users could not read an SAE)."""
+    os.chmod(path, mode & ~_umask())
+
+
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
@@ -48,6 +60,12 @@ def atomic_output_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        _as_created(tmp, 0o777)
+        for dirpath, dirnames, filenames in os.walk(tmp):
+            for name in dirnames:
+                _as_created(Path(dirpath, name), 0o777)
+            for name in filenames:
+                _as_created(Path(dirpath, name), 0o666)
         _fsync_tree(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
@@ -76,6 +94,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _as_created(Path(tmp), 0o666)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

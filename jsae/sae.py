@@ -314,8 +314,13 @@ def _finish_forward(
         return y if skip is None else y + skip
     out = _finish_output(sae, y, stats, heads)
     if use_error_term:
+        # in the wider of the input's and the SAE's dtypes: a bf16 SAE with float32 input
+        # returns float32, equal to x when nothing is edited (as SAELens)
         clean = out if clean is None else clean
-        out = out + jax.lax.stop_gradient(jnp.asarray(x).astype(out.dtype) - clean)
+        x = jnp.asarray(x)
+        dtype = jnp.promote_types(x.dtype, out.dtype)
+        error = x.astype(dtype) - clean.astype(dtype)
+        out = out.astype(dtype) + jax.lax.stop_gradient(error)
     return out
 
 

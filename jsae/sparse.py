@@ -21,10 +21,13 @@ Use `sparse=False` under a mesh that shards d_sae: a top-k along a sharded axis 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jsae.errors import ConfigError
 
 # Below this width the dense matmul is as fast as the gather (measured on CPU, see
 # benchmarks/README.md); "auto" then stays dense.
@@ -47,8 +50,15 @@ def decode_matmul(f: jax.Array, W_dec: jax.Array, *, sparse: Any = "auto") -> ja
     if sparse is False or (sparse == "auto" and d_sae < AUTO_MIN_D_SAE):
         return f @ W_dec
     budget = default_max_active(d_sae) if sparse in ("auto", True) else int(sparse)
+    if budget < 1:
+        raise ConfigError(
+            f"sparse={sparse!r}: a budget of active latents per row must be >= 1 (or use "
+            "sparse=False for the dense matmul)."
+        )
     budget = min(budget, d_sae)
     lead = f.shape[:-1]
+    if math.prod(lead) == 0:  # no rows: nothing to gather (the max over zero rows is undefined)
+        return f @ W_dec
     out = _sparse_or_dense(f.reshape(-1, d_sae), W_dec, budget)
     return out.reshape(*lead, W_dec.shape[1])
 
@@ -76,7 +86,7 @@ def _sparse_or_dense(f: jax.Array, W_dec: jax.Array, budget: int) -> jax.Array:
         return jax.lax.cond(n_over > 0, add_spill, lambda out: out, out)
 
     def dense(f: jax.Array) -> jax.Array:
-        return (f @ W_dec).astype(jnp.result_type(f, W_dec))
+        return f @ W_dec
 
     return jax.lax.cond(n_over <= spill_rows, gathered, dense, f)
 

@@ -407,3 +407,44 @@ def test_dtypes_are_accepted_in_every_spelling() -> None:
     assert jsae.SAE.from_params(cfg, sae.params).cfg.dtype == "bfloat16"
     with pytest.raises(jsae.ConfigError, match="unsupported dtype"):
         canonical_dtype(np.int32)
+
+
+def test_error_term_of_a_bf16_sae_keeps_a_float32_input_exact() -> None:
+    """x_hat + (x - x_hat) in the wider dtype: with nothing edited the output is x (SAELens)."""
+    sae = random_sae("standard").astype("bfloat16")
+    x = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    out = sae(x, use_error_term=True)
+    assert out.dtype == jnp.float32
+    assert_close(out, x, atol=1e-5)
+
+
+def test_an_empty_batch_decodes_on_the_sparse_path() -> None:
+    sae = random_sae("topk", d_sae=4096, k=8)  # wide enough for sparse="auto" to gather
+    assert sae(np.zeros((0, 16), np.float32)).shape == (0, 16)
+    with pytest.raises(jsae.ConfigError, match="budget of active latents per row must be >= 1"):
+        decode_matmul(jnp.ones((2, 4096)), sae.W_dec, sparse=0)
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "gated"])
+def test_a_nan_token_stays_nan(architecture: str) -> None:
+    """The gate multiplies (as in SAELens): a NaN pre-activation is not selected away to 0."""
+    sae = random_sae(architecture)
+    x = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    x[1, 4] = np.nan
+    out = np.asarray(sae(x))
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
+
+
+def test_saved_directories_get_the_usual_permissions(tmp_path) -> None:
+    """tempfile makes private (0700/0600) paths; a saved SAE is as readable as a plain mkdir."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        random_sae("standard").save(tmp_path / "sae")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "sae").stat().st_mode) == 0o755
+    for file in (tmp_path / "sae").iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644, file.name

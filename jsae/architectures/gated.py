@@ -64,8 +64,8 @@ class Gated(Architecture):
     def activation(
         cls, cfg: SAEConfig, params: Params, hidden_pre: jax.Array, x: jax.Array
     ) -> jax.Array:
-        gate = (x @ params["W_enc"] + params["b_gate"]) > 0
-        return jnp.where(gate, jax.nn.relu(hidden_pre), 0).astype(hidden_pre.dtype)
+        gate = ((x @ params["W_enc"] + params["b_gate"]) > 0).astype(hidden_pre.dtype)
+        return jax.nn.relu(hidden_pre) * gate  # a product: NaN stays NaN, as in SAELens
 
     @classmethod
     def per_latent_encoder_params(cls) -> tuple[str, ...]:

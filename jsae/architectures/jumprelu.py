@@ -47,9 +47,9 @@ class JumpReLUGate(Architecture):
     def activation(
         cls, cfg: SAEConfig, params: Params, hidden_pre: jax.Array, x: jax.Array
     ) -> jax.Array:
-        return jnp.where(hidden_pre > params["threshold"], jax.nn.relu(hidden_pre), 0).astype(
-            hidden_pre.dtype
-        )
+        # a product, not a select: a NaN pre-activation stays NaN (as in SAELens), not 0
+        gate = (hidden_pre > params["threshold"]).astype(hidden_pre.dtype)
+        return jax.nn.relu(hidden_pre) * gate
 
     @classmethod
     def state_from_saelens(cls, cfg: SAEConfig, state: dict[str, Any]) -> dict[str, Any]:
