@@ -39,10 +39,8 @@ def _train(arch: dict, mesh: tuple[int, int] | None) -> jsae.Trainer:
     return _train_cached(json.dumps(arch, sort_keys=True), mesh)
 
 
-@functools.cache
-def _train_cached(arch_json: str, mesh: tuple[int, int] | None) -> jsae.Trainer:
-    arch = json.loads(arch_json)
-    config = {
+def _config(arch: dict, mesh: tuple[int, int] | None, **extra) -> dict:
+    return {
         **arch,
         "d_in": D_IN,
         "d_sae": D_SAE,
@@ -56,8 +54,14 @@ def _train_cached(arch_json: str, mesh: tuple[int, int] | None) -> jsae.Trainer:
         "checkpoint_path": None,
         "output_path": None,
         "progress_bar": False,
+        **extra,
     }
-    trainer = jsae.Trainer(config, _batches(d_out=arch.get("d_out")))
+
+
+@functools.cache
+def _train_cached(arch_json: str, mesh: tuple[int, int] | None) -> jsae.Trainer:
+    arch = json.loads(arch_json)
+    trainer = jsae.Trainer(_config(arch, mesh), _batches(d_out=arch.get("d_out")))
     trainer.fit()
     return trainer
 
@@ -148,22 +152,7 @@ def test_resume_on_another_mesh_ends_where_one_device_does(
     single = _train(arch, None)
 
     def config(mesh: tuple[int, int] | None, **extra) -> dict:
-        return {
-            **arch,
-            "d_in": D_IN,
-            "d_sae": D_SAE,
-            "lr": 1e-2,
-            "train_batch_size_tokens": BATCH,
-            "training_tokens": BATCH * STEPS,
-            "dead_feature_window": 2,
-            "feature_sampling_window": 4,
-            "mesh": None if mesh is None else {"data": mesh[0], "model": mesh[1]},
-            "log_to_wandb": False,
-            "checkpoint_path": str(tmp_path / "ckpt"),
-            "output_path": None,
-            "progress_bar": False,
-            **extra,
-        }
+        return _config(arch, mesh, checkpoint_path=str(tmp_path / "ckpt"), **extra)
 
     before = jsae.Trainer(config(first), _batches())
     for _ in range(3):

@@ -197,22 +197,7 @@ def with_cache_settings(config: Any) -> Any:
 
 def cache_settings_record(settings: LanguageModelSettings, hook_names: Sequence[str]) -> dict:
     """What identifies a cache's content (a resumed run must match it)."""
-    keep = (
-        "model_name",
-        "model_revision",
-        "model_dtype",
-        "hook_head_index",
-        "dataset_path",
-        "dataset_name",
-        "dataset_split",
-        "dataset_column",
-        "context_size",
-        "prepend_bos",
-        "sequence_separator_token",
-        "disable_concat_sequences",
-        "seqpos_slice",
-        "store_batch_size_prompts",
-    )
+    keep = (*CACHE_DESCRIBES, "model_revision", "model_dtype", "store_batch_size_prompts")
     data = settings.to_dict()
     return {"hook_names": list(hook_names), **{k: data[k] for k in keep}}
 
