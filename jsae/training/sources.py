@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import jax.numpy as jnp
 import numpy as np
 
 from jsae.errors import ConfigError, ShapeError, choices_hint
@@ -270,19 +271,9 @@ class Feeder:
                     f"with {_rows(y)} target rows; a transcoder's (x, y) must have equal rows."
                 )
         for what, array, width in checks:
-            dtype = np.dtype(getattr(array, "dtype", np.float32))
-            if width is not None and array.shape[1] != width:
-                name = "d_out" if what == "target" else "d_in"
-                raise ShapeError(
-                    f"the activation source's item {self.items_read} has {what} shape "
-                    f"{tuple(array.shape)} but the SAE has {name}={width}; check that the "
-                    "source reads the hook the SAE is configured for."
-                )
-            if not (np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"):
-                raise ShapeError(
-                    f"item {self.items_read} of the activation source: {what} batches must be "
-                    f"floating point, got {dtype}."
-                )
+            problem = batch_problem(array, width, what)
+            if problem:
+                raise ShapeError(f"the activation source's item {self.items_read} has {problem}.")
 
     def _split(self, item: Any) -> tuple[Any, Any]:
         if self.transcoder:
@@ -384,6 +375,29 @@ class Feeder:
             self._pending = [(x, np.asarray(arrays["y"]) if self.transcoder else x)]
             self._pending_rows = len(x)
         return how
+
+
+def batch_problem(array: Any, width: int | None, what: str, rows: int | None = None) -> str | None:
+    """What makes `array` unfit as an SAE's `what` ("input" or "target") batch of `width`
+    columns (and `rows` rows, if given), phrased to follow "has"; None if it fits."""
+    shape = getattr(array, "shape", None)
+    if (
+        shape is None
+        or len(shape) != 2
+        or (width is not None and shape[1] != width)
+        or (rows is not None and shape[0] != rows)
+    ):
+        name = "d_out" if what == "target" else "d_in"
+        return (
+            f"{what} shape {None if shape is None else tuple(shape)} but the SAE has "
+            f"{name}={width}"
+            + (f" and takes [{rows}, {width}] batches" if rows is not None else "")
+            + "; check that the source reads the hook the SAE is configured for"
+        )
+    dtype = getattr(array, "dtype", np.float32)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return f"a non-float {what} batch: batches must be floating point, got {dtype}"
+    return None
 
 
 def _takes_buffer(source: Any) -> bool:

@@ -49,7 +49,7 @@ from jsae.training.checkpoint import Checkpointer
 from jsae.training.config import MODEL_SOURCES, TrainConfig
 from jsae.training.monitor import ProgressBar, RunLogger
 from jsae.training.optimizer import make_optimizer
-from jsae.training.sources import Feeder, make_source
+from jsae.training.sources import Feeder, batch_problem, make_source
 from jsae.training.state import TrainState, init_state, state_shardings
 from jsae.training.step import make_step
 
@@ -272,32 +272,14 @@ class Trainer:
     # ------------------------------------------------------------------ stepping
 
     def _check_batch(self, array: Any, width: int, what: str, rows: int | None = None) -> None:
-        shape = getattr(array, "shape", None)
-        if (
-            shape is None
-            or len(shape) != 2
-            or shape[1] != width
-            or (rows is not None and shape[0] != rows)
-        ):
-            name = "d_out" if what == "target" else "d_in"
-            raise ShapeError(
-                f"step {self.steps_done}: the activation source gave a {what} batch of shape "
-                f"{None if shape is None else tuple(shape)} but the SAE has {name}={width}"
-                + (f" and takes [{rows}, {width}] batches" if rows is not None else "")
-                + "; check that the source reads the hook the SAE is configured for."
-            )
-        if not jnp.issubdtype(getattr(array, "dtype", np.float32), jnp.floating):
-            raise ShapeError(
-                f"step {self.steps_done}: {what} batches must be floating point, got "
-                f"{getattr(array, 'dtype', type(array).__name__)}."
-            )
+        problem = batch_problem(array, width, what, rows)
+        if problem:
+            raise ShapeError(f"step {self.steps_done}: the batch has {problem}.")
 
     def check_source(self) -> None:
-        """Refuse a source whose activations do not fit the SAE, before anything is trained."""
-        x, y = self.feeder.peek()
-        self._check_batch(x, self.cfg.d_in, "input")
-        if self.settings.is_transcoder:
-            self._check_batch(y, self.settings.output_dim, "target")
+        """Refuse a source whose activations do not fit the SAE, before anything is trained
+        (the feeder checks every item it pulls; this pulls the first)."""
+        self._naming_the_step(self.feeder.peek)
 
     def _device_batch(self, array: Any, width: int, what: str) -> jax.Array:
         self._check_batch(array, width, what, self.local_rows)
@@ -353,8 +335,11 @@ class Trainer:
 
     def _next_batch(self) -> tuple[Any, Any]:
         """The source's next batch; a bad item's error names the step it was for."""
+        return self._naming_the_step(self.feeder.next)
+
+    def _naming_the_step(self, pull: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         try:
-            return self.feeder.next()
+            return pull()
         except ShapeError as exc:
             raise ShapeError(f"step {self.steps_done}: {exc}") from None
 
@@ -438,10 +423,9 @@ class Trainer:
         total, count = 0.0, 0
         for _ in range(n_batches):
             try:
-                x, _ = self.feeder.next()
+                x, _ = self._next_batch()  # checked by the feeder
             except StopIteration:
                 break
-            self._check_batch(x, self.cfg.d_in, "input")
             norms = np.linalg.norm(np.asarray(x, np.float32), axis=-1)
             total += float(norms.sum(dtype=np.float64))
             count += norms.size
