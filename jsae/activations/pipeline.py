@@ -509,6 +509,4 @@ def _with_hook_metadata(config: Any, hook: str, settings: LanguageModelSettings 
             "remove it (train_saes fills it in) or give the config to its own hook."
         )
     implied = {} if settings is None else settings.sae_metadata()
-    implied = {k: v for k, v in {**implied, "hook_name": hook}.items() if v is not None}
-    merged = {**implied, **given}
-    return config if merged == given else config.replace(metadata=merged)
+    return config.with_metadata_defaults({**implied, "hook_name": hook})

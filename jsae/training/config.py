@@ -706,9 +706,13 @@ class TrainConfig:
         """
         if self.data.activation_source not in MODEL_SOURCES:
             return self
+        return self.with_metadata_defaults(self.model.sae_metadata())
+
+    def with_metadata_defaults(self, implied: Mapping[str, Any]) -> TrainConfig:
+        """This config with `implied` SAE metadata filled in where `metadata` has no value
+        (None values in `implied` are skipped)."""
         given = unfreeze(self.sae.metadata)
-        implied = {k: v for k, v in self.model.sae_metadata().items() if v is not None}
-        merged = {**implied, **given}
+        merged = {**{k: v for k, v in implied.items() if v is not None}, **given}
         return self if merged == given else self.replace(metadata=merged)
 
     def sae_config(self) -> Any:
