@@ -16,6 +16,8 @@ matmul with respect to `f` is non-zero at inactive latents too. A sparse backwar
 sense when latents are produced as (values, indices) pairs, as TopK training does.
 
 Use `sparse=False` under a mesh that shards d_sae: a top-k along a sharded axis is expensive.
+"auto" gathers only on CPU, where it was measured faster (benchmarks/README.md); on GPUs and
+TPUs, where dense matmuls are far cheaper next to gathers and loops, it stays dense.
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ from jsae.errors import ConfigError
 # benchmarks/README.md); "auto" then stays dense.
 AUTO_MIN_D_SAE = 4096
 
+# Platforms where the sparse kernels were measured faster than the dense matmuls. Elsewhere
+# (GPU, TPU: no measurement yet) "auto" keeps the dense path that SAELens also runs.
+SPARSE_BY_DEFAULT_PLATFORMS = ("cpu",)
+
+
+def sparse_by_default(d_sae: int, platform: str | None = None) -> bool:
+    """What "auto" / None picks: the sparse kernels for d_sae >= AUTO_MIN_D_SAE on a platform
+    where they were measured faster (`platform` defaults to JAX's default backend)."""
+    platform = jax.default_backend() if platform is None else platform
+    return d_sae >= AUTO_MIN_D_SAE and platform in SPARSE_BY_DEFAULT_PLATFORMS
+
+
+def mesh_platform(mesh: Any) -> str | None:
+    """The platform of a mesh's devices (None without a mesh: the default backend)."""
+    return None if mesh is None else mesh.devices.flat[0].platform
+
 
 def default_max_active(d_sae: int) -> int:
     """Gathered latents per row: 1/128 of the latents, between 32 and 512 (the top-k's cost
@@ -43,11 +61,12 @@ def default_max_active(d_sae: int) -> int:
 def decode_matmul(f: jax.Array, W_dec: jax.Array, *, sparse: Any = "auto") -> jax.Array:
     """`f @ W_dec` for f `[..., d_sae]`, W_dec `[d_sae, d]`, gathering active rows when f is sparse.
 
-    `sparse`: "auto" (gather when d_sae >= 4096 and every row fits the budget), True (same,
-    whatever d_sae), False (always the dense matmul), or an int budget of active latents per row.
+    `sparse`: "auto" (gather when d_sae >= 4096 on CPU and every row fits the budget; dense on
+    GPUs and TPUs), True (gather whatever d_sae and platform), False (always the dense matmul),
+    or an int budget of active latents per row.
     """
     d_sae = W_dec.shape[0]
-    if sparse is False or (sparse == "auto" and d_sae < AUTO_MIN_D_SAE):
+    if sparse is False or (sparse == "auto" and not sparse_by_default(d_sae)):
         return f @ W_dec
     budget = default_max_active(d_sae) if sparse in ("auto", True) else int(sparse)
     if budget < 1:

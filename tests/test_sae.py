@@ -316,6 +316,21 @@ def test_sparse_decode_equals_dense_at_every_density(density: float, dense_rows:
         assert np.all(np.abs(out - exact) <= 1e-6 * scale + 1e-6), sparse
 
 
+def test_auto_decode_gathers_on_cpu_only(monkeypatch) -> None:
+    """ "auto" gathers where the gather was measured faster (CPU, wide SAEs); on a GPU or TPU
+    backend it compiles the plain dense matmul, with no top-k in the program."""
+    f, W = jnp.zeros((4, 4096)), jnp.zeros((4096, 8))
+
+    def has_top_k() -> bool:
+        return "top_k" in str(jax.make_jaxpr(lambda f, W: decode_matmul(f, W))(f, W))
+
+    assert has_top_k()
+    for platform in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda platform=platform: platform)
+        assert not has_top_k(), platform
+        assert "top_k" in str(jax.make_jaxpr(lambda f, W: decode_matmul(f, W, sparse=True))(f, W))
+
+
 def test_sparse_decode_gradient_is_the_dense_gradient() -> None:
     rng = np.random.default_rng(1)
     W = jnp.asarray(rng.normal(size=(4096, 8)).astype(np.float32))

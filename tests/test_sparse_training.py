@@ -196,6 +196,17 @@ def test_sparse_batchtopk_is_chosen_where_it_applies() -> None:
     )
 
 
+def test_sparse_paths_are_the_default_on_cpu_only() -> None:
+    """The CPU measurements that make the sparse paths the default say nothing about GPUs and
+    TPUs, where dense matmuls are cheap next to gathers and scatter-adds: there None is dense."""
+    from jsae.sparse import mesh_platform, sparse_by_default
+
+    assert sparse_by_default(4096, "cpu") and not sparse_by_default(2048, "cpu")
+    assert not sparse_by_default(1 << 20, "gpu") and not sparse_by_default(1 << 20, "tpu")
+    assert mesh_platform(parallel.make_mesh(1, 1)) == "cpu" and mesh_platform(None) is None
+    assert sparse_by_default(8192) == (jax.default_backend() == "cpu")
+
+
 def test_sparse_kernels_sum_bf16_terms_in_float32() -> None:
     """One latent fires on all 4096 tokens: its decoder row's and encoder column's gradients,
     and the decode, sum 4096 bf16 terms. Summed in float32 and rounded once they stay at bf16

@@ -36,7 +36,7 @@ from jsae.architectures.topk import (
     topk_aux_loss,
 )
 from jsae.errors import ConfigError
-from jsae.sparse import AUTO_MIN_D_SAE, pair_decode, pair_encode
+from jsae.sparse import mesh_platform, pair_decode, pair_encode, sparse_by_default
 
 if TYPE_CHECKING:
     from jsae.config import SAEConfig
@@ -282,7 +282,9 @@ def uses_sparse_batch_training(cfg: SAEConfig, ctx: TrainContext, n_tokens: int)
     if int(cfg.k * n_tokens) < 1:
         return False
     choice = ctx.settings.use_sparse_activations
-    return cfg.d_sae >= AUTO_MIN_D_SAE if choice is None else bool(choice)
+    if choice is None:
+        return sparse_by_default(cfg.d_sae, mesh_platform(ctx.mesh))
+    return bool(choice)
 
 
 def sparse_batch_train_forward(

@@ -34,10 +34,11 @@ from jsae.architectures.base import (
 )
 from jsae.errors import ConfigError
 from jsae.sparse import (
-    AUTO_MIN_D_SAE,
     default_max_active,
     gather_decode,
     gather_encode,
+    mesh_platform,
+    sparse_by_default,
 )
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class TopK(Architecture):
     @classmethod
     def decode_budget(cls, cfg: SAEConfig, sparse: Any) -> Any:
         """Rows hold at most k latents, so the sparse decoder gathers at least k per row."""
-        if sparse is True or (sparse == "auto" and cfg.d_sae >= AUTO_MIN_D_SAE):
+        if sparse is True or (sparse == "auto" and sparse_by_default(cfg.d_sae)):
             return max(cfg.k, default_max_active(cfg.d_sae))
         return sparse
 
@@ -173,7 +174,9 @@ def uses_sparse_training(cfg: SAEConfig, ctx: TrainContext) -> bool:
     if cfg.architecture != "topk" or model_axis_size(ctx.mesh) > 1:
         return False
     choice = ctx.settings.use_sparse_activations
-    return cfg.d_sae >= AUTO_MIN_D_SAE if choice is None else bool(choice)
+    if choice is None:
+        return sparse_by_default(cfg.d_sae, mesh_platform(ctx.mesh))
+    return bool(choice)
 
 
 def topk_aux_loss(

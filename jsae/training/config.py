@@ -177,8 +177,9 @@ class SAESettings:
         None,
         "topk, batchtopk, matryoshka_batchtopk: decode and backpropagate through the kept "
         "(value, index) pairs (gather / scatter-add) instead of dense [B, d_sae] matrices; None "
-        "picks it when d_sae >= 4096 and, for topk, latents are not split over the mesh's "
-        "model axis; for the batch-wide selections, on one device without per-level AuxK",
+        "picks it on CPU when d_sae >= 4096 and, for topk, latents are not split over the "
+        "mesh's model axis; for the batch-wide selections, on one device without per-level "
+        "AuxK (on GPUs and TPUs, where it is not yet measured, None keeps the dense path)",
     )
     metadata: dict = field(
         default_factory=dict,
