@@ -25,6 +25,7 @@ import io
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
-from jsae.errors import FormatError, UnsafePickleError
+from jsae.errors import FormatError, JsaeError, UnsafePickleError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -471,19 +472,33 @@ def describe_pt(path: str | Path) -> Any:
     return _load(Path(path), read_data=False)
 
 
+# What zipfile raises on damaged bytes: bad headers or CRCs (BadZipFile), member names that
+# are not UTF-8 (UnicodeDecodeError), cut-off or garbled compressed data (EOFError,
+# zlib.error), seeks past the end (OSError, ValueError), flag bits that claim an unknown
+# compression or encryption (NotImplementedError, RuntimeError).
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    UnicodeDecodeError,
+    EOFError,
+    zlib.error,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+)
+
+
 def _load(path: Path, read_data: bool) -> Any:
     if not path.is_file():
         raise FormatError(f"{path} is missing.")
     with open(path, "rb") as fh:
         head = fh.read(512)
         fh.seek(0)
-        if zipfile.is_zipfile(fh):
+        if _is_zip(path, fh):
             fh.seek(0)
-            try:
-                with zipfile.ZipFile(fh) as zf:
-                    obj = _load_zip(path, zf, read_data)
-            except zipfile.BadZipFile as exc:
-                raise FormatError(f"{path} is a damaged zip archive ({exc}).") from None
+            obj = _read_zip(path, fh, read_data)
         elif len(head) >= 262 and head[257:262] == b"ustar":
             raise FormatError(
                 f"{path} uses torch's pre-1.0 tar format, which jsae does not read; load it "
@@ -495,6 +510,32 @@ def _load(path: Path, read_data: bool) -> Any:
         else:
             raise FormatError(f"{path} is not a torch checkpoint (neither zip nor pickle).")
     return _resolve(obj, str(path), {}, read_data)
+
+
+def _archive_error(path: Path, exc: Exception) -> FormatError:
+    return FormatError(
+        f"{path} is corrupt or truncated: its zip archive cannot be read "
+        f"({type(exc).__name__}: {exc}). Download or save it again."
+    )
+
+
+def _is_zip(path: Path, fh: BinaryIO) -> bool:
+    """Whether the file ends in a zip directory (a damaged one raises while looking)."""
+    try:
+        return zipfile.is_zipfile(fh)
+    except _ARCHIVE_ERRORS as exc:
+        raise _archive_error(path, exc) from None
+
+
+def _read_zip(path: Path, fh: BinaryIO, read_data: bool) -> Any:
+    """A zip-format checkpoint; zipfile's errors on damaged bytes become FormatErrors."""
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            return _load_zip(path, zf, read_data)
+    except JsaeError:
+        raise
+    except _ARCHIVE_ERRORS as exc:  # a damaged directory, header, member name or member
+        raise _archive_error(path, exc) from None
 
 
 def load_state_dict(path: str | Path) -> dict[str, Any]:

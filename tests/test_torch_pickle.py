@@ -198,3 +198,51 @@ def test_corrupt_and_foreign_files_fail_clearly(tmp_path: Path, ref: Path) -> No
         load_pt(tmp_path / "old.pt")
     with pytest.raises(jsae.FormatError, match="missing"):
         load_pt(tmp_path / "absent.pt")
+
+
+def _damaged(data: bytes, offsets: list[int], mode: str) -> dict[int, bytes]:
+    """Copies of `data` with one byte flipped, or cut off, at each offset."""
+    out = {}
+    for at in offsets:
+        if 0 < at < len(data):
+            if mode == "flip":
+                blob = bytearray(data)
+                blob[at] ^= 0xFF
+                out[at] = bytes(blob)
+            else:
+                out[at] = data[:at]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["flip", "truncate"])
+@pytest.mark.parametrize(
+    "name", ["pt_layouts/goodfire/Llama-3.1-8B-Instruct-SAE-l19.pth", "torch/zip.pt"]
+)
+def test_damaged_zip_checkpoints_raise_format_errors(
+    tmp_path: Path, ref: Path, name: str, mode: str
+) -> None:
+    """A flipped byte anywhere in a torch zip (local headers, member names, data, central
+    directory) or a cut at any point either still reads or raises a FormatError naming the
+    file; never a raw zipfile/codec exception (member names are decoded as UTF-8, so a flip
+    inside one used to escape as UnicodeDecodeError)."""
+    data = (ref / name).read_bytes()
+    end = len(data)
+    # every byte of the first local header and of the central directory, a sample in between
+    offsets = sorted({*range(0, 160), *range(end - 700, end), *range(160, end - 700, 53)})
+    file = tmp_path / Path(name).name
+    failures = 0
+    for at, blob in _damaged(data, offsets, mode).items():
+        file.write_bytes(blob)
+        for read in (describe_pt, load_pt):
+            try:
+                read(file)
+            except jsae.FormatError as exc:
+                assert str(file) in str(exc), (at, exc)
+                failures += 1
+            except Exception as exc:  # any other type is the bug
+                pytest.fail(f"{mode} at byte {at}: {read.__name__} raised {exc!r}")
+    assert failures > 0
+    # the layouts' own loader (format detection included) reports it the same way
+    file.write_bytes(_damaged(data, [64], "flip")[64])
+    with pytest.raises(jsae.FormatError, match="corrupt or truncated"):
+        jsae.load(file)
