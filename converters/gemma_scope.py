@@ -11,7 +11,9 @@ or `w_e`. The published math (GDM tutorial, paper appendix A):
 
 Residual SAEs read `blocks.L.hook_resid_post`, MLP SAEs `blocks.L.hook_mlp_out`, attention
 SAEs the concatenated head outputs `blocks.L.attn.hook_z` (d_in = n_heads * d_head), and
-transcoders map `blocks.L.ln2.hook_normalized` to `blocks.L.hook_mlp_out`.
+transcoders map `blocks.L.ln2.hook_normalized` to `blocks.L.hook_mlp_out`. The site, layer and
+embedding-ness come from the repo and the folder inside it (hints from the hub); for a local
+path only its Gemma Scope components count (`_local_layout`), never unrelated parent folders.
 
 Embedding SAEs were trained on the token embeddings before Gemma multiplies them by
 sqrt(d_model); `hook_embed` (TransformerLens, and jsae's models) is after that scale. So the
@@ -47,6 +49,14 @@ _KEYS = {
 }
 _MODELS = {"2b": "google/gemma-2-2b", "9b": "google/gemma-2-9b", "27b": "google/gemma-2-27b"}
 _REPO = re.compile(r"gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att|transcoders)")
+_REPO_DIR = re.compile(
+    r"(?:models--google--)?(gemma-scope-(?:2b|9b|27b)-(?:pt|it)-(?:res|mlp|att|transcoders))"
+)
+_TAIL = (
+    re.compile(r"layer_\d+|embedding"),
+    re.compile(r"width_\w+"),
+    re.compile(r"average_l0_\d+"),
+)
 
 
 def detect(path: Path) -> bool:
@@ -59,14 +69,36 @@ def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     return [f"{path_in_repo.strip('/')}/params.npz"], []
 
 
-def _site(where: str) -> tuple[str | None, str | None, str | None]:
-    """(model id, site, variant) from a repo name or path: ('google/gemma-2-2b', 'res', 'pt')."""
-    match = _REPO.search(where)
+def _site(repo: str) -> tuple[str | None, str | None, str | None]:
+    """(model id, site, variant) from a repo name: ('google/gemma-2-2b', 'res', 'pt')."""
+    match = _REPO.search(repo)
     if not match:
-        return None, ("transcoders" if "transcoder" in where else None), None
+        return None, ("transcoders" if "transcoder" in repo else None), None
     size, variant, site = match.groups()
     model = _MODELS[size] + ("-it" if variant == "it" else "")
     return model, site, variant
+
+
+def _local_layout(folder: Path) -> tuple[str, str]:
+    """(repo name, path inside it) that a local folder's own path shows, "" where it shows none.
+
+    Only the components that identify a Gemma Scope layout count: a `gemma-scope-*` repo
+    folder (a clone, or `models--google--gemma-scope-*` in a Hugging Face cache) and what
+    follows it, else a trailing `layer_N|embedding / width_* / average_l0_N`. A parent named
+    `embedding_study/` or `transcoder_notes/` changes nothing.
+    """
+    parts = folder.parts
+    for i in range(len(parts) - 1, -1, -1):
+        match = _REPO_DIR.fullmatch(parts[i])
+        if match:
+            inside = parts[i + 1 :]
+            if len(inside) >= 2 and inside[0] == "snapshots":  # HF cache: snapshots/<commit>/
+                inside = inside[2:]
+            return match.group(1), "/".join(inside)
+    tail = parts[-3:]
+    if len(tail) == 3 and all(p.fullmatch(c) for p, c in zip(_TAIL, tail, strict=True)):
+        return "", "/".join(tail)
+    return "", ""
 
 
 def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
@@ -90,12 +122,13 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
     d_in, d_sae = params["W_enc"].shape
     d_out = params["W_dec"].shape[1]
 
-    where = hints.where or str(file.parent)
-    model, site, _ = _site(hints.repo_id or where)
-    if model is None and hints.repo_id is None:
-        model, site, _ = _site(str(file))
-    layer = layer_of(where, r"layer_(\d+)")
-    embedding = "embedding" in where
+    if hints.repo_id or hints.path_in_repo:  # from the hub: the repo and the folder in it
+        repo, inside = hints.repo_id or "", hints.path_in_repo or ""
+    else:
+        repo, inside = _local_layout(file.parent)
+    model, site, _ = _site(repo)
+    layer = layer_of(inside, r"layer_(\d+)")
+    embedding = "embedding" in inside
     if embedding:
         factor = math.sqrt(d_in)
         params["W_enc"] = params["W_enc"].map(lambda a: (a / factor).astype(a.dtype))

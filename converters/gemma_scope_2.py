@@ -34,6 +34,9 @@ from .lazy import safetensors_tensors
 NAME = "gemma_scope_2"
 DESCRIPTION = "Gemma Scope 2 (Gemma 3): params.safetensors + config.json"
 
+_SITE_DIR = re.compile(r"(?:resid_post|attn_out|mlp_out|transcoder|clt)(?:_all)?")
+_SAE_DIR = re.compile(r"layer_\d+_width_\w+")
+
 
 def detect(path: Path) -> bool:
     if path.is_dir():
@@ -44,6 +47,16 @@ def detect(path: Path) -> bool:
 def hub_files(path_in_repo: str) -> tuple[list[str], list[str]]:
     p = path_in_repo.strip("/")
     return [f"{p}/params.safetensors"], [f"{p}/config.json"]
+
+
+def _local_layout(folder: Path) -> str:
+    """`site/layer_L_width_...` of a local folder laid out as in the repos, else its own name
+    if that is a `layer_L_width_...` folder, else "": a parent named `transcoder_notes/` or
+    `attn_out_study/` is not a site and changes nothing."""
+    if not _SAE_DIR.fullmatch(folder.name):
+        return ""
+    site = folder.parent.name
+    return f"{site}/{folder.name}" if _SITE_DIR.fullmatch(site) else folder.name
 
 
 def _model_name(raw: dict[str, Any], hints: Hints) -> str | None:
@@ -84,7 +97,8 @@ def convert(path: Path, hints: Hints) -> tuple[SAEConfig, dict[str, Any]]:
             f"{folder}: config says affine_connection but the skip matrix is missing."
         )
 
-    where = hints.path_in_repo or str(folder)
+    # the folder inside the repo, as SAELens reads it; a local path counts only from the site
+    where = hints.path_in_repo or _local_layout(folder)
     match = re.search(r"layer_(\d+)", where)
     layer = int(match.group(1)) if match else None
     site = next(

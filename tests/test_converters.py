@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import ml_dtypes
@@ -175,6 +176,91 @@ def test_gemma_scope_transcoder(tmp_path: Path, rng, x) -> None:
     assert (sae.cfg.metadata.hook_name, sae.cfg.metadata.hook_name_out) == (
         "blocks.3.ln2.hook_normalized",
         "blocks.3.hook_mlp_out",
+    )
+
+
+@pytest.mark.parametrize(
+    "parent", ["embedding_study", "transcoder_notes", "gemma-scope-runs/embedding/old"]
+)
+def test_gemma_scope_reads_only_the_layout_part_of_a_local_path(
+    tmp_path: Path, rng, x, parent: str
+) -> None:
+    """The same params.npz loads identically under an unrelated parent folder named like
+    'embedding' or 'transcoder': only a gemma-scope-* repo folder, or the trailing
+    layer_N|embedding / width_* / average_l0_N components, say what the SAE is."""
+    layout = Path("layer_3") / "width_16k" / "average_l0_50"
+    plain = tmp_path / "runs" / layout
+    p = L.write_gemma_scope(plain, rng, D_IN, D_SAE)
+    other = tmp_path / parent / layout
+    other.mkdir(parents=True)
+    shutil.copy(plain / "params.npz", other / "params.npz")
+    f_ref, out_ref = L.gemma_scope_ref(p, x)
+    for folder in (plain, other):
+        sae = jsae.load(folder)
+        assert (sae.cfg.architecture, sae.cfg.metadata.hook_name) == ("jumprelu", None), folder
+        assert_close(sae.encode(x), f_ref, what=f"encode {folder}")
+        assert_close(sae(x), out_ref, what=f"forward {folder}")
+    # what the path does not say, hints do: a transcoder, or the embedding SAE (rescaled)
+    hinted = jsae.load(
+        other, hints=Hints(repo_id="google/gemma-scope-2b-pt-transcoders", path_in_repo=str(layout))
+    )
+    assert hinted.cfg.architecture == "jumprelu_transcoder"
+    assert hinted.cfg.metadata.hook_name == "blocks.3.ln2.hook_normalized"
+    embed = jsae.load(
+        other,
+        hints=Hints(
+            repo_id="google/gemma-scope-2b-pt-res", path_in_repo="embedding/width_4k/average_l0_6"
+        ),
+    )
+    assert embed.cfg.metadata.hook_name == "hook_embed"
+    assert_close(embed(x * np.sqrt(D_IN)), out_ref * np.sqrt(D_IN), atol=1e-4)
+
+
+def test_gemma_scope_layouts_in_a_hub_cache_and_without_a_repo_folder(tmp_path: Path, rng, x):
+    """A Hugging Face cache path (models--google--gemma-scope-*/snapshots/<commit>/...) names
+    the repo; a bare embedding/width_*/average_l0_* tail is the embedding layout."""
+    cached = (
+        tmp_path
+        / "models--google--gemma-scope-2b-pt-transcoders"
+        / "snapshots"
+        / ("0" * 40)
+        / "layer_4/width_16k/average_l0_9"
+    )
+    p = L.write_gemma_scope(cached, rng, D_IN, D_SAE)
+    sae = jsae.load(cached)
+    assert sae.cfg.architecture == "jumprelu_transcoder"
+    assert (sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name_out) == (
+        "google/gemma-2-2b",
+        "blocks.4.hook_mlp_out",
+    )
+    bare = tmp_path / "downloads" / "embedding" / "width_4k" / "average_l0_6"
+    bare.mkdir(parents=True)
+    shutil.copy(cached / "params.npz", bare / "params.npz")
+    f_ref, out_ref = L.gemma_scope_ref(p, x)
+    embed = jsae.load(bare)
+    assert_close(embed.encode(x * np.sqrt(D_IN)), f_ref)
+    assert_close(embed(x * np.sqrt(D_IN)), out_ref * np.sqrt(D_IN), atol=1e-4)
+
+
+@pytest.mark.parametrize("parent", ["transcoder_notes/run", "attn_out_study", "mlp_out_x/clt_y"])
+def test_gemma_scope_2_reads_only_the_layout_part_of_a_local_path(
+    tmp_path: Path, rng, x, parent: str
+) -> None:
+    """Only the `site/layer_L_width_*` folders say what a Gemma Scope 2 SAE is: a parent
+    named like a site ('transcoder_notes', 'attn_out_study') changes nothing."""
+    name = "layer_5_width_16k_l0_medium"
+    plain = tmp_path / "run" / name
+    p = L.write_gemma_scope_2(plain, rng, D_IN, D_SAE)
+    other = tmp_path / parent / name
+    shutil.copytree(plain, other)
+    f_ref, out_ref = L.gemma_scope_2_ref(p, x)
+    for folder in (plain, other):
+        sae = jsae.load(folder)
+        assert (sae.cfg.architecture, sae.cfg.reshape_activations) == ("jumprelu", "none")
+        assert_close(sae.encode(x), f_ref, what=f"encode {folder}")
+        assert_close(sae(x), out_ref, what=f"forward {folder}")
+    assert jsae.load(other, hints=Hints(path_in_repo=f"transcoder/{name}")).cfg.architecture == (
+        "jumprelu_transcoder"
     )
 
 
