@@ -13,13 +13,15 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, run_reference
 from reference import converter_layouts as L
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 import jsae
 from jsae import converters, registry
@@ -243,6 +245,66 @@ def test_saelens_release_with_legacy_config(hub: dict, x) -> None:
     assert (meta.hook_name, meta.context_size) == ("blocks.8.hook_resid_pre", 128)
     assert meta.neuronpedia_id == "gpt2-small/8-res-jb"
     assert dict(meta.model_from_pretrained_kwargs) == {"center_writing_weights": True}
+
+
+def test_saelens_releases_fold_the_registry_norm_scaling_factor(tmp_path: Path, rng, x) -> None:
+    """SAELens-format releases saved with normalize_activations="expected_average_only_in":
+    SAELens's from_pretrained folds the registry's norm_scaling_factor into the weights (mode
+    "none"), and with no factor listed warns and leaves the SAE as saved. jsae, on the same
+    offline cache, must give SAELens's own outputs in both cases."""
+    cases = {  # name: (release, sae_id, architecture); only the first lists a factor
+        "tm": ("gpt2-small-mlp-tm", "blocks.0.hook_mlp_out", "jumprelu"),
+        "jb": ("gpt2-small-res-jb", "blocks.8.hook_resid_pre", "standard"),
+    }
+    cache = tmp_path / "cache"
+    for name, (release, sae_id, arch) in cases.items():
+        cfg = jsae.SAEConfig(
+            architecture=arch,
+            d_in=D_IN,
+            d_sae=D_SAE,
+            normalize_activations="expected_average_only_in",
+        )
+        sae = jsae.SAE.init(cfg, jax.random.key(7))
+        noisy = {
+            k: np.asarray(v) + L.rand(rng, *np.shape(v), scale=0.2) for k, v in sae.params.items()
+        }
+        if "threshold" in noisy:
+            noisy["threshold"] = np.abs(noisy["threshold"])
+        jsae.SAE.from_params(cfg, noisy).save(tmp_path / name)
+        add_repo(
+            cache,
+            registry.get_release(release).repo_id,
+            folder_files(tmp_path / name, registry.get_sae(release, sae_id)[1].path),
+        )
+    (tmp_path / "requests.json").write_text(
+        json.dumps([{"name": n, "release": r, "sae_id": i} for n, (r, i, _) in cases.items()])
+    )
+    save_file({"x": x}, tmp_path / "inputs.safetensors")
+    run_reference("converter_fixtures.py", "from_pretrained", tmp_path)
+
+    factor = registry.get_sae("gpt2-small-mlp-tm", "blocks.0.hook_mlp_out")[1].norm_scaling_factor
+    assert factor is not None and abs(factor - 1) > 0.01  # folding it changes the outputs
+    for name, (release, sae_id, _) in cases.items():
+        theirs = load_file(tmp_path / f"{name}.safetensors")
+        info = json.loads((tmp_path / f"{name}.json").read_text())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sae = jsae.from_pretrained(release, sae_id, cache_dir=cache)
+        assert sae.cfg.normalize_activations == info["normalize_activations"], name
+        assert_close(sae.encode(x), theirs["feature_acts"], what=f"{name} encode")
+        assert_close(sae(x), theirs["forward"], what=f"{name} forward")
+        warned = any("norm_scaling_factor" in str(w.message) for w in caught)
+        assert warned == any("norm_scaling_factor" in w for w in info["warnings"]), name
+    assert info["normalize_activations"] == "expected_average_only_in" and warned  # "jb"
+    # `jsae convert` writes the folded SAE (mode "none"): readers need no registry to use it
+    from jsae.cli import main as cli
+
+    out = tmp_path / "converted"
+    argv = ["convert", "gpt2-small-mlp-tm", str(out), "--sae-id", "blocks.0.hook_mlp_out"]
+    assert cli([*argv, "--cache-dir", str(cache)]) == 0
+    back = jsae.load(out)
+    assert back.cfg.normalize_activations == "none"
+    assert_close(back(x), load_file(tmp_path / "tm.safetensors")["forward"])
 
 
 def test_llama_scope_releases(hub: dict, x) -> None:

@@ -2,6 +2,7 @@
 
     python converter_fixtures.py write OUT     real checkpoints + the original libraries' outputs
     python converter_fixtures.py check DIR     SAELens loads jsae-converted folders, records outputs
+    python converter_fixtures.py from_pretrained DIR   SAELens's from_pretrained on DIR/cache
 
 `write` makes, under OUT:
   torch/        files written by torch.save (zip and legacy formats) covering every tensor dtype,
@@ -15,6 +16,7 @@
                 qresearch DeepSeek SAE and Kissane's hook_z SAEs (torch.save), each with a
                 params.npz of the same tensors for the closed-form references
   saelens_registry.json   SAELens's own view of pretrained_saes.yaml (get_pretrained_saes_directory)
+
 `check` reads DIR/<case>/sae (written by `jsae convert`) and DIR/<case>/inputs.safetensors and
 writes DIR/<case>/saelens_outputs.safetensors and saelens_class.txt.
 """
@@ -311,6 +313,36 @@ def check(root: Path):
         (case / "saelens_class.txt").write_text(type(sae).__name__)
 
 
+def from_pretrained(root: Path):
+    """SAELens's from_pretrained on ROOT/cache (a Hugging Face cache, offline) for each
+    {"name", "release", "sae_id"} in ROOT/requests.json; writes ROOT/<name>.safetensors
+    (encode and forward of ROOT/inputs.safetensors) and ROOT/<name>.json (its config mode and
+    the warnings it gave)."""
+    import os
+
+    os.environ["HF_HUB_CACHE"] = str(root / "cache")
+    from huggingface_hub import constants
+    from sae_lens import SAE
+
+    assert constants.HF_HUB_CACHE == str(root / "cache"), "huggingface_hub was imported too early"
+    x = load_file(root / "inputs.safetensors")["x"]
+    for req in json.loads((root / "requests.json").read_text()):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sae = SAE.from_pretrained(req["release"], req["sae_id"])
+        with torch.no_grad():
+            out = {"feature_acts": sae.encode(x), "forward": sae(x)}
+        save_file({k: v.contiguous() for k, v in out.items()}, root / f"{req['name']}.safetensors")
+        (root / f"{req['name']}.json").write_text(
+            json.dumps(
+                {
+                    "normalize_activations": sae.cfg.normalize_activations,
+                    "warnings": [str(w.message) for w in caught],
+                }
+            )
+        )
+
+
 if __name__ == "__main__":
     command, path = sys.argv[1], Path(sys.argv[2])
-    {"write": write, "check": check}[command](path)
+    {"write": write, "check": check, "from_pretrained": from_pretrained}[command](path)
