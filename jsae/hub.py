@@ -345,6 +345,60 @@ def from_pretrained(
       cache_dir: Hugging Face cache directory (default: HF_HUB_CACHE).
       format: skip format detection for a raw repo (`jsae.converters.format_names()`).
     """
+    return _from_hub(
+        release,
+        sae_id,
+        dtype=dtype,
+        mesh=mesh,
+        revision=revision,
+        force_download=force_download,
+        cache_dir=cache_dir,
+        format=format,
+    )[0]
+
+
+def from_pretrained_with_sparsity(
+    release: str,
+    sae_id: str | None = None,
+    *,
+    dtype: Any = None,
+    mesh: Any = None,
+    revision: str | None = None,
+    force_download: bool = False,
+    cache_dir: str | Path | None = None,
+    format: str | None = None,
+) -> tuple[SAE, np.ndarray | None]:
+    """`from_pretrained`, plus the SAE's log10 feature firing frequencies `[d_sae]` where the
+    repo ships them (SAELens format's `sparsity.safetensors`), else None."""
+    sae, fmt, target = _from_hub(
+        release,
+        sae_id,
+        dtype=dtype,
+        mesh=mesh,
+        revision=revision,
+        force_download=force_download,
+        cache_dir=cache_dir,
+        format=format,
+    )
+    if fmt != "saelens":
+        return sae, None
+    from jsae.io import load_log_sparsity
+
+    return sae, load_log_sparsity(target)
+
+
+def _from_hub(
+    release: str,
+    sae_id: str | None,
+    *,
+    dtype: Any,
+    mesh: Any,
+    revision: str | None,
+    force_download: bool,
+    cache_dir: str | Path | None,
+    format: str | None,
+) -> tuple[SAE, str, Path]:
+    """(SAE, its format, the local snapshot path it was converted from)."""
     repo_id, path, fmt, hints = resolve(release, sae_id)
     fmt = format or fmt
     get = lambda name, required=True: _download(  # noqa: E731
@@ -370,10 +424,18 @@ def from_pretrained(
         get(name, required=False)
     snapshot = _snapshot_root(*first)
     hints = dataclasses.replace(hints, revision=_commit_of(snapshot))
-    cfg, params = converters.convert(snapshot / converters.hub_target(module, path), fmt, hints)
+    target = snapshot / converters.hub_target(module, path)
+    cfg, params = converters.convert(target, fmt, hints)
     if fmt == "saelens":
         cfg = _hub_model_name(cfg)
-    return build_sae(cfg, params, dtype=dtype, mesh=mesh)
+    return build_sae(cfg, params, dtype=dtype, mesh=mesh), fmt, target
 
 
-__all__ = ["HubError", "build_sae", "from_pretrained", "load", "resolve"]
+__all__ = [
+    "HubError",
+    "build_sae",
+    "from_pretrained",
+    "from_pretrained_with_sparsity",
+    "load",
+    "resolve",
+]

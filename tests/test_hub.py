@@ -528,6 +528,34 @@ def test_dtype_override_and_convert_from_the_hub(hub: dict, tmp_path: Path, x) -
     assert_close(back(x), L.gemma_scope_ref(hub["gemma"], x)[1])
 
 
+def test_convert_from_the_hub_keeps_the_sparsity_file(hub: dict, tmp_path: Path, x) -> None:
+    """`jsae convert` of a SAELens-format release or raw repo writes the repo's
+    sparsity.safetensors too, as it does for a local folder; formats without one write none."""
+    from jsae.cli import main as cli
+
+    expected = np.linspace(-5, -1, D_SAE).astype(np.float32)  # what the hub fixture saved
+    sources = {
+        "release": ["gpt2-small-res-jb", "--sae-id", "blocks.8.hook_resid_pre"],
+        "raw_repo": ["jbloom/GPT2-Small-SAEs-Reformatted", "--sae-id", "blocks.8.hook_resid_pre"],
+    }
+    for name, (src, *rest) in sources.items():
+        out = tmp_path / name
+        assert cli(["convert", src, str(out), *rest, "--cache-dir", str(hub["cache"])]) == 0
+        assert np.array_equal(jsae.load_log_sparsity(out), expected), name
+        assert_close(jsae.load(out)(x), hub["saelens"](x), what=name)
+    sae, log_sparsity = jsae.hub.from_pretrained_with_sparsity(
+        "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", cache_dir=hub["cache"]
+    )
+    assert log_sparsity is None and sae.cfg.architecture == "jumprelu"
+    out = tmp_path / "gemma"
+    argv = ["convert", "gemma-scope-2b-pt-res-canonical", str(out)]
+    assert (
+        cli([*argv, "--sae-id", "layer_12/width_16k/canonical", "--cache-dir", str(hub["cache"])])
+        == 0
+    )
+    assert not (out / "sparsity.safetensors").exists()
+
+
 def test_metadata_feeds_the_activation_pipeline(hub: dict, tmp_path: Path) -> None:
     """load_model(sae.cfg.metadata.model_name), then hook at sae.cfg.metadata.hook_name."""
     from transformers import GPT2Config

@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         if sae.cfg.metadata.get("source_format", "saelens") == "saelens" and src.is_dir():
             log_sparsity = jsae.load_log_sparsity(src)
     else:
-        sae = jsae.from_pretrained(
+        from jsae.hub import from_pretrained_with_sparsity
+
+        sae, log_sparsity = from_pretrained_with_sparsity(
             args.src,
             args.sae_id,
             dtype=args.dtype,
