@@ -440,6 +440,25 @@ def test_missing_files_and_names_fail_clearly(hub: dict) -> None:
         jsae.from_pretrained("goodfire-llama-3.1-8b-instruct", "layer_19", cache_dir=broken)
 
 
+def test_convert_of_a_missing_local_path_says_so(hub: dict, tmp_path: Path, capsys) -> None:
+    """`jsae convert a/b` where a/b is a mistyped local path: the error names both readings
+    (no such local path; not a usable release or hub repo), and nothing is written."""
+    from jsae.cli import main as cli
+
+    out = tmp_path / "out"
+    for src in ("checkpionts/trainer_0", "checkpionts"):
+        assert cli(["convert", src, str(out), "--cache-dir", str(hub["cache"])]) == 2
+        err = capsys.readouterr().err
+        assert f"no local file or directory {src!r} exists" in err, err
+        assert ("Hugging Face cache" if "/" in src else "unknown release") in err, err
+        assert not out.exists()
+    # a known release keeps its own message (the sae_id is what is wrong)
+    argv = ["convert", "gpt2-small-res-jb", str(out), "--sae-id", "blocks.8.hook_resid_prex"]
+    assert cli([*argv, "--cache-dir", str(hub["cache"])]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'blocks.8.hook_resid_pre'" in err and "no local file" not in err, err
+
+
 def test_from_pretrained_places_parameters_in_their_shards(hub: dict, x) -> None:
     base = _get(hub, "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
     mesh = jsae.parallel.make_mesh(2, 4)

@@ -50,9 +50,25 @@ def run(args: argparse.Namespace) -> int:
         if sae.cfg.metadata.get("source_format", "saelens") == "saelens" and src.is_dir():
             log_sparsity = jsae.load_log_sparsity(src)
     else:
-        from jsae.hub import from_pretrained_with_sparsity
+        sae, log_sparsity = _from_hub(args)
+    sae.save(dst, log_sparsity=log_sparsity, overwrite=args.overwrite)
+    meta = sae.cfg.metadata
+    print(
+        f"wrote {dst}: {sae.cfg.architecture} SAE, d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}, "
+        f"dtype={sae.cfg.dtype}, model={meta.model_name}, hook={meta.hook_name}"
+    )
+    return 0
 
-        sae, log_sparsity = from_pretrained_with_sparsity(
+
+def _from_hub(args: argparse.Namespace):
+    """(SAE, log sparsity or None) of a release or hub repo; when SRC is neither, the error also
+    says that no local path SRC exists (it may be a mistyped one)."""
+    from jsae.errors import ConfigError
+    from jsae.hub import HubError, from_pretrained_with_sparsity
+    from jsae.registry import releases
+
+    try:
+        return from_pretrained_with_sparsity(
             args.src,
             args.sae_id,
             dtype=args.dtype,
@@ -61,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             format=args.format,
         )
-    sae.save(dst, log_sparsity=log_sparsity, overwrite=args.overwrite)
-    meta = sae.cfg.metadata
-    print(
-        f"wrote {dst}: {sae.cfg.architecture} SAE, d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}, "
-        f"dtype={sae.cfg.dtype}, model={meta.model_name}, hook={meta.hook_name}"
-    )
-    return 0
+    except (HubError, ConfigError) as exc:
+        if args.src in releases():
+            raise
+        raise type(exc)(
+            f"no local file or directory {args.src!r} exists, so it was read as a release or "
+            f"Hugging Face repo id, and that failed: {exc}"
+        ) from None
