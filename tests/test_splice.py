@@ -204,6 +204,16 @@ def test_compiled_once_for_new_weights(model, tokens):
         tokens, splice_sae(make_sae(2), edit=SetFeatures(jnp.array([4, 8]), jnp.array(1.0)))
     )
     assert len(model._jitted) == compiled + 1  # the edit adds one; new weights and indices none
+    src, dst = "blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out"
+    meta = {"hook_name_out": dst}
+    model.run_with_saes(
+        tokens, make_sae(3, src, architecture="transcoder", d_out=64, metadata=meta)
+    )
+    compiled = len(model._jitted)
+    model.run_with_saes(
+        tokens, make_sae(4, src, architecture="transcoder", d_out=64, metadata=meta)
+    )
+    assert len(model._jitted) == compiled  # a transcoder's new hooks reuse the compiled forward
 
 
 def test_bad_splices(model, tokens):

@@ -154,9 +154,20 @@ jax.tree_util.register_dataclass(Ablate, data_fields=["value"], meta_fields=[])
 
 @dataclass(eq=False)
 class _Carry:
-    """Passes the transcoder's input from its read hook to its write hook within one trace."""
+    """Passes the transcoder's input from its read hook to its write hook within one trace.
+
+    It is a static field of both hooks, so it is part of the compile-cache key: every carry
+    compares equal (it holds nothing between traces), or each `splice_sae` call would compile
+    the model again.
+    """
 
     value: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Carry)
+
+    def __hash__(self) -> int:
+        return hash(_Carry)
 
 
 @dataclass(frozen=True)
