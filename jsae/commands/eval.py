@@ -93,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from jsae.fsutil import atomic_write_bytes
 
     sae = jsae.from_pretrained(args.sae, args.sae_id) if args.sae_id else jsae.load(args.sae)
-    settings = settings_from_sources(
-        args.config, args.overrides, defaults=_defaults_from_sae(sae)
-    )
+    settings = settings_from_sources(args.config, args.overrides, defaults=_defaults_from_sae(sae))
     settings.require("model_name", "hook_name", "dataset_path")
     model = load_model_for(settings)
     tokens = token_source(settings, model.tokenizer, shuffle_seed=42)
