@@ -126,8 +126,10 @@ class LanguageModelSettings:
             and self.sequence_separator_token.isdigit()
         ):
             set_(self, "sequence_separator_token", int(self.sequence_separator_token))
-        canonical_dtype(self.model_dtype)
-        canonical_dtype(self.activation_dtype)
+        # one spelling per dtype ("torch.bfloat16", jnp.bfloat16 -> "bfloat16"): caches record
+        # it and compare it on resume, and numpy only knows the plain names
+        set_(self, "model_dtype", canonical_dtype(self.model_dtype))
+        set_(self, "activation_dtype", canonical_dtype(self.activation_dtype))
         for name in (
             "context_size",
             "store_batch_size_prompts",
