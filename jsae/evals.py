@@ -376,7 +376,11 @@ def _batch_stats(sae: Any, x: jax.Array, mask: jax.Array, scale: float | None) -
 def _token_batches(tokens: Any, batch_size: int) -> Iterator[np.ndarray]:
     if hasattr(tokens, "next_batch"):
         while True:
-            yield tokens.next_batch(batch_size)
+            try:
+                batch = tokens.next_batch(batch_size)
+            except StopIteration:  # a finite source ran out (inside a generator it must return)
+                return
+            yield batch
     for batch in tokens:
         arr = np.asarray(batch)
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
@@ -467,7 +471,7 @@ def run_evals(
 
     metrics: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
     feature_metrics: dict[str, list[float]] = {}
-    seq = int(context_size or 0)
+    n_tokens = {"reconstruction": 0, "sparsity_variance": 0}
 
     if cfg.downstream:
         fn = _cached(
@@ -477,7 +481,7 @@ def run_evals(
         )
         values: dict[str, list[np.ndarray]] = {}
         for t in _take(batches, cfg.n_eval_reconstruction_batches, "reconstruction"):
-            seq = t.shape[1]
+            n_tokens["reconstruction"] += t.size
             mask = mask_of(t)
             out = fn(model.params, sae, jnp.asarray(t), jnp.asarray(mask))
             for key, v in out.items():
@@ -505,7 +509,7 @@ def run_evals(
     if cfg.activations_based:
         acts = _cached(model, ("acts", hook, mode, head), lambda: _acts_fn(model, hook, mode, head))
         token_batches = _take(batches, cfg.n_eval_sparsity_variance_batches, "sparsity/variance")
-        seq = seq or token_batches[0].shape[1]
+        n_tokens["sparsity_variance"] = sum(t.size for t in token_batches)
         pairs = ((acts(model.params, jnp.asarray(t)), mask_of(t)) for t in token_batches)
         groups, features = activation_metrics(
             sae,
@@ -519,11 +523,9 @@ def run_evals(
     if cfg.compute_featurewise_weight_based_metrics:
         feature_metrics.update(weight_based_metrics(sae))
 
-    metrics["token_stats"] = {
-        "total_tokens_eval_reconstruction": seq * cfg.n_eval_reconstruction_batches * batch_size,
-        "total_tokens_eval_sparsity_variance": (
-            seq * cfg.n_eval_sparsity_variance_batches * batch_size
-        ),
+    metrics["token_stats"] = {  # tokens in the batches evaluated, masked ones included
+        "total_tokens_eval_reconstruction": n_tokens["reconstruction"],
+        "total_tokens_eval_sparsity_variance": n_tokens["sparsity_variance"],
     }
     return {k: v for k, v in metrics.items() if v}, feature_metrics
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jsae.activations.cache import CachedActivations, CacheWriter, FeistelPermutation, read_manifest
+from jsae.activations.prefetch import Prefetcher
 from jsae.errors import ConfigError, FormatError
 
 D = {"blocks.0.hook_resid_post": 3, "blocks.1.hook_mlp_out": 2}
@@ -167,7 +169,7 @@ def test_bad_caches_are_refused(tmp_path) -> None:
         CachedActivations(tmp_path, batch_size=2)
     (tmp_path / "notempty").mkdir()
     (tmp_path / "notempty" / "x").write_text("x")
-    with pytest.raises(FileExistsError, match="not an activation cache"):
+    with pytest.raises(FileExistsError, match="not a jsae activation cache"):
         CacheWriter(tmp_path / "notempty", hook_names=HOOKS, d_in=D, context_size=4)
     _write(tmp_path / "c", [10, 10])
     with pytest.raises(ConfigError, match="no activations for"):
@@ -213,3 +215,222 @@ def test_saelens_cache_format_both_ways(tmp_path) -> None:
     assert np.array_equal(np.concatenate(reader.token_ids), ids.reshape(-1))
     with pytest.raises(FormatError, match=r"not a jsae activation cache.*SAELens Arrow cache"):
         CachedActivations(tmp_path / "saelens_cache", batch_size=2)
+
+
+# ------------------------------------------------------------------------------ small caches
+
+
+def _stream(path: Path, batch_size: int, n_batches: int, **kw) -> np.ndarray:
+    """Row indices (hook 0 encodes them) of the first `n_batches` batches, in order."""
+    reader = CachedActivations(path, batch_size, hook_names=[HOOKS[0]], seed=3, **kw)
+    try:
+        batches = [next(reader) for _ in range(n_batches)]
+    finally:
+        reader.close()
+    assert all(b.shape == (batch_size, 3) for b in batches)
+    return np.concatenate(batches)[:, 0].astype(int)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_batch_larger_than_the_cache_spans_several_epochs(tmp_path, prefetch: int) -> None:
+    """The reader is an endless sequence of epochs; a batch is its next rows, whatever its size."""
+    _write(tmp_path / "c", [6, 4])  # 10 rows
+    one_proc = dict(process_index=0, process_count=1, prefetch=prefetch)
+    big = _stream(tmp_path / "c", 25, 2, **one_proc)  # 5 epochs in 2 batches
+    assert np.array_equal(big, _stream(tmp_path / "c", 5, 10, **one_proc))
+    epochs = big.reshape(5, 10)
+    assert all(sorted(e.tolist()) == list(range(10)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1  # each epoch in its own order
+    # a process's share (5 of 10 rows) smaller than half its batch
+    for p in range(2):
+        procs = dict(process_index=p, process_count=2, prefetch=prefetch)
+        got = _stream(tmp_path / "c", 11, 2, **procs)
+        assert np.array_equal(got, _stream(tmp_path / "c", 1, 22, **procs))
+        assert all(len(set(e.tolist())) == 5 for e in got[:20].reshape(4, 5))
+    # token ids are row % 7: excluding ids 0..5 keeps row 6 alone, which fills every batch
+    only_six = _stream(tmp_path / "c", 3, 2, exclude_token_ids=range(6), **one_proc)
+    assert only_six.tolist() == [6] * 6
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_nothing_to_read_is_refused_clearly(tmp_path, prefetch: int) -> None:
+    _write(tmp_path / "c", [6, 4])
+    reader = CachedActivations(
+        tmp_path / "c",
+        4,
+        exclude_token_ids=range(7),
+        process_index=0,
+        process_count=1,
+        prefetch=prefetch,
+    )
+    with pytest.raises(ConfigError, match="every cached row this process reads is excluded"):
+        next(reader)
+    reader.close()
+    with pytest.raises(ConfigError, match="fewer than the 12 processes"):
+        CachedActivations(tmp_path / "c", 4, process_index=11, process_count=12)
+
+
+# ------------------------------------------------------------------------------ prefetching
+
+
+def _call_with_timeout(fn, timeout: float = 10.0):
+    """`fn()`'s result or exception, in a thread: a call that hangs fails the test instead."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"call still blocked after {timeout} s"
+    return out
+
+
+def test_prefetcher_repeats_the_end_of_a_finite_stream() -> None:
+    pre = Prefetcher(lambda: iter(range(3)), depth=2)
+    assert [pre.get() for _ in range(3)] == [0, 1, 2]
+    for _ in range(3):
+        assert isinstance(_call_with_timeout(pre.get).get("error"), StopIteration)
+    pre.close()
+
+
+def test_prefetcher_repeats_the_producer_error() -> None:
+    def failing():
+        yield 1
+        raise ValueError("bad shard")
+
+    pre = Prefetcher(failing, depth=2)
+    assert pre.get() == 1
+    errors = [_call_with_timeout(pre.get).get("error") for _ in range(3)]
+    assert all(isinstance(e, ValueError) and str(e) == "bad shard" for e in errors)
+    pre.close()
+    assert isinstance(_call_with_timeout(pre.get).get("error"), ValueError)
+    closed = Prefetcher(lambda: iter(range(100)), depth=2)
+    closed.close()
+    assert isinstance(_call_with_timeout(closed.get).get("error"), RuntimeError)
+
+
+def test_finite_prefetched_reader_keeps_raising_stop_iteration(tmp_path) -> None:
+    _write(tmp_path / "c", [10])
+    reader = CachedActivations(
+        tmp_path / "c", 5, loop=False, process_index=0, process_count=1, prefetch=2
+    )
+    assert len(list(reader)) == 2
+    for _ in range(2):
+        assert isinstance(_call_with_timeout(lambda: next(reader)).get("error"), StopIteration)
+    reader.close()
+
+
+# ------------------------------------------------------------------------------ dtypes
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"), [("torch.float32", "float32"), ("torch.bfloat16", "bfloat16")]
+)
+def test_dtype_aliases_are_stored_by_their_canonical_name(tmp_path, alias: str, name: str) -> None:
+    from jsae.activations.config import LanguageModelSettings
+
+    settings = LanguageModelSettings(activation_dtype=alias, model_dtype=alias)
+    assert (settings.activation_dtype, settings.model_dtype) == (name, name)
+    assert settings == LanguageModelSettings(activation_dtype=name, model_dtype=name)
+    _write(tmp_path / "c", [8], dtype=alias)
+    assert read_manifest(tmp_path / "c")["dtype"] == name
+    out = next(CachedActivations(tmp_path / "c", 8, shuffle=False, prefetch=0))
+    assert out[HOOKS[0]].astype(np.float32)[:, 0].tolist() == list(range(8))
+    w = CacheWriter(
+        tmp_path / "c", hook_names=HOOKS, d_in=D, context_size=4, dtype=name, settings={"m": 1}
+    )
+    assert w.complete  # the same cache, whichever spelling opened it
+
+
+# ------------------------------------------------------------------------------ overwrite
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def _hidden_siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_that_is_not_a_cache_is_never_written_or_deleted(
+    tmp_path, overwrite: bool
+) -> None:
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("important")
+    (project / "src" / "a.py").write_text("x = 1")
+    before = _tree(project)
+    with pytest.raises(FileExistsError, match="not a jsae activation cache") as err:
+        CacheWriter(project, hook_names=HOOKS, d_in=D, context_size=4, overwrite=overwrite)
+    assert "overwrite=True" not in str(err.value) and "--overwrite" not in str(err.value)
+    assert "notes.txt" in str(err.value)
+    assert _tree(project) == before and not _hidden_siblings(project)
+    # a cache directory holding something a cache does not is not replaced either
+    _write(tmp_path / "c", [5])
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    cache_before = _tree(tmp_path / "c")
+    if overwrite:
+        with pytest.raises(FileExistsError, match=r"also \['notes.txt'\]"):
+            _overwriter(tmp_path / "c", {"m": 2})
+    assert _tree(tmp_path / "c") == cache_before
+
+
+def _overwriter(path: Path, settings: dict, resume: bool = True) -> CacheWriter:
+    return CacheWriter(
+        path,
+        hook_names=HOOKS,
+        d_in=D,
+        context_size=4,
+        settings=settings,
+        overwrite=True,
+        resume=resume,
+    )
+
+
+def _first_rows(path: Path) -> list[int]:
+    reader = CachedActivations(
+        path, 1, shuffle=False, loop=False, prefetch=0, hook_names=[HOOKS[0]]
+    )
+    return np.concatenate(list(reader))[:, 0].astype(int).tolist()
+
+
+def test_overwrite_keeps_the_old_cache_until_the_new_one_is_complete(tmp_path) -> None:
+    path = tmp_path / "c"
+    _write(path, [4, 4], settings={"m": 1})
+    old = _tree(path)
+    w = _overwriter(path, {"m": 2})
+    w.add_shard(_rows(100, 3), np.arange(3), {"doc": 1})
+    assert _tree(path) == old and _first_rows(path) == list(range(8))  # still whole, readable
+    # the run dies here; the next overwrite run with the same settings resumes the replacement
+    w = _overwriter(path, {"m": 2})
+    assert (w.n_shards, w.source_state) == (1, {"doc": 1})
+    assert _tree(path) == old
+    w.add_shard(_rows(103, 2), np.arange(2))
+    w.finish()
+    assert _first_rows(path) == list(range(100, 105))
+    assert read_manifest(path)["settings"] == {"m": 2} and read_manifest(path)["complete"]
+    assert _hidden_siblings(path) == []
+    # different settings (or resume=False) start the replacement afresh
+    w = _overwriter(path, {"m": 3})
+    w.add_shard(_rows(200, 2), np.arange(2))
+    w = _overwriter(path, {"m": 4})
+    assert w.n_shards == 0
+    w = _overwriter(path, {"m": 4}, resume=False)
+    assert w.n_shards == 0
+    w.add_shard(_rows(300, 1), np.arange(1))
+    w.finish()
+    assert _first_rows(path) == [300] and _hidden_siblings(path) == []
+    # without overwrite an interrupted cache still resumes in place
+    w = CacheWriter(tmp_path / "d", hook_names=HOOKS, d_in=D, context_size=4, settings={"m": 1})
+    w.add_shard(_rows(0, 2), np.arange(2), {"doc": 1})
+    w = CacheWriter(tmp_path / "d", hook_names=HOOKS, d_in=D, context_size=4, settings={"m": 1})
+    assert (w.n_shards, w.source_state) == (1, {"doc": 1})

@@ -155,3 +155,56 @@ def test_cache_refuses_bad_settings_before_writing(setup, tmp_path) -> None:
         cache_activations(
             settings.replace(prepend_bos=False), tmp_path / "e", n_tokens=64, model=model, log=None
         )
+
+
+def test_shard_tokens_round_up_to_whole_model_batches(setup, tmp_path) -> None:
+    _, settings, model = setup  # a model batch is 2 contexts of 16 tokens
+    kw = dict(model=model, log=None)
+    out = cache_activations(settings, tmp_path / "c", n_tokens=100, shard_tokens=63, **kw)
+    manifest = read_manifest(out)
+    assert manifest["n_tokens"] == 128
+    assert [s["n_tokens"] for s in manifest["shards"]] == [64, 64]
+    out = cache_activations(settings, tmp_path / "d", n_tokens=64, shard_tokens=1, **kw)
+    assert [s["n_tokens"] for s in read_manifest(out)["shards"]] == [32, 32]
+    for bad in ({"shard_tokens": 0}, {"n_tokens": -5}):
+        args = {"n_tokens": 64, "shard_tokens": 64, **bad}
+        with pytest.raises(ConfigError, match="must be a positive integer"):
+            cache_activations(settings, tmp_path / "e", **args, **kw)
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"), [("torch.float32", "float32"), ("torch.bfloat16", "bfloat16")]
+)
+def test_cache_takes_the_dtype_aliases_settings_accept(setup, tmp_path, alias, name) -> None:
+    _, settings, model = setup
+    aliased = settings.replace(activation_dtype=alias)
+    out = cache_activations(aliased, tmp_path / "c", n_tokens=32, model=model, log=None)
+    manifest = read_manifest(out)
+    assert manifest["complete"] and manifest["dtype"] == name
+    assert manifest["settings"]["model_dtype"] == "float32"
+    got = next(CachedActivations(out, 32, shuffle=False, prefetch=0))
+    assert got.dtype.name == name
+    # the plain spelling names the same cache: a rerun finds it complete
+    plain = settings.replace(activation_dtype=name)
+    cache_activations(plain, tmp_path / "c", n_tokens=32, model=model, log=None)
+
+
+def test_overwrite_replaces_only_a_cache(setup, tmp_path) -> None:
+    _, settings, model = setup
+    kw = dict(n_tokens=32, model=model, log=None)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("important")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not a jsae activation cache") as err:
+            cache_activations(settings, project, overwrite=overwrite, **kw)
+        assert "--overwrite" not in str(err.value) and "overwrite=True" not in str(err.value)
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt"]
+    cache_activations(settings, tmp_path / "c", **kw)
+    old = read_manifest(tmp_path / "c")
+    cache_activations(settings.replace(prepend_bos=False), tmp_path / "c", overwrite=True, **kw)
+    new = read_manifest(tmp_path / "c")
+    assert new["complete"] and new["settings"]["prepend_bos"] is False
+    assert old["settings"]["prepend_bos"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "project"]

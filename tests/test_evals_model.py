@@ -164,6 +164,29 @@ def test_bad_eval_input_through_a_model(model) -> None:
         evals.run_evals(
             ok, model, tokens, evals.EvalConfig.everything(n_eval_reconstruction_batches=2)
         )
+    rows = datasets.Dataset.from_dict({"input_ids": np.zeros((4, 16), np.int32).tolist()})
+    finite = TokenSource(rows, context_size=16, process_index=0, process_count=1, loop=False)
+    cfg = evals.EvalConfig.everything(batch_size_prompts=2, n_eval_reconstruction_batches=100)
+    with pytest.raises(ConfigError, match="ran out after 2 of the 100"):  # 4 rows, 2 per batch
+        evals.run_evals(ok, model, finite, cfg)
+
+
+def test_token_counts_are_the_tokens_evaluated(model) -> None:
+    """Batches of any size are counted as given (a last partial batch, another batch size)."""
+    from test_evals import identity_sae
+
+    sae = identity_sae(32)
+    sae = jsae.SAE(sae.cfg.replace(metadata={"hook_name": "blocks.0.hook_resid_post"}), sae.params)
+    rng = np.random.default_rng(0)
+    tokens = [rng.integers(1, 300, shape) for shape in [(4, 16), (3, 16), (1, 16)]]
+    cfg = evals.EvalConfig.everything(
+        batch_size_prompts=4, n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=1
+    )
+    metrics, _ = evals.run_evals(sae, model, tokens, cfg, exclude_special_tokens=False)
+    assert metrics["token_stats"] == {
+        "total_tokens_eval_reconstruction": 7 * 16,
+        "total_tokens_eval_sparsity_variance": 1 * 16,
+    }
 
 
 def test_jsae_eval_command(reference, tmp_path, capsys) -> None:
@@ -200,6 +223,16 @@ def test_jsae_eval_command(reference, tmp_path, capsys) -> None:
     assert set(result) == {"metrics", "feature_metrics", "sae_cfg", "eval_cfg"}
     assert set(result["metrics"]) == set(outputs[0]["metrics"])
     assert result["eval_cfg"]["context_size"] == CTX
+    assert result["metrics"]["token_stats"]["total_tokens_eval_reconstruction"] == 2 * 2 * CTX
+    # a nested `jsae train` config's settings win over the SAE's metadata
+    nested = tmp_path / "run.yaml"
+    nested.write_text(f"model:\n  context_size: {CTX // 2}\n")
+    assert main([*args, "--config", str(nested)]) == 0
+    capsys.readouterr()
+    result = json.loads(out.read_text())
+    assert result["eval_cfg"]["context_size"] == CTX // 2
+    stats = result["metrics"]["token_stats"]
+    assert stats["total_tokens_eval_reconstruction"] == 2 * 2 * (CTX // 2)
     # nothing to evaluate on: the error names the missing setting
     assert main(["eval", str(sae_dir)]) == 2
     assert "dataset_path" in capsys.readouterr().err

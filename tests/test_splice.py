@@ -145,6 +145,38 @@ def test_head_sae_and_hook_z_sae(model, tokens):
     )
 
 
+def test_steering_a_head_sae_and_a_hook_z_sae(model, tokens):
+    """Steering vectors go where the SAE reads: one head, or each head's slice of a hook_z row."""
+    z = "blocks.1.attn.hook_z"
+    head = make_sae(hook=z, d_in=16, metadata={"hook_head_index": 2})
+    by_hand = replaced(model, tokens, z, lambda x: x.at[:, :, 2].add(3.0 * head.W_dec[5]))
+    assert_close(
+        model.run_with_hooks(tokens, feature_steering(head, [5], [3.0])), by_hand, 1e-5, 1e-5
+    )
+
+    flat = make_sae(hook=z, d_in=64, reshape_activations="hook_z")
+    by_hand = replaced(model, tokens, z, lambda x: x + 3.0 * flat.W_dec[5].reshape(4, 16))
+    assert_close(
+        model.run_with_hooks(tokens, feature_steering(flat, [5], [3.0])), by_hand, 1e-5, 1e-5
+    )
+
+    at_pos = Steer(head.W_dec[5], 3.0, positions=[4], head_index=2)
+    by_hand = replaced(model, tokens, z, lambda x: x.at[:, 4, 2].add(3.0 * head.W_dec[5]))
+    assert_close(model.run_with_hooks(tokens, {z: at_pos}), by_hand, 1e-5, 1e-5)
+
+
+def test_per_head_interventions_need_a_head_axis(model, tokens):
+    """A head index on `[B, T, d]` would index positions: refused, naming the problem."""
+    on_resid = make_sae(hook=HOOK, d_in=16, metadata={"hook_head_index": 3})
+    with pytest.raises(jsae.ConfigError, match=r"per attention head \(head 3\).*\(2, 10, 64\)"):
+        model.run_with_saes(tokens, on_resid)
+    with pytest.raises(jsae.ConfigError, match="per attention head"):
+        model.run_with_hooks(tokens, feature_steering(on_resid, [1], [1.0]))
+    out_of_range = make_sae(hook="blocks.1.attn.hook_z", d_in=16, metadata={"hook_head_index": 4})
+    with pytest.raises(jsae.ConfigError, match="head 4"):
+        model.run_with_saes(tokens, out_of_range)
+
+
 def test_transcoder_reads_one_hook_and_writes_another(model, tokens):
     src, dst = "blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out"
     tc = make_sae(architecture="transcoder", hook=src, d_out=64, metadata={"hook_name_out": dst})
@@ -172,6 +204,16 @@ def test_compiled_once_for_new_weights(model, tokens):
         tokens, splice_sae(make_sae(2), edit=SetFeatures(jnp.array([4, 8]), jnp.array(1.0)))
     )
     assert len(model._jitted) == compiled + 1  # the edit adds one; new weights and indices none
+    src, dst = "blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out"
+    meta = {"hook_name_out": dst}
+    model.run_with_saes(
+        tokens, make_sae(3, src, architecture="transcoder", d_out=64, metadata=meta)
+    )
+    compiled = len(model._jitted)
+    model.run_with_saes(
+        tokens, make_sae(4, src, architecture="transcoder", d_out=64, metadata=meta)
+    )
+    assert len(model._jitted) == compiled  # a transcoder's new hooks reuse the compiled forward
 
 
 def test_bad_splices(model, tokens):

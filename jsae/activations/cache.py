@@ -15,6 +15,8 @@ source's position after the last complete shard (so an interrupted run continues
 directory is written to a temporary name and renamed into place, and the manifest is
 replaced atomically after it, so a killed writer leaves a valid cache that `resume` extends.
 bfloat16 activations are stored as their uint16 bit patterns (`"dtype": "bfloat16"`).
+Replacing a cache (`overwrite=True`) writes the new one beside it and swaps it in when
+complete; a directory that is not a cache is never written into or deleted.
 
 Reading shuffles across all shards at once: row `i` of an epoch is row `perm(i)` of the
 whole cache, where `perm` is a seeded pseudo-random permutation of `[0, n_tokens)` computed
@@ -26,6 +28,9 @@ shard files.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from jsae.activations.prefetch import Prefetcher
+from jsae.config import canonical_dtype
 from jsae.errors import ConfigError, FormatError
 from jsae.fsutil import atomic_output_dir, atomic_write_bytes
 
@@ -94,11 +100,65 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ writing
 
 
+def _existing_cache(path: Path) -> dict[str, Any] | None:
+    """The manifest of the cache at `path`; None when nothing is there (or an empty directory).
+
+    Anything else (a file, a directory holding other things) is refused: the writer never
+    writes into, or deletes, a directory that is not an activation cache.
+    """
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a directory; choose another path.")
+    if (path / MANIFEST).exists():
+        return read_manifest(path)
+    entries = sorted(p.name for p in path.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise FileExistsError(
+            f"{path} exists and is not a jsae activation cache (it holds {shown}); choose an "
+            "empty or new directory. Overwriting replaces activation caches only, never other "
+            "directories."
+        )
+    return None
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """Names in a cache directory that a cache writer did not put there."""
+    ours = (MANIFEST, SHARDS_DIR)
+    return sorted(
+        p.name
+        for p in path.iterdir()
+        if p.name not in ours and not p.name.startswith(f".{MANIFEST}.tmp-")
+    )
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put directory `new` at `target`, deleting what was there only once `new` is in place."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old.rmdir()
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 class CacheWriter:
     """Appends shards to a cache directory; reopening an unfinished cache resumes it.
 
     `settings` (JSON data: model, hooks, dataset, packing...) identify what is cached; a
     resumed run must pass the same settings, so two different runs never mix in one cache.
+
+    `overwrite=True` replaces an existing activation cache (never any other non-empty
+    directory): the new cache is written beside it, in `.<name>.replacement`, and swapped in by
+    `finish()`, so until the new cache is complete the old one stays whole and readable. An
+    interrupted replacement with the same settings is resumed by the next `overwrite=True` run.
     """
 
     def __init__(
@@ -113,9 +173,10 @@ class CacheWriter:
         resume: bool = True,
         overwrite: bool = False,
     ) -> None:
-        self.path = Path(path)
+        self.target = Path(path)  # where the finished cache lives
+        self.path = self.target  # where shards are written now (a sibling while replacing)
         self.hook_names = list(hook_names)
-        self.dtype = str(dtype)
+        self.dtype = canonical_dtype(dtype)  # "torch.float32", np.float32 -> "float32"
         fresh = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -129,36 +190,51 @@ class CacheWriter:
             "source_state": None,
             "complete": False,
         }
-        if (self.path / MANIFEST).exists() and not overwrite:
-            manifest = read_manifest(self.path)
+        existing = _existing_cache(self.target)
+        if existing is not None and overwrite:
+            foreign = _foreign_entries(self.target)
+            if foreign:
+                raise FileExistsError(
+                    f"{self.target} holds an activation cache but also {foreign}, which a cache "
+                    "does not; move them away before replacing the cache, or choose another "
+                    "directory."
+                )
+            real = self.target.resolve()  # "." or a symlink: stage beside the real directory
+            self.path = real.parent / f".{real.name}.replacement"
+            staged = _existing_cache(self.path)
+            if staged is not None and resume and self._matches(staged, fresh):
+                self.manifest = staged  # an interrupted replacement: continue it
+                return
+            if staged is not None:
+                shutil.rmtree(self.path)
+        elif existing is not None:
             if not resume:
                 raise FileExistsError(
                     f"{self.path} already holds an activation cache; pass resume=True to "
                     "extend it or overwrite=True to replace it (jsae cache: --overwrite)."
                 )
-            keys = ("hook_names", "d_in", "dtype", "context_size", "settings")
-            diff = [k for k in keys if manifest.get(k) != fresh[k]]
+            diff = self._differences(existing, fresh)
             if diff:
                 raise ConfigError(
                     f"{self.path} holds a cache made with different {diff} "
-                    f"(cached: {[manifest.get(k) for k in diff]}, now: "
+                    f"(cached: {[existing.get(k) for k in diff]}, now: "
                     f"{[fresh[k] for k in diff]}); write to another directory or pass "
-                    "overwrite=True (jsae cache: --overwrite)."
+                    "overwrite=True (jsae cache: --overwrite) to replace it."
                 )
-            self.manifest = manifest
-        else:
-            if self.path.exists() and any(self.path.iterdir()) and not overwrite:
-                raise FileExistsError(
-                    f"{self.path} exists and is not an activation cache; choose an empty or new "
-                    "directory, or pass overwrite=True (jsae cache: --overwrite)."
-                )
-            if overwrite and self.path.exists():
-                import shutil
+            self.manifest = existing
+            return
+        (self.path / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        self.manifest = fresh
+        self._save_manifest()
 
-                shutil.rmtree(self.path)
-            (self.path / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-            self.manifest = fresh
-            self._save_manifest()
+    @staticmethod
+    def _differences(manifest: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[str]:
+        keys = ("hook_names", "d_in", "dtype", "context_size", "settings")
+        return [k for k in keys if manifest.get(k) != fresh[k]]
+
+    @classmethod
+    def _matches(cls, manifest: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
+        return not manifest.get("complete") and not cls._differences(manifest, fresh)
 
     # -------------------------------------------------------------- properties
 
@@ -213,9 +289,12 @@ class CacheWriter:
         self._save_manifest()
 
     def finish(self) -> None:
-        """Mark the cache complete."""
+        """Mark the cache complete (and, when replacing a cache, swap the new one in)."""
         self.manifest["complete"] = True
         self._save_manifest()
+        if self.path != self.target:
+            _swap_in(self.path, self.target.resolve())
+            self.path = self.target
 
 
 # ------------------------------------------------------------------------------ permutation
@@ -317,7 +396,19 @@ class CachedActivations:
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.prefetch = int(prefetch)
         self.dtype = self.manifest["dtype"]
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}.")
+        if not 0 <= self.process_index < self.process_count:
+            raise ConfigError(
+                f"process_index {process_index} is outside [0, process_count={process_count})."
+            )
         self._open_shards()
+        if self._positions_per_epoch() == 0:
+            raise ConfigError(
+                f"the cache at {self.path} holds {self.n_tokens} rows, fewer than the "
+                f"{self.process_count} processes reading it: process {self.process_index} "
+                "gets none. Cache more tokens or read with fewer processes."
+            )
         self.exclude = (
             None if not exclude_token_ids else np.asarray(list(exclude_token_ids), np.int32)
         )
@@ -386,19 +477,28 @@ class CachedActivations:
         return {h: _from_storage(a, self.dtype) for h, a in out.items()}, ids
 
     def _next_batch(self) -> dict[str, np.ndarray]:
+        """The next `batch_size` kept rows of the endless sequence of epochs.
+
+        A batch larger than this process's share of the cache spans several epochs (rows then
+        repeat within it, each epoch in its own order); only an epoch read from its start
+        without keeping a single row means there is nothing to read.
+        """
         parts: list[dict[str, np.ndarray]] = []
         have = 0
-        restarted = False
+        epoch_start_have = have if self.consumed == 0 else None  # None: began mid-epoch
+        per_epoch = self._positions_per_epoch()
         while have < self.batch_size:
-            per_epoch = self._positions_per_epoch()
             if self.consumed >= per_epoch:
                 if not self.loop:
                     raise StopIteration
-                if restarted:
-                    raise ConfigError("every cached row is excluded; nothing to read.")
-                restarted = True
+                if epoch_start_have == have:
+                    raise ConfigError(
+                        f"every cached row this process reads is excluded (exclude_token_ids "
+                        f"removes all {per_epoch} of them); nothing to read."
+                    )
                 self.epoch += 1
                 self.consumed = 0
+                epoch_start_have = have
                 continue
             count = min(self.batch_size - have, per_epoch - self.consumed)
             rows = self._rows_for(self.epoch, self.consumed, count)

@@ -126,8 +126,10 @@ class LanguageModelSettings:
             and self.sequence_separator_token.isdigit()
         ):
             set_(self, "sequence_separator_token", int(self.sequence_separator_token))
-        canonical_dtype(self.model_dtype)
-        canonical_dtype(self.activation_dtype)
+        # one spelling per dtype ("torch.bfloat16", jnp.bfloat16 -> "bfloat16"): caches record
+        # it and compare it on resume, and numpy only knows the plain names
+        set_(self, "model_dtype", canonical_dtype(self.model_dtype))
+        set_(self, "activation_dtype", canonical_dtype(self.activation_dtype))
         for name in (
             "context_size",
             "store_batch_size_prompts",
@@ -246,9 +248,14 @@ def load_yaml(path: str | None) -> dict[str, Any]:
 
 
 def settings_from_sources(
-    config_path: str | None, overrides: list[str], **explicit: Any
+    config_path: str | None,
+    overrides: list[str],
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    **explicit: Any,
 ) -> LanguageModelSettings:
-    """Settings from a YAML file, then `key=value` overrides, then explicit (non-None) values.
+    """Settings from `defaults`, then a YAML file, then `key=value` overrides, then explicit
+    (non-None) values, each overriding the ones before.
 
     The YAML file may be a full `jsae train` config: keys of other concerns are ignored here,
     and a nested `model:` section is read too.
@@ -256,7 +263,8 @@ def settings_from_sources(
     data = load_yaml(config_path)
     nested = data.pop("model", None)
     known = {f.name for f in fields(LanguageModelSettings)}
-    merged = {k: v for k, v in data.items() if k in known}
+    merged = {k: v for k, v in (defaults or {}).items() if v is not None}
+    merged.update({k: v for k, v in data.items() if k in known})
     if isinstance(nested, Mapping):
         merged.update(nested)
     cli = parse_overrides(overrides)

@@ -11,6 +11,7 @@ These are what `jsae train`, `jsae cache` and `jsae eval` run; each is usable on
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -216,9 +217,14 @@ def cache_activations(
     """Write the activations of `n_tokens` tokens to a cache directory; resumes a killed run.
 
     Shards hold whole model batches (`store_batch_size_prompts` contexts), in dataset order,
-    with their token ids. A rerun with the same settings continues after the last complete
-    shard, reproducing exactly what an uninterrupted run writes; a finished cache is left as is.
+    with their token ids; `n_tokens` and `shard_tokens` are rounded up to whole model batches.
+    A rerun with the same settings continues after the last complete shard, reproducing
+    exactly what an uninterrupted run writes; a finished cache is left as is. `overwrite`
+    replaces an existing cache (only a cache) once the new one is complete.
     """
+    for name, value in (("n_tokens", n_tokens), ("shard_tokens", shard_tokens)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
     names = hook_names_of(settings, hook_names)
     if model is None:
         model = load_model_for(settings)
@@ -228,7 +234,7 @@ def cache_activations(
     positions = sliced_length(settings.context_size, settings.seqpos_slice)
     prompts = settings.store_batch_size_prompts
     batch_tokens = prompts * positions
-    batches_per_shard = max(1, int(shard_tokens) // batch_tokens)
+    batches_per_shard = -(-int(shard_tokens) // batch_tokens)  # rounded up, like n_tokens
     total_batches = -(-int(n_tokens) // batch_tokens)
     writer = CacheWriter(
         path,

@@ -78,6 +78,7 @@ class SAESplice:
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.head_index is not None:
+            _check_head_axis(x, self.head_index, "SAE")
             head = self.sae.forward(
                 x[..., self.head_index, :],
                 use_error_term=self.use_error_term,
@@ -90,17 +91,43 @@ class SAESplice:
 
 @dataclass(frozen=True)
 class Steer:
-    """Add `scale * vector` to the activation (at every position, or only at `positions`)."""
+    """Add `scale * vector` to the activation (at every position, or only at `positions`).
+
+    On an attention hook `[B, T, n_heads, d_head]`: `head_index` adds a `[d_head]` vector to
+    that head only; `flat_heads` reads a `[n_heads * d_head]` vector (a hook_z SAE's decoder
+    row) as one `[d_head]` piece per head.
+    """
 
     vector: Any
     scale: Any = 1.0
     positions: Any = None
+    head_index: int | None = None
+    flat_heads: bool = False
 
     def __call__(self, x: jax.Array) -> jax.Array:
         delta = (jnp.asarray(self.scale) * jnp.asarray(self.vector)).astype(x.dtype)
+        pos = slice(None) if self.positions is None else jnp.asarray(self.positions, jnp.int32)
+        if self.head_index is not None:
+            _check_head_axis(x, self.head_index, "steering vector")
+            return x.at[:, pos, self.head_index, :].add(delta)
+        if self.flat_heads:
+            _check_head_axis(x, None, "steering vector")
+            delta = delta.reshape(x.shape[-2:])  # [n_heads, d_head]
         if self.positions is None:
             return x + delta
-        return x.at[:, jnp.asarray(self.positions, jnp.int32)].add(delta)
+        return x.at[:, pos].add(delta)
+
+
+def _check_head_axis(x: jax.Array, head_index: int | None, what: str) -> None:
+    """Refuse a per-head intervention on an activation without a head axis (indexing
+    `[B, T, d]` at a head index would silently edit a sequence position instead)."""
+    if x.ndim != 4 or (head_index is not None and not -x.shape[2] <= head_index < x.shape[2]):
+        where = "" if head_index is None else f" (head {head_index})"
+        raise ConfigError(
+            f"this {what} acts per attention head{where}, but the hook's activation has shape "
+            f"{tuple(x.shape)}, not [batch, pos, n_heads, d_head]: use an attention hook such "
+            "as 'blocks.L.attn.hook_z', or an SAE without hook_head_index."
+        )
 
 
 @dataclass(frozen=True)
@@ -117,7 +144,7 @@ jax.tree_util.register_dataclass(
     SAESplice, data_fields=["sae", "edit"], meta_fields=["use_error_term", "head_index"]
 )
 jax.tree_util.register_dataclass(
-    Steer, data_fields=["vector", "scale", "positions"], meta_fields=[]
+    Steer, data_fields=["vector", "scale", "positions"], meta_fields=["head_index", "flat_heads"]
 )
 jax.tree_util.register_dataclass(Ablate, data_fields=["value"], meta_fields=[])
 
@@ -127,9 +154,20 @@ jax.tree_util.register_dataclass(Ablate, data_fields=["value"], meta_fields=[])
 
 @dataclass(eq=False)
 class _Carry:
-    """Passes the transcoder's input from its read hook to its write hook within one trace."""
+    """Passes the transcoder's input from its read hook to its write hook within one trace.
+
+    It is a static field of both hooks, so it is part of the compile-cache key: every carry
+    compares equal (it holds nothing between traces), or each `splice_sae` call would compile
+    the model again.
+    """
 
     value: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Carry)
+
+    def __hash__(self) -> int:
+        return hash(_Carry)
 
 
 @dataclass(frozen=True)
@@ -234,14 +272,20 @@ def clamp_features(sae: SAE, indices: Any, values: Any) -> dict[str, Hook]:
 def feature_steering(
     sae: SAE, indices: Any, coefficients: Any, *, hook_name: str | None = None
 ) -> dict[str, Hook]:
-    """Add `sum_i coefficients[i] * W_dec[indices[i]]` at the SAE's hook (steering vectors)."""
+    """Add `sum_i coefficients[i] * W_dec[indices[i]]` at the SAE's hook (steering vectors).
+
+    The vector goes where the SAE reads: one head for an SAE with `hook_head_index`, every
+    head's slice for a `hook_z` SAE over all heads.
+    """
     idx = jnp.atleast_1d(jnp.asarray(indices, jnp.int32))
     coef = jnp.broadcast_to(jnp.asarray(coefficients, sae.W_dec.dtype), idx.shape)
     vector = coef @ sae.W_dec[idx]  # [d_in]
     name = hook_name or sae.cfg.metadata.hook_name
     if not name:
         raise ConfigError("this SAE's metadata has no hook_name: pass hook_name=...")
-    return {name: Steer(vector)}
+    head = getattr(sae.cfg.metadata, "hook_head_index", None)
+    flat_heads = sae.cfg.reshape_activations == "hook_z"
+    return {name: Steer(vector, head_index=head, flat_heads=flat_heads)}
 
 
 def merge_hooks(*hook_dicts: Mapping[str, Hook]) -> dict[str, Hook]:

@@ -18,9 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings to set")
     parser.add_argument("--config", help="YAML file of settings (model_name, hook_name, ...)")
     parser.add_argument("--out", required=True, help="cache directory (created, or resumed)")
-    parser.add_argument("--n-tokens", type=int, required=True, help="tokens to cache")
     parser.add_argument(
-        "--shard-tokens", type=int, default=1 << 20, help="tokens per shard file (default 2^20)"
+        "--n-tokens", type=int, required=True, help="tokens to cache (rounded up to model batches)"
+    )
+    parser.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=1 << 20,
+        help="tokens per shard file, rounded up to whole model batches (default 2^20)",
     )
     parser.add_argument(
         "--hook",
@@ -28,7 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="hook to cache (repeat for several; default: hook_name)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing activation cache (only a cache), once the new one is complete",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -88,14 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
     import jsae
     from jsae import evals
-    from jsae.activations.config import load_yaml, parse_overrides, settings_from_sources
+    from jsae.activations.config import settings_from_sources
     from jsae.activations.pipeline import load_model_for, token_source
     from jsae.fsutil import atomic_write_bytes
 
     sae = jsae.from_pretrained(args.sae, args.sae_id) if args.sae_id else jsae.load(args.sae)
-    given = {**load_yaml(args.config), **parse_overrides(args.overrides)}
-    defaults = {k: v for k, v in _defaults_from_sae(sae).items() if k not in given}
-    settings = settings_from_sources(args.config, args.overrides, **defaults)
+    settings = settings_from_sources(args.config, args.overrides, defaults=_defaults_from_sae(sae))
     settings.require("model_name", "hook_name", "dataset_path")
     model = load_model_for(settings)
     tokens = token_source(settings, model.tokenizer, shuffle_seed=42)
