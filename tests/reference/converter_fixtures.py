@@ -320,11 +320,13 @@ def from_pretrained(root: Path):
     the warnings it gave)."""
     import os
 
-    os.environ["HF_HUB_CACHE"] = str(root / "cache")
+    cache = str(root / "cache")
+    os.environ["HF_HUB_CACHE"] = cache
     from huggingface_hub import constants
     from sae_lens import SAE
 
-    assert constants.HF_HUB_CACHE == str(root / "cache"), "huggingface_hub was imported too early"
+    if cache != constants.HF_HUB_CACHE:
+        raise RuntimeError("huggingface_hub was imported before HF_HUB_CACHE was set")
     x = load_file(root / "inputs.safetensors")["x"]
     for req in json.loads((root / "requests.json").read_text()):
         with warnings.catch_warnings(record=True) as caught:
