@@ -27,6 +27,7 @@ CASES = {  # reference case -> jsae family
     "llama": "llama",
     "llama3_rope": "llama",
     "mistral": "mistral",
+    "llama_tied": "llama",
     "mistral_window": "mistral",
     "gemma": "gemma",
     "opt": "opt",
@@ -34,6 +35,7 @@ CASES = {  # reference case -> jsae family
     "bloom": "bloom",
     "xglm": "xglm",
     "gemma2": "gemma2",
+    "gemma2_gelu": "gemma2",
 }
 ATOL, RTOL = 5e-5, 1e-5  # float32; observed differences are ~5e-6
 
@@ -217,6 +219,14 @@ def test_bad_tokens_and_masks_are_refused(gpt2):
         gpt2(jnp.zeros((1, 5), jnp.int32), attention_mask=jnp.ones((1, 4)))
     with pytest.raises(jsae.ShapeError, match="must return the shape it was given"):
         gpt2.run_with_hooks(jnp.zeros((1, 5), jnp.int32), {"hook_embed": lambda x: x[..., :3]})
+    with pytest.raises(jsae.ShapeError, match="'hook_embed' returned None"):  # a forgotten return
+        gpt2.run_with_hooks(jnp.zeros((1, 5), jnp.int32), {"hook_embed": lambda x: None})
+    vocab = gpt2.config.vocab_size  # an embedding lookup would give NaN / wrap around
+    for bad in (vocab, -1):
+        with pytest.raises(jsae.ConfigError, match=f"token id {bad} is outside"):
+            gpt2(jnp.asarray([[1, 2, bad]], jnp.int32))
+        with pytest.raises(jsae.ConfigError, match=f"token id {bad} is outside"):
+            gpt2.run_with_cache(np.asarray([[bad, 1]]), ["blocks.0.hook_resid_pre"])
 
 
 def test_bfloat16_and_save_roundtrip(gpt2, torch_models, tmp_path):
@@ -249,6 +259,21 @@ def test_from_config_builds_a_random_model():
     )
     assert (model.family, model.n_layers, model.d_model, model.n_ctx) == ("llama", 1, 32, 16)
     assert model(jnp.zeros((1, 4), jnp.int32)).shape == (1, 4, 50)
+    tied = jsae.HookedModel.from_config(
+        LlamaConfig(
+            num_hidden_layers=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=2,
+            vocab_size=50,
+            max_position_embeddings=16,
+            tie_word_embeddings=True,
+        )
+    )
+    params = tied.params
+    np.testing.assert_array_equal(
+        params["lm_head"]["kernel"], params["model"]["embed_tokens"]["embedding"].T
+    )
 
 
 def test_no_torch_import(gpt2):

@@ -195,6 +195,15 @@ def test_unsupported_architectures_and_settings(torch_models, tmp_path):
     with pytest.raises(jsae.ConfigError, match=r"'bert' is not supported.*gemma2.*gpt2.*llama"):
         jsae.load_model(bert)
 
+    gpt2 = tmp_path / "gpt2"  # attention scaled per layer (Stanford CRFM GPT-2s)
+    shutil.copytree(torch_models / "gpt2" / "model", gpt2)
+    edit_config(gpt2, scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(jsae.ConfigError, match="scale_attn_by_inverse_layer_idx"):
+        jsae.load_model(gpt2)
+    edit_config(gpt2, scale_attn_by_inverse_layer_idx=False, scale_attn_weights=False)
+    with pytest.raises(jsae.ConfigError, match="scale_attn_weights=False"):
+        jsae.load_model(gpt2)
+
     llama = tmp_path / "llama"
     shutil.copytree(torch_models / "llama" / "model", llama)
     edit_config(llama, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0})

@@ -38,6 +38,7 @@ from jsae.activations.prefetch import Prefetcher
 from jsae.activations.tokenization import resolve_exclude_special_tokens
 from jsae.config import canonical_dtype, jax_dtype
 from jsae.errors import ConfigError, ShapeError
+from jsae.models.hooked import check_token_ids
 
 
 def seqpos_to_slice(seqpos_slice: Any) -> slice:
@@ -246,6 +247,7 @@ class ActivationStore:
                 f"token batch has shape {tokens.shape}, expected "
                 f"{(self.prompts, self.context_size)}."
             )
+        check_token_ids(tokens, getattr(getattr(self.model, "config", None), "vocab_size", None))
         kept = tokens[:, self.seqpos]
         if self.exclude is None:
             return np.ones(kept.size, bool)

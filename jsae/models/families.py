@@ -105,6 +105,20 @@ def _check_llama(config: Any) -> None:
         raise ConfigError("mlp_bias=True is not supported by transformers' Flax Llama.")
 
 
+def _check_gpt2(config: Any) -> None:
+    """transformers' Flax GPT-2 always scales attention scores by 1/sqrt(d_head); PyTorch's also
+    reads these two flags (the Stanford CRFM GPT-2s set the first), so refuse rather than run
+    another model than the checkpoint's."""
+    if getattr(config, "scale_attn_by_inverse_layer_idx", False) or not getattr(
+        config, "scale_attn_weights", True
+    ):
+        raise ConfigError(
+            "this GPT-2 config sets scale_attn_by_inverse_layer_idx=True or "
+            "scale_attn_weights=False; transformers' Flax GPT-2, which jsae runs, ignores both "
+            "and would compute different attention, so the model is refused."
+        )
+
+
 def _opt(family: Family, config: Any) -> Family:
     embed = "project_in" if config.word_embed_proj_dim != config.hidden_size else "embed_tokens"
     return dataclasses.replace(
@@ -163,6 +177,7 @@ FAMILIES: tuple[Family, ...] = (
         mlp_post=("mlp", "c_proj"),
         embed=("transformer", "wte"),
         pos_embed=("transformer", "wpe"),
+        check=_check_gpt2,
     ),
     Family(
         name="gpt_neo",

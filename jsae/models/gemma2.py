@@ -27,7 +27,7 @@ from jsae.models.rope import apply_rotary, inverse_frequencies, rope_settings
 
 _ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=True),  # Gemma's legacy name for the same
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # transformers' "gelu" is exact (erf)
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
 }
 

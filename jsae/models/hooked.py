@@ -93,6 +93,16 @@ class HookedModel:
         # jitted: some Flax classes build [max_positions, max_positions] masks at setup, which
         # XLA fuses away under jit but eager execution would materialise
         params = jax.jit(lambda key: init_params(module, family, config, key))(jax.random.key(seed))
+        if getattr(config, "tie_word_embeddings", False):  # a head of its own: make it the tie
+            from flax.traverse_util import flatten_dict, unflatten_dict
+
+            from jsae.models.weights import tie_lm_head
+
+            flat = flatten_dict(params)
+            shapes = dict(flat)
+            flat = {k: v for k, v in flat.items() if k[-2:] != ("lm_head", "kernel")}
+            tie_lm_head(flat, shapes)
+            params = unflatten_dict(flat)
         return cls(module, params, config, family, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ hook names
@@ -313,6 +323,7 @@ class HookedModel:
                 f"input_ids must be integer token ids of shape [batch, seq], got "
                 f"{input_ids.dtype} {tuple(input_ids.shape)}; add a batch axis with x[None]."
             )
+        check_token_ids(input_ids, getattr(self.config, "vocab_size", None))
         seq = input_ids.shape[1]
         if self.n_ctx is not None and seq > self.n_ctx:
             raise ConfigError(
@@ -381,6 +392,24 @@ def family_patches(family: Family, config: Any) -> tuple[Callable[..., Any], ...
     head_dim = getattr(config, "head_dim", None)
     head_dim = head_dim or config.hidden_size // config.num_attention_heads
     return (rotary_patch(config, head_dim),)
+
+
+def check_token_ids(ids: Any, vocab_size: int | None) -> None:
+    """Refuse token ids outside `[0, vocab_size)`: an embedding lookup would turn them into NaN
+    (every later position too, through attention) or wrap negative ids silently. Traced ids
+    (under the caller's jit) cannot be checked and pass."""
+    if vocab_size is None or not np.size(ids):
+        return
+    try:
+        low, high = int(np.min(ids)), int(np.max(ids))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ConfigError(
+            f"token id {bad} is outside this model's vocabulary [0, {vocab_size}); are the "
+            "tokens from this model's tokenizer?"
+        )
 
 
 def init_params(module: nn.Module, family: Family, config: Any, key: jax.Array) -> Any:

@@ -150,7 +150,19 @@ class HookRun:
 
     def _write(self, site: Site, raw: jax.Array, new: jax.Array, name: str) -> jax.Array:
         expected = jax.eval_shape(lambda r: self._read(site, r), raw).shape
-        new = jnp.asarray(new)
+        if new is None:
+            raise ShapeError(
+                f"the hook function for {name!r} returned None; it must return the new "
+                "activation (JAX arrays are not edited in place: return e.g. x.at[...].set(v) "
+                "or x + delta, or x itself to leave it unchanged)."
+            )
+        try:
+            new = jnp.asarray(new)
+        except (TypeError, ValueError) as exc:
+            raise ShapeError(
+                f"the hook function for {name!r} returned a {type(new).__name__}, not an array; "
+                "it must return the new activation."
+            ) from exc
         if new.shape != expected:
             raise ShapeError(
                 f"the hook function for {name!r} returned shape {tuple(new.shape)}; "

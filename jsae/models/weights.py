@@ -80,6 +80,23 @@ def _candidates(key: Path_, prefix: str) -> list[Path_]:
     return [key, (prefix, *key)]
 
 
+def tie_lm_head(params: dict[Path_, Any], target: Mapping[Path_, Any]) -> None:
+    """Fill a missing `lm_head/kernel` with the token embedding's transpose, in place.
+
+    For `tie_word_embeddings=True` checkpoints (Llama 3.2 1B/3B, SmolLM2...): PyTorch ties the
+    head to the embedding and saves no `lm_head.weight`, while transformers' Flax Llama and
+    Mistral keep a head of their own whatever the config says.
+    """
+    for key, want in target.items():
+        if key[-2:] != ("lm_head", "kernel") or key in params:
+            continue
+        shape = tuple(want.shape)[::-1]  # the embedding is [vocab, d]; the kernel [d, vocab]
+        for name, value in params.items():
+            if name[-1] == "embedding" and tuple(value.shape) == shape:
+                params[key] = value.T
+                break
+
+
 def torch_to_flax(
     state: Mapping[str, np.ndarray], target: Mapping[Path_, Any], *, prefix: str, tied: bool
 ) -> dict[Path_, np.ndarray]:
@@ -107,6 +124,8 @@ def torch_to_flax(
         if not placed:
             unused.append(name)
 
+    if tied:
+        tie_lm_head(out, target)
     missing = sorted("/".join(k) for k in target if k not in out)
     if missing:
         raise FormatError(

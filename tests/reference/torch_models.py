@@ -84,6 +84,9 @@ CASES = {
             sliding_window=None,
         )
     ),
+    "llama_tied": lambda: T.LlamaForCausalLM(  # Llama 3.2 1B/3B: no lm_head.weight saved
+        T.LlamaConfig(**llama_like(tie_word_embeddings=True))
+    ),
     "mistral_window": lambda: T.MistralForCausalLM(
         T.MistralConfig(**llama_like(), sliding_window=5)  # < SEQ: the window matters
     ),
@@ -139,6 +142,9 @@ CASES = {
             )
         )
     ),
+    "gemma2_gelu": lambda: T.Gemma2ForCausalLM(  # "gelu" is the exact (erf) GELU
+        T.Gemma2Config(**llama_like(head_dim=16, hidden_activation="gelu"))
+    ),
 }
 
 # Per architecture: TransformerLens hook name (L = layer) -> (torch module, "in" | "out").
@@ -189,6 +195,7 @@ TORCH_SITES = {
     "llama": {**_LLAMA, "hook_embed": ("model.embed_tokens", "out")},
     "llama3_rope": {**_LLAMA, "hook_embed": ("model.embed_tokens", "out")},
     "mistral": {**_LLAMA, "hook_embed": ("model.embed_tokens", "out")},
+    "llama_tied": {**_LLAMA, "hook_embed": ("model.embed_tokens", "out")},
     "mistral_window": {**_LLAMA, "hook_embed": ("model.embed_tokens", "out")},
     "gemma": {**_LLAMA, "hook_embed": ("model.layers.0", "in")},
     "opt": {
@@ -218,6 +225,16 @@ TORCH_SITES = {
         "blocks.L.hook_resid_post": ("model.layers.L", "out"),
     },
     "gemma2": {
+        "hook_embed": ("model.layers.0", "in"),
+        "blocks.L.attn.hook_z": ("model.layers.L.self_attn.o_proj", "in"),
+        "blocks.L.hook_attn_out": ("model.layers.L.post_attention_layernorm", "out"),
+        "blocks.L.hook_resid_mid": ("model.layers.L.pre_feedforward_layernorm", "in"),
+        "blocks.L.mlp.hook_post": ("model.layers.L.mlp.down_proj", "in"),
+        "blocks.L.hook_mlp_out": ("model.layers.L.post_feedforward_layernorm", "out"),
+        "blocks.L.hook_resid_pre": ("model.layers.L", "in"),
+        "blocks.L.hook_resid_post": ("model.layers.L", "out"),
+    },
+    "gemma2_gelu": {
         "hook_embed": ("model.layers.0", "in"),
         "blocks.L.attn.hook_z": ("model.layers.L.self_attn.o_proj", "in"),
         "blocks.L.hook_attn_out": ("model.layers.L.post_attention_layernorm", "out"),
