@@ -62,6 +62,7 @@ def test_jsonl_metrics_use_saelens_keys(tmp_path: Path, arch: dict, extra_keys: 
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)  # written in order
     step_rows = [r for r in rows if "losses/overall_loss" in r]
     assert [r["step"] for r in step_rows] == [2, 5, 8, 11]  # (step + 1) % 3 == 0, as SAELens
     for row in step_rows:
@@ -123,3 +124,22 @@ def test_sparsity_thresholds_compare_the_frequencies_themselves() -> None:
     log, row = sparsity_summary(counts, 100_000)
     assert row["metrics/mean_log10_feature_sparsity"] == pytest.approx(float(np.mean(log)))
     assert log[2] == pytest.approx(-4.0, abs=1e-6)
+
+
+def test_steps_on_device_batches_make_no_host_to_device_transfer() -> None:
+    """Once compiled, a step on a batch already on the device sends nothing from the host
+    (the activation scale used to be placed again every step)."""
+    import jax
+
+    config = {
+        "architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_size_tokens": 32,
+        "training_tokens": 32 * 4, "normalize_activations": "expected_average_only_in",
+        "log_to_wandb": False, "checkpoint_path": None, "output_path": None,
+        "progress_bar": False,
+    }  # fmt: skip
+    trainer = jsae.Trainer(config, [])
+    x = jax.device_put(_batches(1)[0])
+    jax.block_until_ready(trainer.step(x))  # compiles; estimates the scale from x
+    with jax.transfer_guard_host_to_device("disallow"):
+        for _ in range(2):
+            jax.block_until_ready(trainer.step(x))

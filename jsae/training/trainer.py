@@ -102,6 +102,7 @@ class Trainer:
         )
         self.n_training_samples = 0
         self.scale: float | None = None  # expected_average_only_in factor
+        self._scale_on_device: tuple[float | None, jax.Array] | None = None  # (scale, its array)
         self.state, self.shardings = self._initial_state(init)
         self._batch_sharding = self._make_batch_sharding()
         step_fn = make_step(self.cfg, self.arch, self.ctx, tr, self.optimizer)
@@ -325,13 +326,20 @@ class Trainer:
             yd = self._device_batch(y, self.settings.output_dim, "target")
         else:
             yd = xd
-        scale = jnp.float32(1.0 if self.scale is None else self.scale)
+        scale = self._scale_array()
         self._check_pending()
         s = self.steps_done
         self.state, metrics = self._step_fn(self.state, xd, yd, scale)
         self.n_training_samples += self.batch_size
         self._pending = (s, metrics)
         return metrics
+
+    def _scale_array(self) -> jax.Array:
+        """The step's scale argument, placed once per value (not a transfer every step)."""
+        if self._scale_on_device is None or self._scale_on_device[0] != self.scale:
+            value = jnp.float32(1.0 if self.scale is None else self.scale)
+            self._scale_on_device = (self.scale, value)
+        return self._scale_on_device[1]
 
     def _next_batch(self) -> tuple[Any, Any]:
         """The source's next batch; a bad item's error names the step it was for."""
@@ -377,9 +385,20 @@ class Trainer:
         try:
             if self._scale_wanted():
                 self.scale = self._estimate_scale(tr.n_batches_for_norm_estimate)
+            # A step's metrics row is written after the next step is dispatched: reading them
+            # waits for their step, which would otherwise idle the host while the device works.
+            unlogged: tuple[int, dict[str, jax.Array], int] | None = None
+
+            def write_unlogged() -> None:
+                nonlocal unlogged
+                if unlogged is not None:
+                    row, unlogged = unlogged, None
+                    self._log_step(*row)
+
             while self.steps_done < self.total_steps:
                 s = self.steps_done
                 if s > 0 and s % tr.feature_sampling_window == 0:
+                    write_unlogged()
                     self._log_sparsity(s)
                 try:
                     batch = self._next_batch()
@@ -388,13 +407,16 @@ class Trainer:
                     break
                 metrics = self.step(*batch)
                 self._progress.update(self.batch_size)
+                write_unlogged()
                 if (s + 1) % log.wandb_log_frequency == 0:
-                    self._log_step(s, metrics)
+                    unlogged = (s, metrics, self.n_training_samples)
                 if (s + 1) % (log.wandb_log_frequency * log.eval_every_n_wandb_logs) == 0:
+                    write_unlogged()
                     self._log_evals(s)
                 if self._checkpoint_due():
                     self.save_checkpoint()
             self._check_pending()
+            write_unlogged()
             s = self.steps_done
             if s > 0 and s % tr.feature_sampling_window == 0:
                 self._log_sparsity(s)
@@ -471,10 +493,10 @@ class Trainer:
             self.logger.close()
             self.logger = None
 
-    def _log_step(self, s: int, metrics: dict[str, jax.Array]) -> None:
+    def _log_step(self, s: int, metrics: dict[str, jax.Array], n_samples: int) -> None:
         values = jax.device_get(metrics)
         row = {k: v for k, v in values.items() if "/" in k}
-        row["details/n_training_samples"] = self.n_training_samples
+        row["details/n_training_samples"] = n_samples
         if self.logger is not None:
             self.logger.log(s, row)
         shown = ("losses/overall_loss", "losses/mse_loss", "metrics/l0")
@@ -489,7 +511,10 @@ class Trainer:
             self.logger.log_histograms(s, {"plots/feature_density_line_chart": log_sparsity})
 
     def _log_evals(self, s: int) -> None:
-        wanted = self.logger is not None or self.evaluator is not None
+        # the metrics file takes no weight histograms: build them for wandb or an evaluator
+        wanted = (self.logger is not None and self.logger.wandb is not None) or (
+            self.evaluator is not None
+        )
         if not wanted and jax.process_count() == 1:  # several: gathering the SAE is collective,
             return  # and process 0 (which logs) needs every process to take part
         sae = self.sae
