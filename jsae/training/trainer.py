@@ -395,27 +395,31 @@ class Trainer:
                     row, unlogged = unlogged, None
                     self._log_step(*row)
 
-            while self.steps_done < self.total_steps:
-                s = self.steps_done
-                if s > 0 and s % tr.feature_sampling_window == 0:
+            try:
+                while self.steps_done < self.total_steps:
+                    s = self.steps_done
+                    if s > 0 and s % tr.feature_sampling_window == 0:
+                        write_unlogged()
+                        self._log_sparsity(s)
+                    try:
+                        batch = self._next_batch()
+                    except StopIteration:
+                        self._warn_exhausted()
+                        break
+                    metrics = self.step(*batch)
+                    self._progress.update(self.batch_size)
                     write_unlogged()
-                    self._log_sparsity(s)
-                try:
-                    batch = self._next_batch()
-                except StopIteration:
-                    self._warn_exhausted()
-                    break
-                metrics = self.step(*batch)
-                self._progress.update(self.batch_size)
-                write_unlogged()
-                if (s + 1) % log.wandb_log_frequency == 0:
-                    unlogged = (s, metrics, self.n_training_samples)
-                if (s + 1) % (log.wandb_log_frequency * log.eval_every_n_wandb_logs) == 0:
-                    write_unlogged()
-                    self._log_evals(s)
-                if self._checkpoint_due():
-                    self.save_checkpoint()
-            self._check_pending()
+                    if (s + 1) % log.wandb_log_frequency == 0:
+                        unlogged = (s, metrics, self.n_training_samples)
+                    if (s + 1) % (log.wandb_log_frequency * log.eval_every_n_wandb_logs) == 0:
+                        write_unlogged()
+                        self._log_evals(s)
+                    if self._checkpoint_due():
+                        self.save_checkpoint()
+                self._check_pending()
+            except NonFiniteError:
+                write_unlogged()  # the failed step's row (NaN -> null) is kept, as before
+                raise
             write_unlogged()
             s = self.steps_done
             if s > 0 and s % tr.feature_sampling_window == 0:
