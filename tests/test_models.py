@@ -247,29 +247,18 @@ def test_bfloat16_and_save_roundtrip(gpt2, torch_models, tmp_path):
 def test_from_config_builds_a_random_model():
     from transformers import LlamaConfig
 
-    model = jsae.HookedModel.from_config(
-        LlamaConfig(
-            num_hidden_layers=1,
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=2,
-            vocab_size=50,
-            max_position_embeddings=16,
-        )
+    sizes = dict(
+        num_hidden_layers=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        vocab_size=50,
+        max_position_embeddings=16,
     )
+    model = jsae.HookedModel.from_config(LlamaConfig(**sizes))
     assert (model.family, model.n_layers, model.d_model, model.n_ctx) == ("llama", 1, 32, 16)
     assert model(jnp.zeros((1, 4), jnp.int32)).shape == (1, 4, 50)
-    tied = jsae.HookedModel.from_config(
-        LlamaConfig(
-            num_hidden_layers=1,
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=2,
-            vocab_size=50,
-            max_position_embeddings=16,
-            tie_word_embeddings=True,
-        )
-    )
+    tied = jsae.HookedModel.from_config(LlamaConfig(**sizes, tie_word_embeddings=True))
     params = tied.params
     np.testing.assert_array_equal(
         params["lm_head"]["kernel"], params["model"]["embed_tokens"]["embedding"].T

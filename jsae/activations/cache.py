@@ -28,7 +28,6 @@ shard files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,7 +39,7 @@ import numpy as np
 from jsae.activations.prefetch import Prefetcher
 from jsae.config import canonical_dtype
 from jsae.errors import ConfigError, FormatError
-from jsae.fsutil import atomic_output_dir, atomic_write_bytes
+from jsae.fsutil import atomic_output_dir, atomic_write_bytes, replace_dir
 
 FORMAT_NAME = "jsae-activation-cache"
 FORMAT_VERSION = 1
@@ -131,22 +130,6 @@ def _foreign_entries(path: Path) -> list[str]:
         for p in path.iterdir()
         if p.name not in ours and not p.name.startswith(f".{MANIFEST}.tmp-")
     )
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    """Put directory `new` at `target`, deleting what was there only once `new` is in place."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    old.rmdir()
-    os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class CacheWriter:
@@ -293,7 +276,7 @@ class CacheWriter:
         self.manifest["complete"] = True
         self._save_manifest()
         if self.path != self.target:
-            _swap_in(self.path, self.target.resolve())
+            replace_dir(self.path, self.target.resolve())
             self.path = self.target
 
 
@@ -643,8 +626,6 @@ def export_saelens_cache(
             }
             for j, seq in enumerate(ids.reshape(-1, ctx)):
                 yield {**{h: acts[h][j] for h in names}, "token_ids": seq}
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as scratch, atomic_output_dir(out) as tmp:
         # a fresh datasets cache: generator fingerprints can never hit another cache's rows

@@ -234,17 +234,8 @@ TORCH_SITES = {
         "blocks.L.hook_resid_pre": ("model.layers.L", "in"),
         "blocks.L.hook_resid_post": ("model.layers.L", "out"),
     },
-    "gemma2_gelu": {
-        "hook_embed": ("model.layers.0", "in"),
-        "blocks.L.attn.hook_z": ("model.layers.L.self_attn.o_proj", "in"),
-        "blocks.L.hook_attn_out": ("model.layers.L.post_attention_layernorm", "out"),
-        "blocks.L.hook_resid_mid": ("model.layers.L.pre_feedforward_layernorm", "in"),
-        "blocks.L.mlp.hook_post": ("model.layers.L.mlp.down_proj", "in"),
-        "blocks.L.hook_mlp_out": ("model.layers.L.post_feedforward_layernorm", "out"),
-        "blocks.L.hook_resid_pre": ("model.layers.L", "in"),
-        "blocks.L.hook_resid_post": ("model.layers.L", "out"),
-    },
 }
+TORCH_SITES["gemma2_gelu"] = TORCH_SITES["gemma2"]
 # Cases TransformerLens loads from a local directory (others: "gemma2" via a hand-made config).
 TL_FROM_DIR = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "opt", "bloom")
 
