@@ -5,6 +5,7 @@ SAELens's trainer, and TopK's sparse (value, index) path against its own dense p
     python benchmarks/bench_train.py --parts peak,archs --steps 3
     python benchmarks/bench_train.py --parts saelens       # needs JSAE_REFERENCE_PYTHON
     python benchmarks/bench_train.py --parts sparse
+    python benchmarks/bench_train.py --parts select
 
 All parts run in one process and print ratios measured in that same run:
 
@@ -18,6 +19,9 @@ All parts run in one process and print ratios measured in that same run:
 * saelens: SAELens 6.54's `SAETrainer.step` (training_forward_pass + backward + clip + Adam +
            schedulers) on the same config (standard, same sizes, fp32, torch on this CPU),
            against the jsae step: the ratio of step rates.
+* select:  BatchTopK's selection of the batch's k·B largest pre-activations (k 32, same sizes),
+           float32 and bfloat16: the cut found by counting passes (`jsae.training.cut`, what
+           training uses) against `lax.top_k` over the flat batch (what it used before).
 * sparse:  TopK k 32, d_sae 65536: the decoder forward + backward on (value, index) pairs
            (gather / scatter-add, `jsae.sparse.gather_decode`) against the dense matmuls, and
            the whole training step with `use_sparse_activations` on and off.
@@ -179,9 +183,36 @@ def decode_fwd_bwd(k: int, d_sae: int, batch: int, reps: int) -> tuple[float, fl
     return t_sparse, t_dense, err
 
 
+def batch_selection(reps: int) -> None:
+    """Print the counting cut against the flat top-k on an SAE's pre-activations at init."""
+    from jsae.training.cut import nth_largest
+    from jsae.training.selection import _flat_topk_mask, batch_topk_mask
+
+    rng = np.random.default_rng(0)
+    k, n_keep = 32, 32 * BATCH
+    x = rng.standard_normal((BATCH, D_IN), dtype=np.float32)
+    x *= np.exp(rng.normal(0, 0.5, (BATCH, 1))).astype(np.float32)  # varied token norms
+    W = rng.standard_normal((D_SAE, D_IN), dtype=np.float32)
+    W *= 0.1 / np.linalg.norm(W, axis=1, keepdims=True)
+    pre = jnp.asarray(x @ W.T)  # [B, d_sae]
+    print(f"\nBatchTopK selection: the {n_keep} largest of [{BATCH}, {D_SAE}] pre-activations "
+          f"(k {k}, token norms log-normal sigma 0.5):")  # fmt: skip
+    cut_mask = jax.jit(lambda s: batch_topk_mask(s, n_keep))
+    top_k_mask = jax.jit(lambda s: _flat_topk_mask(s, n_keep))
+    passes = jax.jit(lambda s: nth_largest(s, n_keep).passes)
+    for dtype in ("float32", "bfloat16"):
+        scores = pre.astype(dtype)
+        same = bool(jnp.array_equal(cut_mask(scores), top_k_mask(scores)))
+        t_cut = min(timed(lambda s=scores: jax.block_until_ready(cut_mask(s)), reps))
+        t_top = min(timed(lambda s=scores: jax.block_until_ready(top_k_mask(s)), reps))
+        print(f"  {dtype:9s} counting cut {t_cut * 1e3:7.0f} ms ({int(passes(scores))} passes) "
+              f"vs flat top-k {t_top * 1e3:7.0f} ms -> {t_top / t_cut:5.1f}x; "
+              f"same selection: {same}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="peak,archs,saelens,sparse")
+    parser.add_argument("--parts", default="peak,archs,saelens,select,sparse")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--sparse-batch", type=int, default=BATCH)
@@ -250,6 +281,8 @@ def main() -> None:
             f"{ref['seconds'] * torch_peak / unit:.2f}, jsae {jsae_standard * peak / unit:.2f} "
             "(a dense step needs 5)"
         )
+    if "select" in parts:
+        batch_selection(args.steps)
     if "sparse" in parts:
         k, d_sae, batch = 32, 65536, args.sparse_batch
         t_sparse, t_dense, err = decode_fwd_bwd(k, d_sae, batch, args.steps)

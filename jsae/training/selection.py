@@ -10,6 +10,10 @@ only those candidates (values and global positions), every shard picks the globa
 them, and marks the winners it owns: OpenAI's `sharded_topk`. BatchTopK does the same across
 every device (its top-k runs over the whole batch). Winners are identified by position, so the
 selection equals the single-device one whenever the kept values are distinct.
+
+BatchTopK first tries the cheaper exact route of `jsae.training.cut`: the batch's cut value
+found by counting passes, each one scalar `psum` across the mesh; the candidates' exchange
+is its fallback (ties straddling the cut, or too few positive scores).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
+
+from jsae.training.cut import first_ties_mask, nth_largest
 
 
 def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
@@ -47,15 +53,30 @@ def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
 
 
 def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) -> jax.Array:
-    """Mask of the `n_keep` largest scores of the whole batch. [B, d_sae] -> bool [B, d_sae]."""
+    """Mask of the `n_keep` largest scores of the whole batch. [B, d_sae] -> bool [B, d_sae]
+
+    The cut is found by counting (`jsae.training.cut`), not by a top-k over the flat batch;
+    ties at the cut are kept in flat order, as `lax.top_k` keeps them. The top-k remains the
+    fallback for batches with fewer than `n_keep` positive scores.
+    """
     scores = jax.lax.stop_gradient(scores)
     if mesh is None or mesh.size == 1:
-        flat = scores.reshape(-1)
-        _, idx = jax.lax.top_k(flat, n_keep)
-        return jnp.zeros(flat.shape, bool).at[idx].set(True).reshape(scores.shape)
+        cut = nth_largest(scores, n_keep)
+        return jax.lax.cond(
+            cut.found,
+            lambda s: first_ties_mask(s, cut, n_keep),
+            lambda s: _flat_topk_mask(s, n_keep),
+            scores,
+        )
     axes = ("data", "model")
 
     def local(s: jax.Array) -> jax.Array:
+        cut = nth_largest(s, n_keep, axes)  # the same global cut on every device
+        # ties straddling the cut need the batch's flat order: the candidates' exchange below
+        clean = cut.found & (cut.n_at_least == n_keep)
+        return jax.lax.cond(clean, lambda s: s >= cut.value, exchange_candidates, s)
+
+    def exchange_candidates(s: jax.Array) -> jax.Array:
         rows, width = s.shape
         k_local = min(n_keep, rows * width)
         vals, flat_idx = jax.lax.top_k(s.reshape(-1), k_local)  # [k_local]
@@ -76,6 +97,13 @@ def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) ->
 
     spec = P("data", "model")
     return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(scores)
+
+
+def _flat_topk_mask(scores: jax.Array, n_keep: int) -> jax.Array:
+    """The top-k form of `batch_topk_mask` on one device. [B, d_sae] -> bool [B, d_sae]"""
+    flat = scores.reshape(-1)
+    _, idx = jax.lax.top_k(flat, n_keep)
+    return jnp.zeros(flat.shape, bool).at[idx].set(True).reshape(scores.shape)
 
 
 def _top_positions_in_flat_order(

@@ -1,0 +1,106 @@
+"""BatchTopK's cut found by counting passes (jsae.training.cut) is exactly the sort's.
+
+The reference is numpy's stable argsort of the flat batch: the n largest, ties at the cut
+kept in flat order (as `lax.top_k` keeps them). Every case but the last has at least n
+positive scores, so the counting search itself (not its top-k fallback) must find the cut.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jsae import parallel
+from jsae.training.cut import first_ties_mask, nth_largest
+from jsae.training.selection import batch_topk_mask
+
+B, N = 48, 384
+
+
+def _reference_mask(scores: np.ndarray, n: int) -> np.ndarray:
+    flat = np.asarray(scores, np.float32).reshape(-1)
+    keep = np.argsort(-flat, kind="stable")[:n]
+    mask = np.zeros(flat.shape, bool)
+    mask[keep] = True
+    return mask.reshape(scores.shape)
+
+
+def _cases() -> dict[str, np.ndarray | jax.Array]:
+    rng = np.random.default_rng(0)
+    normal = rng.standard_normal((B, N)).astype(np.float32)
+    token_norms = np.exp(rng.normal(0, 0.6, (B, 1))).astype(np.float32)
+    latent_scales = np.exp(rng.normal(0, 1.0, (1, N))).astype(np.float32)
+    duplicated = normal * token_norms
+    duplicated[::4] = duplicated[1]  # repeated tokens (BOS): exact ties across rows
+    return {
+        "normal": normal,
+        "token norms": normal * token_norms,
+        "latent scales": normal * token_norms * latent_scales,
+        "duplicated rows": duplicated,
+        "few values (heavy ties)": rng.integers(-3, 6, (B, N)).astype(np.float32),
+        "tiny and huge": normal * np.float32(1e-12) + (normal > 2.5) * np.float32(1e20),
+        "bfloat16": jnp.asarray(normal * token_norms, jnp.bfloat16),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("k", [1, 40])
+@pytest.mark.parametrize("band", [128, 3])
+def test_cut_and_mask_equal_the_sorted_selection(name: str, k: int, band: int) -> None:
+    scores = CASES[name]
+    n = k * B
+    flat = np.sort(np.asarray(scores, np.float32).reshape(-1))[::-1]
+    assert flat[n - 1] > 2.0**-60, "every case here has n positive scores"
+
+    @jax.jit
+    def select(s: jax.Array) -> tuple:
+        cut = nth_largest(s, n, band=band)
+        return cut, first_ties_mask(s, cut, n)
+
+    cut, mask = select(scores)
+    assert bool(cut.found)
+    assert float(cut.value) == flat[n - 1]
+    assert int(cut.n_greater) == int(np.sum(flat > flat[n - 1]))
+    assert int(cut.n_at_least) == int(np.sum(flat >= flat[n - 1]))
+    assert np.array_equal(np.asarray(mask), _reference_mask(scores, n))
+    assert np.array_equal(np.asarray(batch_topk_mask(scores, n)), _reference_mask(scores, n))
+
+
+def test_too_few_positive_scores_fall_back_to_top_k() -> None:
+    rng = np.random.default_rng(1)
+    scores = -np.abs(rng.standard_normal((B, N))).astype(np.float32)
+    scores[3, :10] = rng.uniform(1, 2, 10)  # 10 positive scores, 40 wanted
+    assert not bool(jax.jit(lambda s: nth_largest(s, 40).found)(scores))
+    got = batch_topk_mask(scores, 40)
+    assert np.array_equal(np.asarray(got), _reference_mask(scores, 40))
+
+
+@pytest.mark.parametrize("mesh", [(1, 8), (8, 1), (2, 4)], ids=lambda m: f"{m[0]}x{m[1]}")
+@pytest.mark.parametrize("name", ["token norms", "duplicated rows", "bfloat16"])
+def test_the_cut_over_a_mesh_is_the_single_device_cut(mesh: tuple[int, int], name: str) -> None:
+    """Counts, the maximum, the sample and the final band are combined across every device."""
+    scores = CASES[name]
+    n = 8 * B
+    m = parallel.make_mesh(*mesh)
+    spec = P("data", "model")
+
+    def local(s: jax.Array) -> tuple:
+        return tuple(nth_largest(s, n, ("data", "model")))
+
+    sharded = jax.jit(jax.shard_map(local, mesh=m, in_specs=spec, out_specs=P(), check_vma=False))(
+        jax.device_put(scores, NamedSharding(m, spec))
+    )
+    single = nth_largest(scores, n)
+    for field, got, want in zip(single._fields, sharded, single, strict=True):
+        if field != "passes":  # the sample differs (strided per shard), so may the path
+            assert np.array_equal(np.asarray(got), np.asarray(want)), field
+    placed = jax.device_put(scores, NamedSharding(m, spec))
+    got = jax.jit(lambda s: batch_topk_mask(s, n, m))(placed)
+    assert np.array_equal(np.asarray(got), _reference_mask(scores, n))
