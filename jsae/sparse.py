@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jsae.errors import ConfigError
+from jsae.ranking import top_k
 
 # Below this width the dense matmul is as fast as the gather (measured on CPU, see
 # benchmarks/README.md); "auto" then stays dense.
@@ -86,7 +87,7 @@ def decode_matmul(f: jax.Array, W_dec: jax.Array, *, sparse: Any = "auto") -> ja
 def _sparse_or_dense(f: jax.Array, W_dec: jax.Array, budget: int) -> jax.Array:
     n_rows = f.shape[0]
     spill_rows = max(1, n_rows // 32)  # rows allowed to exceed the budget before going dense
-    _, idx = jax.lax.top_k(jnp.abs(f), budget)  # [N, budget], largest |f| first
+    _, idx = top_k(jnp.abs(f), budget)  # [N, budget], largest |f| first
     vals = jnp.take_along_axis(f, idx, axis=-1)  # [N, budget]
     over = vals[:, -1] != 0  # [N] the row may hold more than `budget` non-zeros
     n_over = jnp.sum(over)

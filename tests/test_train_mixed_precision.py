@@ -30,21 +30,41 @@ def _source(seed: int = 0) -> SyntheticActivations:
     )
 
 
-def _dot_dtypes(trainer: jsae.Trainer, x: np.ndarray) -> set[str]:
-    """Operand dtypes of every dot_general in the compiled step's jaxpr."""
+def _dot_dtypes(trainer: jsae.Trainer, x: np.ndarray, primitive: str = "dot_general") -> set[str]:
+    """Operand dtypes of every `primitive` (a dot_general unless named) in the step's jaxpr."""
     scale = jnp.float32(1.0)
     jaxpr = jax.make_jaxpr(trainer._step_fn)(trainer.state, x, x, scale)
     found: set[str] = set()
 
     def visit(jpr):
         for eqn in jpr.eqns:
-            if eqn.primitive.name == "dot_general":
+            if eqn.primitive.name == primitive:
                 found.update(str(v.aval.dtype) for v in eqn.invars)
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 visit(sub)
 
     visit(jaxpr.jaxpr)
     return found
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "matryoshka_batchtopk"])
+def test_bf16_steps_rank_latents_in_float32(architecture: str, sparse: bool) -> None:
+    """Every top-k of a bf16 step (selection, AuxK) ranks float32 values (`jsae.ranking`):
+    XLA's CPU top-k on bfloat16 is a sort, ~65x slower, with the same result."""
+    config = {
+        **BASE,
+        "architecture": architecture,
+        "k": 4,
+        "training_tokens": 256 * 4,
+        "compute_dtype": "bfloat16",
+        "use_sparse_activations": sparse,
+        **({"matryoshka_widths": [16, 64]} if architecture == "matryoshka_batchtopk" else {}),
+    }
+    trainer = jsae.Trainer(config, _source())
+    x = _source().sample(256)[0]
+    assert _dot_dtypes(trainer, x) == {"bfloat16"}  # the step does compute in bf16
+    assert _dot_dtypes(trainer, x, "top_k") == {"float32"}
 
 
 @pytest.mark.parametrize("architecture", ["standard", "jumprelu"])

@@ -36,6 +36,7 @@ from jsae.architectures.topk import (
     topk_aux_loss,
 )
 from jsae.errors import ConfigError
+from jsae.ranking import top_k
 from jsae.sparse import mesh_platform, pair_decode, pair_encode, sparse_by_default
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def batch_topk_activation(hidden_pre: jax.Array, k: float) -> jax.Array:
     flat = acts.reshape(-1)
     n_tokens = math.prod(acts.shape[:-1])
     keep = min(int(k * n_tokens), flat.size)
-    vals, idx = jax.lax.top_k(flat, keep)
+    vals, idx = top_k(flat, keep)
     return jnp.zeros_like(flat).at[idx].set(vals).reshape(acts.shape)
 
 
@@ -310,7 +311,7 @@ def sparse_batch_train_forward(
     enc = SparseEncoder.build(cfg, params, x)
     n_tokens, d_sae = enc.h.shape
     n_keep = min(int(cfg.k * n_tokens), enc.h.size)
-    _, flat = jax.lax.top_k(enc.scores.reshape(-1), n_keep)  # the batch's k·B largest
+    _, flat = top_k(enc.scores.reshape(-1), n_keep)  # the batch's k·B largest
     flat = jnp.sort(flat)  # token-major order: pairs of one token are contiguous
     rows, cols = flat // d_sae, flat % d_sae  # [P]
     z = pair_encode(enc.h, enc.x_in, params["W_enc"], params["b_enc"], rows, cols)  # [P]

@@ -33,6 +33,7 @@ from jsae.architectures.base import (
     mean_sq_error,
 )
 from jsae.errors import ConfigError
+from jsae.ranking import top_k
 from jsae.sparse import (
     default_max_active,
     gather_decode,
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 def topk_activation(hidden_pre: jax.Array, k: int) -> jax.Array:
     """relu of the k largest entries along the last axis, zeros elsewhere. [..., d_sae]"""
-    vals, idx = jax.lax.top_k(hidden_pre, k)
+    vals, idx = top_k(hidden_pre, k)
     dense = jnp.zeros_like(hidden_pre)
     return jnp.put_along_axis(dense, idx, jax.nn.relu(vals), axis=-1, inplace=False)
 
@@ -267,7 +268,7 @@ def _sparse_train_forward(
     x = x.astype(cfg.jax_dtype)
     target = target.astype(cfg.jax_dtype)
     enc = SparseEncoder.build(cfg, params, x)
-    _, idx = jax.lax.top_k(enc.scores, cfg.k)  # [B, k]
+    _, idx = top_k(enc.scores, cfg.k)  # [B, k]
     vals = jax.nn.relu(enc.pre_at(idx))  # [B, k]
     decoded = enc.decode_at(vals, idx) + params["b_dec"]
     x_hat = normalize_out(cfg.normalize_activations, decoded, enc.stats)
@@ -318,7 +319,7 @@ def sparse_auxk_loss(
     residual = jax.lax.stop_gradient(target - x_hat)
 
     def aux(_: Any) -> jax.Array:
-        _, idx_aux = jax.lax.top_k(jnp.where(dead, enc.scores, -jnp.inf), k_sel)  # [B, k_sel]
+        _, idx_aux = top_k(jnp.where(dead, enc.scores, -jnp.inf), k_sel)  # [B, k_sel]
         valid = jnp.arange(k_sel) < count
         acts = jnp.where(valid, enc.pre_at(idx_aux, count), 0)
         return mean_sq_error(enc.decode_at(acts, idx_aux, count), residual)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jsae.ranking import top_k
 from jsae.training.cut import first_ties_mask, nth_largest
 
 
@@ -32,17 +33,17 @@ def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
     """Mask of the k largest scores of each row. scores [B, d_sae] -> bool [B, d_sae]."""
     scores = jax.lax.stop_gradient(scores)
     if mesh is None or mesh.shape["model"] == 1:
-        _, idx = jax.lax.top_k(scores, k)  # [B, k]
+        _, idx = top_k(scores, k)  # [B, k]
         return _mask_from_indices(scores.shape, idx)
 
     def local(s: jax.Array) -> jax.Array:
         rows, width = s.shape
         k_local = min(k, width)
-        vals, idx = jax.lax.top_k(s, k_local)  # [b, k_local]
+        vals, idx = top_k(s, k_local)  # [b, k_local]
         offset = jax.lax.axis_index("model") * width
         all_vals = jax.lax.all_gather(vals, "model", axis=1, tiled=True)  # [b, M*k_local]
         all_cols = jax.lax.all_gather(idx + offset, "model", axis=1, tiled=True)
-        _, pos = jax.lax.top_k(all_vals, k)  # [b, k] positions among the candidates
+        _, pos = top_k(all_vals, k)  # [b, k] positions among the candidates
         cols = jnp.take_along_axis(all_cols, pos, axis=1) - offset  # local column or outside
         cols = jnp.where((cols >= 0) & (cols < width), cols, width)  # width = dropped
         row_ids = jnp.broadcast_to(jnp.arange(rows)[:, None], cols.shape)
@@ -79,7 +80,7 @@ def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) ->
     def exchange_candidates(s: jax.Array) -> jax.Array:
         rows, width = s.shape
         k_local = min(n_keep, rows * width)
-        vals, flat_idx = jax.lax.top_k(s.reshape(-1), k_local)  # [k_local]
+        vals, flat_idx = top_k(s.reshape(-1), k_local)  # [k_local]
         row0 = jax.lax.axis_index("data") * rows
         col0 = jax.lax.axis_index("model") * width
         g_rows = flat_idx // width + row0
@@ -102,7 +103,7 @@ def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) ->
 def _flat_topk_mask(scores: jax.Array, n_keep: int) -> jax.Array:
     """The top-k form of `batch_topk_mask` on one device. [B, d_sae] -> bool [B, d_sae]"""
     flat = scores.reshape(-1)
-    _, idx = jax.lax.top_k(flat, n_keep)
+    _, idx = top_k(flat, n_keep)
     return jnp.zeros(flat.shape, bool).at[idx].set(True).reshape(scores.shape)
 
 
@@ -117,7 +118,7 @@ def _top_positions_in_flat_order(
     device does. Ties at the cut are rare in float32 but common in bfloat16, so the sort runs
     only when one straddles the cut.
     """
-    top, pos = jax.lax.top_k(vals, n_keep)
+    top, pos = top_k(vals, n_keep)
     cut = top[-1]
     straddles = jnp.sum(vals >= cut) > n_keep
 
