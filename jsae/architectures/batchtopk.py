@@ -45,12 +45,13 @@ if TYPE_CHECKING:
 
 def batch_topk_activation(hidden_pre: jax.Array, k: float) -> jax.Array:
     """relu, then keep the int(k * n_tokens) largest entries of the whole batch. [..., d_sae]"""
-    acts = jax.nn.relu(hidden_pre)
-    flat = acts.reshape(-1)
-    n_tokens = math.prod(acts.shape[:-1])
-    keep = min(int(k * n_tokens), flat.size)
-    vals, idx = top_k(flat, keep)
-    return jnp.zeros_like(flat).at[idx].set(vals).reshape(acts.shape)
+    from jsae.training.selection import batch_topk_mask, masked_topk_values
+
+    rows = hidden_pre.reshape(-1, hidden_pre.shape[-1])  # [n_tokens, d_sae]
+    keep = min(int(k * rows.shape[0]), rows.size)
+    if keep == 0:
+        return jnp.zeros_like(hidden_pre)
+    return masked_topk_values(rows, batch_topk_mask(rows, keep)).reshape(hidden_pre.shape)
 
 
 class BatchTopK(TopK):
