@@ -15,8 +15,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jsae import parallel
-from jsae.training.cut import first_ties_mask, nth_largest
-from jsae.training.selection import batch_topk_mask
+from jsae.training.cut import first_ties_mask, kept_flat_indices, nth_largest
+from jsae.training.selection import batch_topk_indices, batch_topk_mask
 
 B, N = 48, 384
 
@@ -62,15 +62,26 @@ def test_cut_and_mask_equal_the_sorted_selection(name: str, k: int, band: int) -
     @jax.jit
     def select(s: jax.Array) -> tuple:
         cut = nth_largest(s, n, band=band)
-        return cut, first_ties_mask(s, cut, n)
+        return cut, first_ties_mask(s, cut, n), kept_flat_indices(s, cut, n)
 
-    cut, mask = select(scores)
+    cut, mask, kept = select(scores)
     assert bool(cut.found)
     assert float(cut.value) == flat[n - 1]
     assert int(cut.n_greater) == int(np.sum(flat > flat[n - 1]))
     assert int(cut.n_at_least) == int(np.sum(flat >= flat[n - 1]))
     assert np.array_equal(np.asarray(mask), _reference_mask(scores, n))
+    assert np.array_equal(np.asarray(kept), np.flatnonzero(_reference_mask(scores, n)))
     assert np.array_equal(np.asarray(batch_topk_mask(scores, n)), _reference_mask(scores, n))
+
+
+@pytest.mark.parametrize("width", [384, 100, 31])  # blocks of 32 values, padded when needed
+def test_kept_positions_of_any_width(width: int) -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.integers(-2, 4, (40, width)).astype(np.float32)  # heavy ties
+    scores[5] = rng.uniform(0, 4, width)
+    for n in (1, 40, 7 * 40):
+        want = np.flatnonzero(_reference_mask(scores, n))
+        assert np.array_equal(np.asarray(batch_topk_indices(scores, n)), want)
 
 
 def test_too_few_positive_scores_fall_back_to_top_k() -> None:
@@ -80,6 +91,8 @@ def test_too_few_positive_scores_fall_back_to_top_k() -> None:
     assert not bool(jax.jit(lambda s: nth_largest(s, 40).found)(scores))
     got = batch_topk_mask(scores, 40)
     assert np.array_equal(np.asarray(got), _reference_mask(scores, 40))
+    kept = batch_topk_indices(scores, 40)
+    assert np.array_equal(np.asarray(kept), np.flatnonzero(_reference_mask(scores, 40)))
 
 
 @pytest.mark.parametrize("mesh", [(1, 8), (8, 1), (2, 4)], ids=lambda m: f"{m[0]}x{m[1]}")

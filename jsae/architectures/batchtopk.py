@@ -36,7 +36,6 @@ from jsae.architectures.topk import (
     topk_aux_loss,
 )
 from jsae.errors import ConfigError
-from jsae.ranking import top_k
 from jsae.sparse import mesh_platform, pair_decode, pair_encode, sparse_by_default
 
 if TYPE_CHECKING:
@@ -306,14 +305,15 @@ def sparse_batch_train_forward(
     its latent falls in) and the levels are summed cumulatively.
     """
     from jsae.normalization import normalize_out
+    from jsae.training.selection import batch_topk_indices
 
     x = x.astype(cfg.jax_dtype)
     target = target.astype(cfg.jax_dtype)
     enc = SparseEncoder.build(cfg, params, x)
     n_tokens, d_sae = enc.h.shape
     n_keep = min(int(cfg.k * n_tokens), enc.h.size)
-    _, flat = top_k(enc.scores.reshape(-1), n_keep)  # the batch's k·B largest
-    flat = jnp.sort(flat)  # token-major order: pairs of one token are contiguous
+    # the batch's k·B largest, in token-major order: pairs of one token are contiguous
+    flat = batch_topk_indices(enc.scores, n_keep)  # [P]
     rows, cols = flat // d_sae, flat % d_sae  # [P]
     z = pair_encode(enc.h, enc.x_in, params["W_enc"], params["b_enc"], rows, cols)  # [P]
     if enc.norms is not None:

@@ -146,35 +146,86 @@ def nth_largest(
     return Cut(value, n_greater.astype(jnp.int32), n_at_least.astype(jnp.int32), found, passes)
 
 
+def _just_below(v: jax.Array) -> jax.Array:
+    """The largest float32 below positive `v`: `s > just_below(v)` is `s >= v`."""
+    return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(v, jnp.int32) - 1, jnp.float32)
+
+
+def _last_kept_tie(s: jax.Array, cut: Cut, n: int) -> tuple[jax.Array, jax.Array]:
+    """(row, column) of the last entry equal to the cut that is kept, the (n - n_greater)-th
+    in flat order; (B, 0) when every tie is kept. s [B, N] float32."""
+    v = cut.value
+
+    def last_kept() -> tuple[jax.Array, jax.Array]:
+        wanted = n - cut.n_greater
+        # one fused pass (two separate row counts make XLA CPU fuse them into a slow loop)
+        ties = jnp.sum(_above(s, _just_below(v)) - _above(s, v), axis=-1).astype(jnp.int32)
+        through = jnp.cumsum(ties)  # [B]
+        row = jnp.searchsorted(through, wanted, side="left").astype(jnp.int32)
+        before = through[row] - ties[row]
+        in_row = jnp.cumsum(s[row] == v)  # [N]
+        col = jnp.searchsorted(in_row, wanted - before, side="left").astype(jnp.int32)
+        return row, col
+
+    def keep_every_tie() -> tuple[jax.Array, jax.Array]:
+        return jnp.int32(s.shape[0]), jnp.int32(0)
+
+    return jax.lax.cond(cut.n_at_least > n, last_kept, keep_every_tie)
+
+
 def first_ties_mask(scores: jax.Array, cut: Cut, n: int) -> jax.Array:
     """Mask of the n largest entries given their cut: every entry above `cut.value`, then the
     entries equal to it in flat (row-major) order until n are kept, as `lax.top_k` keeps
     them. One device only. [B, N] -> bool [B, N]"""
     s = scores.astype(jnp.float32)
     v = cut.value
-    at_cut = s == v
-
-    def last_kept_tie() -> tuple[jax.Array, jax.Array]:
-        """(row, column) of the last tie kept: the (n - n_greater)-th tie in flat order."""
-        wanted = n - cut.n_greater
-        just_below = jax.lax.bitcast_convert_type(
-            jax.lax.bitcast_convert_type(v, jnp.int32) - 1, jnp.float32
-        )
-        # one fused pass (two separate row counts make XLA CPU fuse them into a slow loop)
-        ties = jnp.sum(_above(s, just_below) - _above(s, v), axis=-1).astype(jnp.int32)  # [B]
-        through = jnp.cumsum(ties)
-        row = jnp.searchsorted(through, wanted, side="left")
-        before = through[row] - ties[row]
-        col = jnp.searchsorted(jnp.cumsum(at_cut[row]), wanted - before, side="left")
-        return row, col
-
-    def keep_every_tie() -> tuple[jax.Array, jax.Array]:
-        return jnp.int32(s.shape[0]), jnp.int32(0)
-
-    row, col = jax.lax.cond(cut.n_at_least > n, last_kept_tie, keep_every_tie)
+    row, col = _last_kept_tie(s, cut, n)
     r = jax.lax.broadcasted_iota(jnp.int32, s.shape, 0)
     c = jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
-    return (s > v) | (at_cut & ((r < row) | ((r == row) & (c <= col))))
+    return (s > v) | ((s == v) & ((r < row) | ((r == row) & (c <= col))))
 
 
-__all__ = ["Cut", "first_ties_mask", "nth_largest"]
+def kept_flat_indices(scores: jax.Array, cut: Cut, n: int, block: int = 32) -> jax.Array:
+    """Flat (row-major) positions of the n entries `first_ties_mask` keeps, ascending. [n]
+
+    A stream compaction without a scan over the batch: one pass counts the kept entries of
+    every `block` consecutive values, a cumulative sum over those counts says which block
+    holds each output slot, and each slot finds its entry inside its block's `block` values.
+    """
+    s = scores.astype(jnp.float32)
+    n_rows, width = s.shape
+    if n_rows * width >= 2**31:
+        raise ValueError(f"a [{n_rows}, {width}] batch has more entries than int32 positions")
+    v = cut.value
+    row, col = _last_kept_tie(s, cut, n)
+    padded = -(-width // block) * block
+    if padded != width:  # -inf is never kept
+        s = jnp.pad(s, ((0, 0), (0, padded - width)), constant_values=-jnp.inf)
+    last = row * padded + col  # padded flat position of the last kept tie
+    blocks = s.reshape(-1, block)  # [n_blocks, block]
+    kept_in = jnp.sum(_above(blocks, _just_below(v)), axis=-1).astype(jnp.int32)  # [n_blocks]
+
+    def drop_late_ties(kept: jax.Array) -> jax.Array:
+        """Take out of each block's count the entries equal to v after the last kept tie."""
+        ties = jnp.sum(_above(blocks, _just_below(v)) - _above(blocks, v), axis=-1)
+        ties = ties.astype(jnp.int32)
+        index = jnp.arange(blocks.shape[0], dtype=jnp.int32)
+        b_last = last // block
+        late = jnp.where(index > b_last, ties, 0)
+        tail = jnp.sum((blocks[b_last] == v) & (b_last * block + jnp.arange(block) > last))
+        return kept - late.at[b_last].add(tail.astype(jnp.int32))
+
+    kept_in = jax.lax.cond(cut.n_at_least > n, drop_late_ties, lambda k: k, kept_in)
+    ends = jnp.cumsum(kept_in)  # [n_blocks] slots filled up to each block's end
+    slot = jnp.arange(n, dtype=jnp.int32)
+    blk = jnp.searchsorted(ends, slot, side="right").astype(jnp.int32)  # [n] block of each slot
+    rank = slot - (ends[blk] - kept_in[blk])  # [n] the slot's place among its block's entries
+    values = jnp.take(blocks, blk, axis=0)  # [n, block]
+    position = blk[:, None] * block + jnp.arange(block, dtype=jnp.int32)  # [n, block]
+    kept = (values > v) | ((values == v) & (position <= last))
+    inside = jnp.sum(jnp.cumsum(kept, axis=-1) <= rank[:, None], axis=-1).astype(jnp.int32)
+    flat = blk * block + inside  # padded flat positions
+    return (flat // padded) * width + flat % padded
+
+
+__all__ = ["Cut", "first_ties_mask", "kept_flat_indices", "nth_largest"]

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jsae.ranking import top_k
-from jsae.training.cut import first_ties_mask, nth_largest
+from jsae.training.cut import first_ties_mask, kept_flat_indices, nth_largest
 
 
 def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
@@ -100,6 +100,18 @@ def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) ->
     return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(scores)
 
 
+def batch_topk_indices(scores: jax.Array, n_keep: int) -> jax.Array:
+    """Flat positions of the `n_keep` largest scores of the batch, ascending (token-major), on
+    one device: the kept entries of `batch_topk_mask`. [B, d_sae] -> int32 [n_keep]"""
+    scores = jax.lax.stop_gradient(scores)
+    cut = nth_largest(scores, n_keep)
+
+    def by_top_k(s: jax.Array) -> jax.Array:
+        return jnp.sort(top_k(s.reshape(-1), n_keep)[1])
+
+    return jax.lax.cond(cut.found, lambda s: kept_flat_indices(s, cut, n_keep), by_top_k, scores)
+
+
 def _flat_topk_mask(scores: jax.Array, n_keep: int) -> jax.Array:
     """The top-k form of `batch_topk_mask` on one device. [B, d_sae] -> bool [B, d_sae]"""
     flat = scores.reshape(-1)
@@ -144,4 +156,10 @@ def masked_topk_values(scores: jax.Array, mask: jax.Array) -> Any:
     return jnp.where(mask, jax.nn.relu(scores), 0).astype(scores.dtype)
 
 
-__all__ = ["batch_topk_mask", "masked_topk_values", "model_axis_size", "topk_mask"]
+__all__ = [
+    "batch_topk_indices",
+    "batch_topk_mask",
+    "masked_topk_values",
+    "model_axis_size",
+    "topk_mask",
+]
