@@ -168,3 +168,49 @@ def test_every_loss_path_runs_in_bf16_compute(architecture: str, extra: dict) ->
         metrics = trainer.step()
     assert bool(metrics["finite"])
     assert np.isfinite(float(metrics["losses/overall_loss"]))
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_bf16_batch_selection_inside_the_step_equals_a_top_k(monkeypatch, sparse: bool) -> None:
+    """Inside a compiled bf16 step XLA may round a bf16 tensor in one fusion and not in another
+    (excess precision); the counting selection must still see one set of values and keep
+    exactly the batch's top k·B (a failure showed up as out-of-range positions)."""
+    from jsae.ranking import top_k
+    from jsae.training import selection
+
+    mismatches: list[int] = []
+
+    def record(got: np.ndarray, want: np.ndarray) -> None:
+        mismatches.append(int(not np.array_equal(got, want)))
+
+    def reference(scores: jax.Array, n_keep: int) -> jax.Array:
+        # the bf16 values themselves: rounding made explicit, as excess precision may skip it
+        flat = jax.lax.stop_gradient(scores).astype(jnp.float32).reshape(-1)
+        flat = jax.lax.reduce_precision(flat, exponent_bits=8, mantissa_bits=7)
+        return jnp.sort(top_k(flat, n_keep)[1])
+
+    checked_indices = selection.batch_topk_indices
+    checked_selection = selection.batch_topk_selection
+
+    def indices(scores, n_keep):
+        got = checked_indices(scores, n_keep)
+        jax.debug.callback(record, got, reference(scores, n_keep))
+        return got
+
+    def select(scores, n_keep, mesh=None):
+        mask, smallest = checked_selection(scores, n_keep, mesh)
+        jax.debug.callback(record, jnp.flatnonzero(mask, size=n_keep), reference(scores, n_keep))
+        return mask, smallest
+
+    monkeypatch.setattr(selection, "batch_topk_indices", indices)
+    monkeypatch.setattr(selection, "batch_topk_selection", select)
+    config = {
+        **BASE,
+        "architecture": "batchtopk",
+        "k": 2,
+        "training_tokens": 256 * 40,
+        "compute_dtype": "bfloat16",
+        "use_sparse_activations": sparse,
+    }
+    jsae.train(config, _source())
+    assert len(mismatches) == 40 and sum(mismatches) == 0

@@ -109,7 +109,7 @@ def _centered_matmul_bwd(residuals, g):
     g2 = g.reshape(-1, g.shape[-1])  # [N, n]
     x2 = (x - b).reshape(-1, x.shape[-1])  # [N, d]
     dW = (x2.T @ g2).astype(W.dtype)
-    db = (-(jnp.sum(g2, axis=0) @ W.T)).astype(b.dtype)
+    db = (-(W @ jnp.sum(g2, axis=0))).astype(b.dtype)  # W @ v: no transposed copy of W
     return None, db, dW
 
 
@@ -119,6 +119,25 @@ centered_matmul.defvjp(_centered_matmul_fwd, _centered_matmul_bwd)
 def encoder_matmul(fwd_x: jax.Array, center: jax.Array | None, W: jax.Array) -> jax.Array:
     """(x - center) @ W through `centered_matmul` (x @ W when nothing is subtracted)."""
     return fwd_x @ W if center is None else centered_matmul(fwd_x, center, W)
+
+
+def nonzero_indicator(f: jax.Array) -> jax.Array:
+    """1.0 where f != 0, else 0.0 (float32), in arithmetic form.
+
+    |f| · 2**126 is at least 1 for every nonzero float32 but subnormals, which `ceil` lifts to
+    1. XLA's CPU backend vectorises this; it runs `f != 0` reductions ~3x slower.
+    """
+    scaled = jnp.minimum(jnp.abs(f.astype(jnp.float32)) * jnp.float32(2.0**126), 1)
+    return jnp.ceil(scaled)
+
+
+def firing_stats(f: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(tokens each latent fired on [d_sae] int32, mean latents fired per token). f [B, d_sae]"""
+    if f.shape[0] >= 2**24:  # float32 column sums would no longer be exact
+        fired = f != 0
+        return jnp.sum(fired, axis=0, dtype=jnp.int32), jnp.mean(jnp.sum(fired, -1, jnp.float32))
+    fired = nonzero_indicator(f)  # [B, d_sae]
+    return jnp.sum(fired, axis=0).astype(jnp.int32), jnp.mean(jnp.sum(fired, axis=-1))
 
 
 def mean_sq_error(x_hat: jax.Array, target: jax.Array) -> jax.Array:
@@ -360,13 +379,13 @@ class Architecture:
         )
         losses = {"mse_loss": mean_sq_error(x_hat, target)}
         losses.update(cls.aux_losses(cfg, ctx, params, fwd, inputs))
-        fired = f != 0
+        fire_counts, l0 = firing_stats(jax.lax.stop_gradient(f))
         return TrainOutput(
             loss=sum(losses.values()),
             losses=losses,
             x_hat=x_hat,
-            fire_counts=jnp.sum(fired, axis=0, dtype=jnp.int32),
-            l0=jnp.mean(jnp.sum(fired, axis=-1, dtype=jnp.float32)),
+            fire_counts=fire_counts,
+            l0=l0,
             extras=cls.train_extras(cfg, ctx, fwd),
         )
 

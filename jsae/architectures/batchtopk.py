@@ -128,19 +128,38 @@ class BatchTopK(TopK):
         hidden_pre: jax.Array,
         x: jax.Array,
     ) -> jax.Array:
-        from jsae.training.selection import batch_topk_mask, masked_topk_values
+        return cls._select(cfg, ctx, hidden_pre)[0]
+
+    @classmethod
+    def train_encode(
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        x_norm: jax.Array,
+        center: jax.Array | None,
+        x_in: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        """The selection also gives the smallest kept activation (the threshold statistic)."""
+        hidden_pre = cls.train_pre_activation(cfg, params, x_norm, center)
+        f, smallest = cls._select(cfg, ctx, hidden_pre)
+        return hidden_pre, f, {"smallest_kept": smallest}
+
+    @classmethod
+    def _select(
+        cls, cfg: SAEConfig, ctx: TrainContext, hidden_pre: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(latents [B, d_sae], their smallest positive value: float32, inf if none)."""
+        from jsae.training.selection import batch_topk_selection, masked_topk_values
 
         n_keep = min(int(cfg.k * math.prod(hidden_pre.shape[:-1])), hidden_pre.size)
-        return masked_topk_values(hidden_pre, batch_topk_mask(hidden_pre, n_keep, ctx.mesh))
+        mask, smallest = batch_topk_selection(hidden_pre, n_keep, ctx.mesh)
+        return masked_topk_values(hidden_pre, mask), smallest
 
     @classmethod
     def train_extras(cls, cfg: SAEConfig, ctx: TrainContext, fwd: ForwardPass) -> Params:
-        f = jax.lax.stop_gradient(fwd.f).astype(jnp.float32)
-        positive = f > 0
-        return {
-            "min_positive": jnp.min(jnp.where(positive, f, jnp.inf)),
-            "any_positive": jnp.any(positive),
-        }
+        smallest = fwd.encoded["smallest_kept"]
+        return {"min_positive": smallest, "any_positive": jnp.isfinite(smallest)}
 
     @classmethod
     def update_buffers(

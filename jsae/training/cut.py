@@ -12,13 +12,14 @@ over the batch:
    interpolating between its ends, aiming just past `n` on the side opposite the last count
    so the bracket closes from both ends (bisection of the float bit patterns when a step
    makes no progress);
-3. once at most `band` values lie in the bracket, gather the rows that hold them and take
-   the exact `v` with a small top-k (or `v = hi` when the bracket is one float wide).
+3. once at most `band` (8192) values lie in the bracket, gather the blocks of 32 values
+   that hold them and take the exact `v` with a small top-k (or `v = hi` when the bracket is
+   one float wide).
 
-Counts are exact integers, so the result equals the sort's; typically 5-7 passes (0.17 s on
-that CPU). Over a mesh every count is one `psum` of a scalar instead of gathering every
-device's candidates. Only positive values are searched (kept values pass through a ReLU); when
-fewer than `n` entries exceed `2**-60` the caller falls back to `lax.top_k`.
+Counts are exact integers, so the result equals the sort's; typically 3-5 passes. Over a
+mesh every count is one `psum` of a scalar instead of gathering every device's candidates.
+Only positive values are searched (kept values pass through a ReLU); when fewer than `n`
+entries exceed `2**-60` the caller falls back to `lax.top_k`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _TINY = 2.0**-60
 _BIG = 2.0**100
 _SAMPLE_STRIDE = 67  # prime: the sample walks every column of a power-of-two-wide batch
 _MAX_PASSES = 72  # bisection alone closes any bracket of positive float32 within 31 passes
+_BLOCK = 32  # the final band is gathered in blocks of this many consecutive values
 
 
 class Cut(NamedTuple):
@@ -44,6 +46,21 @@ class Cut(NamedTuple):
     n_at_least: jax.Array  # #{s >= v}
     found: jax.Array  # False: too few positive values (or the search ran out); use top_k
     passes: jax.Array  # counting passes the search took (for benchmarks)
+
+
+def settled_float32(scores: jax.Array) -> jax.Array:
+    """`scores` as one materialised float32 array that every counting pass reads.
+
+    Counting is exact only if every pass sees the same values. XLA may otherwise recompute
+    a producer inside each consumer and, for bfloat16, skip the rounding in some of them
+    (excess precision), so two passes could count different numbers. The rounding is made
+    explicit (`reduce_precision`) and the result is kept whole (`optimization_barrier`).
+    """
+    s = scores.astype(jnp.float32)
+    if scores.dtype != jnp.float32:
+        info = jnp.finfo(scores.dtype)
+        s = jax.lax.reduce_precision(s, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    return jax.lax.optimization_barrier(s)
 
 
 def _above(s: jax.Array, t: jax.Array) -> jax.Array:
@@ -58,13 +75,15 @@ def _count_rows(s: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def nth_largest(
-    scores: jax.Array, n: int, axes: tuple[str, ...] | None = None, band: int = 128
+    scores: jax.Array, n: int, axes: tuple[str, ...] | None = None, band: int = 8192
 ) -> Cut:
     """The n-th largest entry of `scores` [B, N] (1 <= n), exactly, with its neighbour counts.
 
+    Pass the same `settled_float32(scores)` to this and to the mask or index functions.
+
     `axes`: inside `shard_map`, the mesh axes the batch is split over; counts, maxima and the
     sample are combined across them, so every device gets the global cut. `band` bounds how
-    many values the final bracket may hold before they are gathered (rows of `band` tokens).
+    many values the final bracket may hold before they are gathered (in as many blocks of 32).
     """
     s = scores.astype(jnp.float32)  # exact for bf16/f16 scores
     if s.shape[-1] > 2**24:
@@ -104,34 +123,41 @@ def nth_largest(
         return (i < _MAX_PASSES) & (c_lo >= n) & (hi - lo > 1) & (c_lo - c_hi > band)
 
     def narrow(st: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-        lo, c_lo, hi, c_hi, t, i, last_side = st
+        lo, c_lo, hi, c_hi, t, i, streak = st
         # pass 0 counts above TINY (is there anything to search?), pass 1 the sample's guess
         t = jnp.where(i == 0, tiny, jnp.clip(t, lo + 1, hi - 1))
         c = count(from_grid(t))
         is_lo = (c >= n) | (i == 0)  # keeps #{s > lo} >= n > #{s > hi}
+        # signed run of passes that landed on the same side (+ below the cut, - above it)
+        streak = jnp.where(is_lo, jnp.maximum(streak, 0) + 1, jnp.minimum(streak, 0) - 1)
         lo, c_lo = jnp.where(is_lo, t, lo), jnp.where(is_lo, c, c_lo)
         hi, c_hi = jnp.where(is_lo, hi, t), jnp.where(is_lo, c_hi, c)
-        side = jnp.where(is_lo, 1, -1)
-        aim = jnp.clip(n - side * max(band // 4, 1), c_hi + 1, c_lo - 1)
+        # aim past n on the other side, further each time a pass lands on the same side again
+        margin = max(band // 4, 1) * 2 ** jnp.minimum(jnp.abs(streak) - 1, 20)
+        aim = jnp.clip(n - jnp.sign(streak) * margin, c_hi + 1, c_lo - 1)
         frac = (c_lo - aim).astype(jnp.float32) / (c_lo - c_hi).astype(jnp.float32)
         v_lo, v_hi = from_grid(lo), from_grid(hi)
         interpolated = to_grid(v_lo + (v_hi - v_lo) * frac)
         midpoint = lo + (hi - lo) // 2
         second = to_grid(jnp.where(is_lo, above_guess, below_guess))  # the other side's guess
-        stalled = (side == last_side) & (i >= 3)
+        stalled = (jnp.abs(streak) >= 4) & (i >= 3)
         t_next = jnp.select(
             [i == 0, i == 1, stalled], [to_grid(guess), second, midpoint], interpolated
         )
-        return lo, c_lo, hi, c_hi, t_next, i + 1, side
+        return lo, c_lo, hi, c_hi, t_next, i + 1, streak
 
     start = (tiny, jnp.int32(2**31 - 1), top_grid, jnp.int32(0), tiny, jnp.int32(0), jnp.int32(0))
     lo, c_lo, hi, c_hi, _, passes, _ = jax.lax.while_loop(searching, narrow, start)
 
-    # the values in (lo, hi]: at most `band` of them, in at most `band` rows
+    # the values in (lo, hi]: at most `band` of them, in at most `band` blocks of 32
     v_lo, v_hi = from_grid(lo), from_grid(hi)
-    in_band = jnp.sum(_above(s, v_lo) - _above(s, v_hi), axis=-1).astype(jnp.int32)  # [B]
-    rows = jnp.nonzero(in_band, size=band, fill_value=s.shape[0])[0]  # [band]
-    picked = jnp.take(s, rows, axis=0, mode="fill", fill_value=-jnp.inf)  # [band, N]
+    flat = s.reshape(-1)
+    if flat.shape[0] % _BLOCK:  # -inf is never in the band
+        flat = jnp.pad(flat, (0, _BLOCK - flat.shape[0] % _BLOCK), constant_values=-jnp.inf)
+    blocks = flat.reshape(-1, _BLOCK)  # [n_blocks, 32]
+    in_band = jnp.sum(_above(blocks, v_lo) - _above(blocks, v_hi), axis=-1)  # [n_blocks]
+    holding = jnp.nonzero(in_band, size=band, fill_value=blocks.shape[0])[0]  # [band]
+    picked = jnp.take(blocks, holding, axis=0, mode="fill", fill_value=-jnp.inf)  # [band, 32]
     picked = jnp.where((picked > v_lo) & (picked <= v_hi), picked, -jnp.inf)
     local_top = jax.lax.top_k(picked.reshape(-1), band)[0]
     band_top = jax.lax.top_k(gather(local_top), band)[0] if axes else local_top  # [band]
@@ -228,4 +254,4 @@ def kept_flat_indices(scores: jax.Array, cut: Cut, n: int, block: int = 32) -> j
     return (flat // padded) * width + flat % padded
 
 
-__all__ = ["Cut", "first_ties_mask", "kept_flat_indices", "nth_largest"]
+__all__ = ["Cut", "first_ties_mask", "kept_flat_indices", "nth_largest", "settled_float32"]

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jsae.ranking import top_k
-from jsae.training.cut import first_ties_mask, kept_flat_indices, nth_largest
+from jsae.training.cut import first_ties_mask, kept_flat_indices, nth_largest, settled_float32
 
 
 def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
@@ -54,28 +54,44 @@ def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
 
 
 def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) -> jax.Array:
-    """Mask of the `n_keep` largest scores of the whole batch. [B, d_sae] -> bool [B, d_sae]
+    """Mask of the `n_keep` largest scores of the whole batch. [B, d_sae] -> bool [B, d_sae]"""
+    return batch_topk_selection(scores, n_keep, mesh)[0]
+
+
+def batch_topk_selection(
+    scores: jax.Array, n_keep: int, mesh: Mesh | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(mask of the `n_keep` largest scores of the whole batch [B, d_sae], the smallest positive
+    kept score (float32; inf when none is positive)).
 
     The cut is found by counting (`jsae.training.cut`), not by a top-k over the flat batch;
-    ties at the cut are kept in flat order, as `lax.top_k` keeps them. The top-k remains the
-    fallback for batches with fewer than `n_keep` positive scores.
+    ties at the cut are kept in flat order, as `lax.top_k` keeps them. The cut is then also
+    the smallest kept score (BatchTopK's threshold statistic) at no extra pass. The top-k
+    remains the fallback for batches with fewer than `n_keep` positive scores.
     """
-    scores = jax.lax.stop_gradient(scores)
+    scores = settled_float32(jax.lax.stop_gradient(scores))  # what every pass reads
     if mesh is None or mesh.size == 1:
         cut = nth_largest(scores, n_keep)
+
+        def by_top_k(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+            mask = _flat_topk_mask(s, n_keep)
+            return mask, _smallest_positive(s, mask)
+
         return jax.lax.cond(
-            cut.found,
-            lambda s: first_ties_mask(s, cut, n_keep),
-            lambda s: _flat_topk_mask(s, n_keep),
-            scores,
+            cut.found, lambda s: (first_ties_mask(s, cut, n_keep), cut.value), by_top_k, scores
         )
     axes = ("data", "model")
 
-    def local(s: jax.Array) -> jax.Array:
+    def local(s: jax.Array) -> tuple[jax.Array, jax.Array]:
         cut = nth_largest(s, n_keep, axes)  # the same global cut on every device
         # ties straddling the cut need the batch's flat order: the candidates' exchange below
         clean = cut.found & (cut.n_at_least == n_keep)
-        return jax.lax.cond(clean, lambda s: s >= cut.value, exchange_candidates, s)
+
+        def exchange(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+            mask = exchange_candidates(s)
+            return mask, jax.lax.pmin(_smallest_positive(s, mask), axes)
+
+        return jax.lax.cond(clean, lambda s: (s >= cut.value, cut.value), exchange, s)
 
     def exchange_candidates(s: jax.Array) -> jax.Array:
         rows, width = s.shape
@@ -97,13 +113,21 @@ def batch_topk_mask(scores: jax.Array, n_keep: int, mesh: Mesh | None = None) ->
         return jnp.zeros(s.shape, bool).at[r, c].set(True, mode="drop")
 
     spec = P("data", "model")
-    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(scores)
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=(spec, P()), check_vma=False)(
+        scores
+    )
+
+
+def _smallest_positive(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """The smallest positive score under `mask` (float32), inf when there is none."""
+    kept = mask & (scores > 0)
+    return jnp.min(jnp.where(kept, scores.astype(jnp.float32), jnp.inf))
 
 
 def batch_topk_indices(scores: jax.Array, n_keep: int) -> jax.Array:
     """Flat positions of the `n_keep` largest scores of the batch, ascending (token-major), on
     one device: the kept entries of `batch_topk_mask`. [B, d_sae] -> int32 [n_keep]"""
-    scores = jax.lax.stop_gradient(scores)
+    scores = settled_float32(jax.lax.stop_gradient(scores))  # what every pass reads
     cut = nth_largest(scores, n_keep)
 
     def by_top_k(s: jax.Array) -> jax.Array:
