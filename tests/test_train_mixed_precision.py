@@ -189,20 +189,20 @@ def test_bf16_batch_selection_inside_the_step_equals_a_top_k(monkeypatch, sparse
         flat = jax.lax.reduce_precision(flat, exponent_bits=8, mantissa_bits=7)
         return jnp.sort(top_k(flat, n_keep)[1])
 
-    checked_indices = selection.batch_topk_indices
+    checked_positions = selection.batch_topk_positions
     checked_selection = selection.batch_topk_selection
 
-    def indices(scores, n_keep):
-        got = checked_indices(scores, n_keep)
-        jax.debug.callback(record, got, reference(scores, n_keep))
-        return got
+    def positions(scores, n_keep):
+        rows, cols = checked_positions(scores, n_keep)
+        jax.debug.callback(record, rows * scores.shape[1] + cols, reference(scores, n_keep))
+        return rows, cols
 
     def select(scores, n_keep, mesh=None):
         mask, smallest = checked_selection(scores, n_keep, mesh)
         jax.debug.callback(record, jnp.flatnonzero(mask, size=n_keep), reference(scores, n_keep))
         return mask, smallest
 
-    monkeypatch.setattr(selection, "batch_topk_indices", indices)
+    monkeypatch.setattr(selection, "batch_topk_positions", positions)
     monkeypatch.setattr(selection, "batch_topk_selection", select)
     config = {
         **BASE,

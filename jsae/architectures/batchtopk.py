@@ -324,7 +324,7 @@ def sparse_batch_train_forward(
     its latent falls in) and the levels are summed cumulatively.
     """
     from jsae.normalization import normalize_out
-    from jsae.training.selection import batch_topk_indices
+    from jsae.training.selection import batch_topk_positions
 
     x = x.astype(cfg.jax_dtype)
     target = target.astype(cfg.jax_dtype)
@@ -332,8 +332,7 @@ def sparse_batch_train_forward(
     n_tokens, d_sae = enc.h.shape
     n_keep = min(int(cfg.k * n_tokens), enc.h.size)
     # the batch's k·B largest, in token-major order: pairs of one token are contiguous
-    flat = batch_topk_indices(enc.scores, n_keep)  # [P]
-    rows, cols = flat // d_sae, flat % d_sae  # [P]
+    rows, cols = batch_topk_positions(enc.scores, n_keep)  # [P] each
     z = pair_encode(enc.h, enc.x_in, params["W_enc"], params["b_enc"], rows, cols)  # [P]
     if enc.norms is not None:
         z = z * enc.norms[cols]

@@ -211,35 +211,35 @@ def first_ties_mask(scores: jax.Array, cut: Cut, n: int) -> jax.Array:
     return (s > v) | ((s == v) & ((r < row) | ((r == row) & (c <= col))))
 
 
-def kept_flat_indices(scores: jax.Array, cut: Cut, n: int, block: int = 32) -> jax.Array:
-    """Flat (row-major) positions of the n entries `first_ties_mask` keeps, ascending. [n]
+def kept_positions(
+    scores: jax.Array, cut: Cut, n: int, block: int = 32
+) -> tuple[jax.Array, jax.Array]:
+    """(rows, columns) of the n entries `first_ties_mask` keeps, in flat order. [n] each
 
     A stream compaction without a scan over the batch: one pass counts the kept entries of
-    every `block` consecutive values, a cumulative sum over those counts says which block
-    holds each output slot, and each slot finds its entry inside its block's `block` values.
+    every `block` consecutive values of a row, a cumulative sum over those counts says which
+    block holds each output slot, and each slot finds its entry among its block's values.
+    Positions are (block, offset) pairs, so batches beyond 2**31 entries need no int64.
     """
     s = scores.astype(jnp.float32)
-    n_rows, width = s.shape
-    if n_rows * width >= 2**31:
-        raise ValueError(f"a [{n_rows}, {width}] batch has more entries than int32 positions")
+    width = s.shape[1]
     v = cut.value
-    row, col = _last_kept_tie(s, cut, n)
-    padded = -(-width // block) * block
-    if padded != width:  # -inf is never kept
-        s = jnp.pad(s, ((0, 0), (0, padded - width)), constant_values=-jnp.inf)
-    last = row * padded + col  # padded flat position of the last kept tie
+    tie_row, tie_col = _last_kept_tie(s, cut, n)
+    per_row = -(-width // block)  # blocks per row
+    if per_row * block != width:  # -inf is never kept
+        s = jnp.pad(s, ((0, 0), (0, per_row * block - width)), constant_values=-jnp.inf)
     blocks = s.reshape(-1, block)  # [n_blocks, block]
+    # the last kept tie as (block, offset); (n_blocks, 0) when every tie is kept
+    tie_block, tie_offset = tie_row * per_row + tie_col // block, tie_col % block
     kept_in = jnp.sum(_above(blocks, _just_below(v)), axis=-1).astype(jnp.int32)  # [n_blocks]
 
     def drop_late_ties(kept: jax.Array) -> jax.Array:
         """Take out of each block's count the entries equal to v after the last kept tie."""
         ties = jnp.sum(_above(blocks, _just_below(v)) - _above(blocks, v), axis=-1)
-        ties = ties.astype(jnp.int32)
         index = jnp.arange(blocks.shape[0], dtype=jnp.int32)
-        b_last = last // block
-        late = jnp.where(index > b_last, ties, 0)
-        tail = jnp.sum((blocks[b_last] == v) & (b_last * block + jnp.arange(block) > last))
-        return kept - late.at[b_last].add(tail.astype(jnp.int32))
+        late = jnp.where(index > tie_block, ties.astype(jnp.int32), 0)
+        tail = jnp.sum((blocks[tie_block] == v) & (jnp.arange(block) > tie_offset))
+        return kept - late.at[tie_block].add(tail.astype(jnp.int32))
 
     kept_in = jax.lax.cond(cut.n_at_least > n, drop_late_ties, lambda k: k, kept_in)
     ends = jnp.cumsum(kept_in)  # [n_blocks] slots filled up to each block's end
@@ -247,11 +247,11 @@ def kept_flat_indices(scores: jax.Array, cut: Cut, n: int, block: int = 32) -> j
     blk = jnp.searchsorted(ends, slot, side="right").astype(jnp.int32)  # [n] block of each slot
     rank = slot - (ends[blk] - kept_in[blk])  # [n] the slot's place among its block's entries
     values = jnp.take(blocks, blk, axis=0)  # [n, block]
-    position = blk[:, None] * block + jnp.arange(block, dtype=jnp.int32)  # [n, block]
-    kept = (values > v) | ((values == v) & (position <= last))
+    offset = jnp.arange(block, dtype=jnp.int32)
+    tie_kept = (blk[:, None] < tie_block) | ((blk[:, None] == tie_block) & (offset <= tie_offset))
+    kept = (values > v) | ((values == v) & tie_kept)  # [n, block]
     inside = jnp.sum(jnp.cumsum(kept, axis=-1) <= rank[:, None], axis=-1).astype(jnp.int32)
-    flat = blk * block + inside  # padded flat positions
-    return (flat // padded) * width + flat % padded
+    return blk // per_row, (blk % per_row) * block + inside
 
 
-__all__ = ["Cut", "first_ties_mask", "kept_flat_indices", "nth_largest", "settled_float32"]
+__all__ = ["Cut", "first_ties_mask", "kept_positions", "nth_largest", "settled_float32"]

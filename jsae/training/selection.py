@@ -25,8 +25,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jsae.errors import ConfigError
 from jsae.ranking import top_k
-from jsae.training.cut import first_ties_mask, kept_flat_indices, nth_largest, settled_float32
+from jsae.training.cut import first_ties_mask, kept_positions, nth_largest, settled_float32
 
 
 def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
@@ -69,8 +70,12 @@ def batch_topk_selection(
     the smallest kept score (BatchTopK's threshold statistic) at no extra pass. The top-k
     remains the fallback for batches with fewer than `n_keep` positive scores.
     """
+    single_device = mesh is None or mesh.size == 1
+    if single_device:
+        _check_countable(scores)
+    countable = scores.size < 2**31  # counts are int32; beyond, a mesh exchanges candidates
     scores = settled_float32(jax.lax.stop_gradient(scores))  # what every pass reads
-    if mesh is None or mesh.size == 1:
+    if single_device:
         cut = nth_largest(scores, n_keep)
 
         def by_top_k(s: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -83,6 +88,9 @@ def batch_topk_selection(
     axes = ("data", "model")
 
     def local(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if not countable:
+            mask = exchange_candidates(s)
+            return mask, jax.lax.pmin(_smallest_positive(s, mask), axes)
         cut = nth_largest(s, n_keep, axes)  # the same global cut on every device
         # ties straddling the cut need the batch's flat order: the candidates' exchange below
         clean = cut.found & (cut.n_at_least == n_keep)
@@ -124,16 +132,27 @@ def _smallest_positive(scores: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(kept, scores.astype(jnp.float32), jnp.inf))
 
 
-def batch_topk_indices(scores: jax.Array, n_keep: int) -> jax.Array:
-    """Flat positions of the `n_keep` largest scores of the batch, ascending (token-major), on
-    one device: the kept entries of `batch_topk_mask`. [B, d_sae] -> int32 [n_keep]"""
+def batch_topk_positions(scores: jax.Array, n_keep: int) -> tuple[jax.Array, jax.Array]:
+    """(rows, columns) of the `n_keep` largest scores of the batch, in flat (token-major) order,
+    on one device: the kept entries of `batch_topk_mask`. [B, d_sae] -> int32 [n_keep] each"""
+    _check_countable(scores)
     scores = settled_float32(jax.lax.stop_gradient(scores))  # what every pass reads
     cut = nth_largest(scores, n_keep)
 
-    def by_top_k(s: jax.Array) -> jax.Array:
-        return jnp.sort(top_k(s.reshape(-1), n_keep)[1])
+    def by_top_k(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+        flat = jnp.sort(top_k(s.reshape(-1), n_keep)[1])
+        return flat // s.shape[1], flat % s.shape[1]
 
-    return jax.lax.cond(cut.found, lambda s: kept_flat_indices(s, cut, n_keep), by_top_k, scores)
+    return jax.lax.cond(cut.found, lambda s: kept_positions(s, cut, n_keep), by_top_k, scores)
+
+
+def _check_countable(scores: jax.Array) -> None:
+    """The selection counts (and the top-k indexes) the batch's entries in int32."""
+    if scores.size >= 2**31:
+        raise ConfigError(
+            f"BatchTopK's selection runs over the whole [{scores.shape[0]}, {scores.shape[1]}] "
+            "batch, more than 2**31 entries; use a smaller train_batch_size_tokens."
+        )
 
 
 def _flat_topk_mask(scores: jax.Array, n_keep: int) -> jax.Array:
@@ -181,8 +200,9 @@ def masked_topk_values(scores: jax.Array, mask: jax.Array) -> Any:
 
 
 __all__ = [
-    "batch_topk_indices",
     "batch_topk_mask",
+    "batch_topk_positions",
+    "batch_topk_selection",
     "masked_topk_values",
     "model_axis_size",
     "topk_mask",
