@@ -30,7 +30,9 @@ def _source(seed: int = 0) -> SyntheticActivations:
     )
 
 
-def _dot_dtypes(trainer: jsae.Trainer, x: np.ndarray, primitive: str = "dot_general") -> set[str]:
+def _operand_dtypes(
+    trainer: jsae.Trainer, x: np.ndarray, primitive: str = "dot_general"
+) -> set[str]:
     """Operand dtypes of every `primitive` (a dot_general unless named) in the step's jaxpr."""
     scale = jnp.float32(1.0)
     jaxpr = jax.make_jaxpr(trainer._step_fn)(trainer.state, x, x, scale)
@@ -63,8 +65,8 @@ def test_bf16_steps_rank_latents_in_float32(architecture: str, sparse: bool) -> 
     }
     trainer = jsae.Trainer(config, _source())
     x = _source().sample(256)[0]
-    assert _dot_dtypes(trainer, x) == {"bfloat16"}  # the step does compute in bf16
-    assert _dot_dtypes(trainer, x, "top_k") == {"float32"}
+    assert _operand_dtypes(trainer, x) == {"bfloat16"}  # the step does compute in bf16
+    assert _operand_dtypes(trainer, x, "top_k") == {"float32"}
 
 
 @pytest.mark.parametrize("architecture", ["standard", "jumprelu"])
@@ -72,9 +74,9 @@ def test_bf16_compute_keeps_float32_masters_and_runs_bf16_matmuls(architecture: 
     config = {**BASE, "architecture": architecture, "training_tokens": 256 * 4}
     x = _source().sample(256)[0]
     mixed = jsae.Trainer({**config, "compute_dtype": "bfloat16"}, _source())
-    assert _dot_dtypes(mixed, x) == {"bfloat16"}
+    assert _operand_dtypes(mixed, x) == {"bfloat16"}
     plain = jsae.Trainer(config, _source())
-    assert _dot_dtypes(plain, x) == {"float32"}
+    assert _operand_dtypes(plain, x) == {"float32"}
     for _ in range(3):
         mixed.step()
     leaves = jax.tree.leaves((mixed.state.params, mixed.state.opt_state))

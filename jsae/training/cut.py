@@ -133,7 +133,7 @@ def nth_largest(
         lo, c_lo = jnp.where(is_lo, t, lo), jnp.where(is_lo, c, c_lo)
         hi, c_hi = jnp.where(is_lo, hi, t), jnp.where(is_lo, c_hi, c)
         # aim past n on the other side, further each time a pass lands on the same side again
-        margin = max(band // 4, 1) * 2 ** jnp.minimum(jnp.abs(streak) - 1, 20)
+        margin = max(band // 4, 1) * 2 ** jnp.minimum(jnp.abs(streak) - 1, 3)
         aim = jnp.clip(n - jnp.sign(streak) * margin, c_hi + 1, c_lo - 1)
         frac = (c_lo - aim).astype(jnp.float32) / (c_lo - c_hi).astype(jnp.float32)
         v_lo, v_hi = from_grid(lo), from_grid(hi)

@@ -89,17 +89,15 @@ def batch_topk_selection(
 
     def local(s: jax.Array) -> tuple[jax.Array, jax.Array]:
         if not countable:
-            mask = exchange_candidates(s)
-            return mask, jax.lax.pmin(_smallest_positive(s, mask), axes)
+            return exchange(s)
         cut = nth_largest(s, n_keep, axes)  # the same global cut on every device
-        # ties straddling the cut need the batch's flat order: the candidates' exchange below
+        # ties straddling the cut need the batch's flat order: the candidates' exchange
         clean = cut.found & (cut.n_at_least == n_keep)
-
-        def exchange(s: jax.Array) -> tuple[jax.Array, jax.Array]:
-            mask = exchange_candidates(s)
-            return mask, jax.lax.pmin(_smallest_positive(s, mask), axes)
-
         return jax.lax.cond(clean, lambda s: (s >= cut.value, cut.value), exchange, s)
+
+    def exchange(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mask = exchange_candidates(s)
+        return mask, jax.lax.pmin(_smallest_positive(s, mask), axes)
 
     def exchange_candidates(s: jax.Array) -> jax.Array:
         rows, width = s.shape
