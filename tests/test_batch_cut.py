@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from jsae import ConfigError, parallel
 from jsae.training.cut import first_ties_mask, kept_positions, nth_largest
-from jsae.training.selection import batch_topk_mask, batch_topk_positions
+from jsae.training.selection import batch_topk_mask, batch_topk_positions, batch_topk_selection
 
 B, N = 48, 384
 
@@ -84,15 +84,26 @@ def test_kept_positions_of_any_width(width: int) -> None:
         assert np.array_equal(np.stack(batch_topk_positions(scores, n)), want)
 
 
-def test_too_few_positive_scores_fall_back_to_top_k() -> None:
+@pytest.mark.parametrize("positives", [10, 1, 0])
+def test_too_few_positive_scores_fall_back_to_top_k(positives: int) -> None:
     rng = np.random.default_rng(1)
-    scores = -np.abs(rng.standard_normal((B, N))).astype(np.float32)
-    scores[3, :10] = rng.uniform(1, 2, 10)  # 10 positive scores, 40 wanted
+    scores = -np.abs(rng.standard_normal((B, N))).astype(np.float32) - 0.5
+    scores[3, :positives] = rng.uniform(1, 2, positives)  # 40 wanted
     assert not bool(jax.jit(lambda s: nth_largest(s, 40).found)(scores))
     got = batch_topk_mask(scores, 40)
     assert np.array_equal(np.asarray(got), _reference_mask(scores, 40))
+    smallest = batch_topk_selection(scores, 40)[1]
+    assert float(smallest) == (scores[3, :positives].min() if positives else np.inf)
     kept = batch_topk_positions(scores, 40)
     assert np.array_equal(np.stack(kept), np.nonzero(_reference_mask(scores, 40)))
+
+
+def test_float16_subnormal_scores_are_ranked() -> None:
+    """Values below float16's smallest normal (6.1e-5) are still far above 2**-60."""
+    scores = jnp.asarray([[0.0, 0.0, 1e-5, 0.5], [0.0, 3e-6, 0.0, 0.25]], jnp.float16)
+    mask, smallest = batch_topk_selection(scores, 4)
+    assert np.array_equal(np.asarray(mask), _reference_mask(np.asarray(scores), 4))
+    assert float(smallest) == float(scores[1, 1])
 
 
 @pytest.mark.parametrize("mesh", [(1, 8), (8, 1), (2, 4)], ids=lambda m: f"{m[0]}x{m[1]}")

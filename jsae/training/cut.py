@@ -53,14 +53,13 @@ def settled_float32(scores: jax.Array) -> jax.Array:
 
     Counting is exact only if every pass sees the same values. XLA may otherwise recompute
     a producer inside each consumer and, for bfloat16, skip the rounding in some of them
-    (excess precision), so two passes could count different numbers. The rounding is made
-    explicit (`reduce_precision`) and the result is kept whole (`optimization_barrier`).
+    (excess precision), so two passes could count different numbers. A narrow tensor is
+    materialised as itself before widening, and the float32 copy is kept whole
+    (`optimization_barrier`, which XLA neither fuses through nor simplifies away).
     """
-    s = scores.astype(jnp.float32)
-    if scores.dtype != jnp.float32:
-        info = jnp.finfo(scores.dtype)
-        s = jax.lax.reduce_precision(s, exponent_bits=info.nexp, mantissa_bits=info.nmant)
-    return jax.lax.optimization_barrier(s)
+    if scores.dtype != jnp.float32:  # round here: the narrow values themselves, kept whole
+        scores = jax.lax.optimization_barrier(scores)
+    return jax.lax.optimization_barrier(scores.astype(jnp.float32))
 
 
 def _above(s: jax.Array, t: jax.Array) -> jax.Array:
@@ -168,7 +167,8 @@ def nth_largest(
     value = jnp.where(one_float, v_hi, v_band)
     n_greater = jnp.where(one_float, c_hi, c_hi + jnp.sum(band_top > v_band))
     n_at_least = jnp.where(one_float, c_lo, c_hi + jnp.sum(band_top >= v_band))
-    found = (c_lo >= n) & (one_float | (c_lo - c_hi <= band))
+    # no pass ran when nothing exceeds TINY (the bracket starts empty): c_lo is no count then
+    found = (passes > 0) & (c_lo >= n) & (one_float | (c_lo - c_hi <= band))
     return Cut(value, n_greater.astype(jnp.int32), n_at_least.astype(jnp.int32), found, passes)
 
 
