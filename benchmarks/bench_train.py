@@ -185,7 +185,7 @@ def decode_fwd_bwd(k: int, d_sae: int, batch: int, reps: int) -> tuple[float, fl
 
 def batch_selection(reps: int) -> None:
     """Print the counting cut against the flat top-k on an SAE's pre-activations at init."""
-    from jsae.training.cut import nth_largest
+    from jsae.training.cut import nth_largest, settled_float32
     from jsae.training.selection import _flat_topk_mask, batch_topk_mask
 
     rng = np.random.default_rng(0)
@@ -199,7 +199,7 @@ def batch_selection(reps: int) -> None:
           f"(k {k}, token norms log-normal sigma 0.5):")  # fmt: skip
     cut_mask = jax.jit(lambda s: batch_topk_mask(s, n_keep))
     top_k_mask = jax.jit(lambda s: _flat_topk_mask(s, n_keep))
-    passes = jax.jit(lambda s: nth_largest(s, n_keep).passes)
+    passes = jax.jit(lambda s: nth_largest(settled_float32(s), n_keep).passes)  # as selected
     for dtype in ("float32", "bfloat16"):
         scores = pre.astype(dtype)
         same = bool(jnp.array_equal(cut_mask(scores), top_k_mask(scores)))

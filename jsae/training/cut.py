@@ -177,6 +177,12 @@ def _just_below(v: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(v, jnp.int32) - 1, jnp.float32)
 
 
+def _ties(s: jax.Array, v: jax.Array) -> jax.Array:
+    """#{s == v} along the last axis, as #{s > just_below(v)} - #{s > v} in one fused pass (two
+    separate counts make XLA CPU fuse them into one slow loop). [...]"""
+    return jnp.sum(_above(s, _just_below(v)) - _above(s, v), axis=-1).astype(jnp.int32)
+
+
 def _last_kept_tie(s: jax.Array, cut: Cut, n: int) -> tuple[jax.Array, jax.Array]:
     """(row, column) of the last entry equal to the cut that is kept, the (n - n_greater)-th
     in flat order; (B, 0) when every tie is kept. s [B, N] float32."""
@@ -184,8 +190,7 @@ def _last_kept_tie(s: jax.Array, cut: Cut, n: int) -> tuple[jax.Array, jax.Array
 
     def last_kept() -> tuple[jax.Array, jax.Array]:
         wanted = n - cut.n_greater
-        # one fused pass (two separate row counts make XLA CPU fuse them into a slow loop)
-        ties = jnp.sum(_above(s, _just_below(v)) - _above(s, v), axis=-1).astype(jnp.int32)
+        ties = _ties(s, v)  # [B]
         through = jnp.cumsum(ties)  # [B]
         row = jnp.searchsorted(through, wanted, side="left").astype(jnp.int32)
         before = through[row] - ties[row]
@@ -235,9 +240,8 @@ def kept_positions(
 
     def drop_late_ties(kept: jax.Array) -> jax.Array:
         """Take out of each block's count the entries equal to v after the last kept tie."""
-        ties = jnp.sum(_above(blocks, _just_below(v)) - _above(blocks, v), axis=-1)
         index = jnp.arange(blocks.shape[0], dtype=jnp.int32)
-        late = jnp.where(index > tie_block, ties.astype(jnp.int32), 0)
+        late = jnp.where(index > tie_block, _ties(blocks, v), 0)
         tail = jnp.sum((blocks[tie_block] == v) & (jnp.arange(block) > tie_offset))
         return kept - late.at[tie_block].add(tail.astype(jnp.int32))
 
