@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jsae import ConfigError, parallel
-from jsae.training.cut import first_ties_mask, kept_positions, nth_largest
+from jsae.training.cut import _MAX_PASSES, first_ties_mask, kept_positions, nth_largest
 from jsae.training.selection import batch_topk_mask, batch_topk_positions, batch_topk_selection
 
 B, N = 48, 384
@@ -82,6 +82,27 @@ def test_kept_positions_of_any_width(width: int) -> None:
     for n in (1, 40, 7 * 40):
         want = np.nonzero(_reference_mask(scores, n))
         assert np.array_equal(np.stack(batch_topk_positions(scores, n)), want)
+
+
+def test_a_sample_that_misleads_the_first_guesses_still_finds_the_exact_cut() -> None:
+    """The first guesses come from every 67th value; here those are outliers or zeros, the
+    values span 80 orders of magnitude or heavy ties, and the band is 3 values, so the search
+    must narrow the bracket itself (interpolating, then bisecting) to one float."""
+    rng = np.random.default_rng(5)
+    n = 32 * B
+    search = jax.jit(lambda s: nth_largest(s, n, band=3))
+    for trial in range(24):
+        if trial % 2:
+            flat = np.exp(rng.uniform(-40, 40, B * N))
+        else:
+            flat = rng.integers(-3, 1000, B * N) * 10.0 ** rng.integers(-10, 10)
+        flat = flat.astype(np.float32)
+        flat[::67] = 0 if trial % 3 == 0 else flat[::67] * np.float32(10.0 ** rng.uniform(-30, 30))
+        want = np.sort(flat)[::-1][n - 1]
+        cut = search(flat.reshape(B, N))
+        assert bool(cut.found), trial
+        assert int(cut.passes) < _MAX_PASSES, trial  # closed, not run out
+        assert float(cut.value) == want, trial
 
 
 @pytest.mark.parametrize("positives", [10, 1, 0])

@@ -9,14 +9,15 @@ over the batch:
 
 1. guess `t` from a strided sample's quantile (a top-k over 1/67 of the values);
 2. count, and narrow a bracket `lo < v <= hi` with `#{s > lo} >= n > #{s > hi}` by
-   interpolating between its ends, aiming just past `n` on the side opposite the last count
-   so the bracket closes from both ends (bisection of the float bit patterns when a step
-   makes no progress);
+   interpolating between its ends in float bit patterns (linear within a binade, logarithmic
+   across binades), aiming just past `n` on the side opposite the last count so the bracket
+   closes from both ends; bisecting the bit patterns after three passes land on one side,
+   and always after 16 passes, so no batch takes more than 48;
 3. once at most `band` (8192) values lie in the bracket, gather the blocks of 32 values
    that hold them and take the exact `v` with a small top-k (or `v = hi` when the bracket is
    one float wide).
 
-Counts are exact integers, so the result equals the sort's; typically 3-5 passes. Over a
+Counts are exact integers, so the result equals the sort's; typically 3-6 passes. Over a
 mesh every count is one `psum` of a scalar instead of gathering every device's candidates.
 Only positive values are searched (kept values pass through a ReLU); when fewer than `n`
 entries exceed `2**-60` the caller falls back to `lax.top_k`.
@@ -34,7 +35,8 @@ import jax.numpy as jnp
 _TINY = 2.0**-60
 _BIG = 2.0**100
 _SAMPLE_STRIDE = 67  # prime: the sample walks every column of a power-of-two-wide batch
-_MAX_PASSES = 72  # bisection alone closes any bracket of positive float32 within 31 passes
+_INTERPOLATING_PASSES = 16  # then bisection only: it closes any bracket within 31 passes
+_MAX_PASSES = _INTERPOLATING_PASSES + 32
 _BLOCK = 32  # the final band is gathered in blocks of this many consecutive values
 
 
@@ -135,11 +137,11 @@ def nth_largest(
         margin = max(band // 4, 1) * 2 ** jnp.minimum(jnp.abs(streak) - 1, 3)
         aim = jnp.clip(n - jnp.sign(streak) * margin, c_hi + 1, c_lo - 1)
         frac = (c_lo - aim).astype(jnp.float32) / (c_lo - c_hi).astype(jnp.float32)
-        v_lo, v_hi = from_grid(lo), from_grid(hi)
-        interpolated = to_grid(v_lo + (v_hi - v_lo) * frac)
+        # in float bit patterns: linear within a binade, logarithmic across binades
+        interpolated = lo + ((hi - lo).astype(jnp.float32) * frac).astype(jnp.int32)
         midpoint = lo + (hi - lo) // 2
         second = to_grid(jnp.where(is_lo, above_guess, below_guess))  # the other side's guess
-        stalled = (jnp.abs(streak) >= 4) & (i >= 3)
+        stalled = ((jnp.abs(streak) >= 3) & (i >= 3)) | (i >= _INTERPOLATING_PASSES - 1)
         t_next = jnp.select(
             [i == 0, i == 1, stalled], [to_grid(guess), second, midpoint], interpolated
         )
