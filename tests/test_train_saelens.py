@@ -70,6 +70,9 @@ CASES = [
     "batchtopk",
     "matryoshka",
     "matryoshka_level_aux",
+    "topk_wide_few_dead",
+    "topk_wide_dead",
+    "batchtopk_wide_dead",
 ]
 
 
@@ -120,7 +123,17 @@ def test_losses_and_gradients_match_saelens(loss_fixtures: Path, case: str) -> N
 
 @pytest.mark.parametrize(
     "case",
-    ["topk", "topk_many_dead", "topk_no_rescale", "topk_no_dead", "batchtopk", "matryoshka"],
+    [
+        "topk",
+        "topk_many_dead",
+        "topk_no_rescale",
+        "topk_no_dead",
+        "batchtopk",
+        "matryoshka",
+        "topk_wide_few_dead",
+        "topk_wide_dead",
+        "batchtopk_wide_dead",
+    ],
 )
 def test_sparse_paths_match_saelens(loss_fixtures: Path, case: str) -> None:
     """The (value, index) paths with gather/scatter-add backward give SAELens's numbers too."""

@@ -31,8 +31,8 @@ from jsae.architectures.base import (
 from jsae.architectures.topk import (
     SparseEncoder,
     TopK,
+    dead_latent_auxk,
     row_norms,
-    sparse_auxk_loss,
     topk_aux_loss,
 )
 from jsae.errors import ConfigError
@@ -225,9 +225,7 @@ class MatryoshkaBatchTopK(BatchTopK):
         if ctx.settings.use_matryoshka_aux_loss:
             aux = matryoshka_aux_loss(cfg, ctx, params, fwd, inputs.dead_mask)
         else:
-            aux = topk_aux_loss(
-                cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask
-            )
+            aux = topk_aux_loss(cfg, ctx, params, fwd, inputs.dead_mask)
         losses = {"auxiliary_reconstruction_loss": aux}
         for width, partial in zip(widths[:-1], prefixes[:-1], strict=True):
             inner = normalize_out(cfg.normalize_activations, partial, fwd.stats)
@@ -353,8 +351,8 @@ def sparse_batch_train_forward(
     x_hat = output(prefixes[:, -1])  # [B, d_out]
     losses = {
         "mse_loss": mean_sq_error(x_hat, target),
-        "auxiliary_reconstruction_loss": sparse_auxk_loss(
-            cfg, ctx, enc, inputs.dead_mask, target, x_hat
+        "auxiliary_reconstruction_loss": dead_latent_auxk(
+            cfg, ctx, params, enc.x_norm, target, x_hat, inputs.dead_mask
         ),
     }
     for i, width in enumerate(widths[:-1]):

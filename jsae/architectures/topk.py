@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
+from jsae.architectures.auxk import auxk_loss
 from jsae.architectures.base import (
     Architecture,
     ForwardPass,
@@ -147,9 +148,7 @@ class TopK(Architecture):
         fwd: ForwardPass,
         inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
-        loss = topk_aux_loss(
-            cfg, ctx, params, fwd.hidden_pre, fwd.target, fwd.x_hat, inputs.dead_mask
-        )
+        loss = topk_aux_loss(cfg, ctx, params, fwd, inputs.dead_mask)
         return {"auxiliary_reconstruction_loss": loss}
 
     @classmethod
@@ -184,26 +183,30 @@ def topk_aux_loss(
     cfg: SAEConfig,
     ctx: TrainContext,
     params: Params,
-    hidden_pre: jax.Array,
-    target: jax.Array,
-    x_hat: jax.Array,
+    fwd: ForwardPass,
     dead_mask: jax.Array,
 ) -> jax.Array:
-    """AuxK: the top dead latents reconstruct the detached residual (0 when none is dead)."""
-    from jsae.training.selection import topk_mask
+    """AuxK: the top dead latents reconstruct the detached residual (0 when none is dead).
 
+    On one device or a data-parallel mesh the dead latents' columns are compacted first
+    (`jsae.architectures.auxk`); with latents split over `model` the loss runs on the
+    forward pass's pre-activations over every latent, with a two-stage top-k.
+    """
+    from jsae.training.selection import model_axis_size, topk_mask
+
+    if model_axis_size(ctx.mesh) == 1:
+        return dead_latent_auxk(cfg, ctx, params, fwd.x_norm, fwd.target, fwd.x_hat, dead_mask)
     coefficient = ctx.settings.aux_loss_coefficient
     if not coefficient:
         return jnp.zeros((), jnp.float32)  # losses are float32 (see mean_sq_error)
-    k_aux = max(target.shape[-1] // 2, 1)
-    k_sel = min(k_aux, cfg.d_sae)
+    hidden_pre = fwd.hidden_pre  # [B, d_sae]
+    k_aux = max(fwd.target.shape[-1] // 2, 1)
     n_dead = jnp.sum(dead_mask)
-    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
-    residual = jax.lax.stop_gradient(target - x_hat)  # [B, d_out]
+    residual = jax.lax.stop_gradient(fwd.target - fwd.x_hat)  # [B, d_out]
 
     def loss(hidden_pre: jax.Array, W_dec: jax.Array) -> jax.Array:
         scores = jnp.where(dead_mask, hidden_pre, -jnp.inf)
-        chosen = topk_mask(scores, k_sel, ctx.mesh) & dead_mask
+        chosen = topk_mask(scores, min(k_aux, cfg.d_sae), ctx.mesh) & dead_mask
         acts = jnp.where(chosen, hidden_pre, 0).astype(hidden_pre.dtype)  # [B, d_sae]
         if cfg.rescale_acts_by_decoder_norm:
             acts = acts / row_norms(W_dec)
@@ -213,6 +216,44 @@ def topk_aux_loss(
         return jnp.zeros((), jnp.float32)
 
     value = jax.lax.cond(n_dead > 0, loss, none, hidden_pre, params["W_dec"])
+    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
+    return coefficient * scale * value
+
+
+def dead_latent_auxk(
+    cfg: SAEConfig,
+    ctx: TrainContext,
+    params: Params,
+    x_norm: jax.Array,
+    target: jax.Array,
+    x_hat: jax.Array,
+    dead: jax.Array,
+) -> jax.Array:
+    """AuxK with the dead latents' columns compacted (`jsae.architectures.auxk`), scaled by
+    min(n_dead / k_aux, 1) and the coefficient. x_norm [B, d_in]: the normalised input."""
+    coefficient = ctx.settings.aux_loss_coefficient
+    if not coefficient:
+        return jnp.zeros((), jnp.float32)  # losses are float32 (see mean_sq_error)
+    k_aux = max(target.shape[-1] // 2, 1)
+
+    def pre_at(p: Params, x: jax.Array, cols: jax.Array | None) -> jax.Array:
+        center = p["b_dec"] if cfg.apply_b_dec_to_input else None
+        if cols is not None:
+            p = {"W_enc": p["W_enc"][:, cols], "b_enc": p["b_enc"][cols], "W_dec": p["W_dec"][cols]}
+        return TopK.train_pre_activation(cfg, p, x, center)
+
+    differentiated = {name: params[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    residual = jax.lax.stop_gradient(target - x_hat)  # [B, d_out]
+    value = auxk_loss(
+        dead,
+        min(k_aux, cfg.d_sae),
+        residual,
+        differentiated,
+        x_norm,
+        pre_at,
+        cfg.rescale_acts_by_decoder_norm,
+    )
+    scale = jnp.minimum(jnp.sum(dead) / k_aux, 1.0).astype(jnp.float32)
     return coefficient * scale * value
 
 
@@ -223,6 +264,7 @@ class SparseEncoder:
     selected entries only), plus the decoder-norm rescaling of `rescale_acts_by_decoder_norm`."""
 
     params: Params
+    x_norm: jax.Array  # [B, d_in] normalised
     x_in: jax.Array  # [B, d_in] normalised, b_dec subtracted when configured
     stats: Any  # run-time normalisation statistics (for normalize_out)
     h: jax.Array  # [B, d_sae] x_in @ W_enc + b_enc, under stop_gradient
@@ -233,13 +275,12 @@ class SparseEncoder:
     def build(cls, cfg: SAEConfig, params: Params, x: jax.Array) -> SparseEncoder:
         from jsae.normalization import normalize_in
 
-        x_in, stats = normalize_in(cfg.normalize_activations, x)
-        if cfg.apply_b_dec_to_input:
-            x_in = x_in - params["b_dec"]
+        x_norm, stats = normalize_in(cfg.normalize_activations, x)
+        x_in = x_norm - params["b_dec"] if cfg.apply_b_dec_to_input else x_norm
         h = jax.lax.stop_gradient(x_in @ params["W_enc"] + params["b_enc"])
         norms = row_norms(params["W_dec"]) if cfg.rescale_acts_by_decoder_norm else None
         scores = h if norms is None else h * jax.lax.stop_gradient(norms)
-        return cls(params, x_in, stats, h, norms, scores)
+        return cls(params, x_norm, x_in, stats, h, norms, scores)
 
     def pre_at(self, idx: jax.Array, count: Any = None) -> jax.Array:
         """Differentiable pre-activations at per-row indices idx [B, K] (rescaled). [B, K]"""
@@ -274,8 +315,8 @@ def _sparse_train_forward(
     x_hat = normalize_out(cfg.normalize_activations, decoded, enc.stats)
     losses = {
         "mse_loss": mean_sq_error(x_hat, target),
-        "auxiliary_reconstruction_loss": sparse_auxk_loss(
-            cfg, ctx, enc, inputs.dead_mask, target, x_hat
+        "auxiliary_reconstruction_loss": dead_latent_auxk(
+            cfg, ctx, params, enc.x_norm, target, x_hat, inputs.dead_mask
         ),
     }
 
@@ -293,37 +334,3 @@ def _sparse_train_forward(
         l0=jnp.mean(jnp.sum(active, axis=-1, dtype=jnp.float32)),
         extras={},
     )
-
-
-def sparse_auxk_loss(
-    cfg: SAEConfig,
-    ctx: TrainContext,
-    enc: SparseEncoder,
-    dead: jax.Array,
-    target: jax.Array,
-    x_hat: jax.Array,
-) -> jax.Array:
-    """AuxK on (value, index) pairs: `topk_aux_loss`'s value with O(B·k_aux·d) work.
-
-    The dead latents with the largest scores per token reconstruct the detached residual.
-    Only the first min(n_dead, k_aux) columns can hold dead latents, so the gather loops stop
-    there.
-    """
-    coefficient = ctx.settings.aux_loss_coefficient
-    if not coefficient:
-        return jnp.zeros((), jnp.float32)
-    k_aux = max(target.shape[-1] // 2, 1)
-    k_sel = min(k_aux, cfg.d_sae)
-    n_dead = jnp.sum(dead)
-    count = jnp.minimum(n_dead, k_sel)  # dead latents come first in the aux top-k
-    residual = jax.lax.stop_gradient(target - x_hat)
-
-    def aux(_: Any) -> jax.Array:
-        _, idx_aux = top_k(jnp.where(dead, enc.scores, -jnp.inf), k_sel)  # [B, k_sel]
-        valid = jnp.arange(k_sel) < count
-        acts = jnp.where(valid, enc.pre_at(idx_aux, count), 0)
-        return mean_sq_error(enc.decode_at(acts, idx_aux, count), residual)
-
-    value = jax.lax.cond(n_dead > 0, aux, lambda _: jnp.zeros((), jnp.float32), None)
-    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
-    return coefficient * scale * value

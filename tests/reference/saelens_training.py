@@ -49,6 +49,7 @@ from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 
 D_IN, D_SAE, BATCH = 24, 96, 33
+WIDE_D_SAE = 1024
 
 
 def randomize(sae, *, threshold_scale=0.6):
@@ -227,6 +228,24 @@ def loss_cases():
         },
         {},
         dead,
+    )
+    # wide enough that jsae compacts the dead latents' columns before AuxK (d_sae/4 >= 256):
+    # fewer dead latents than k_aux (all of them reconstruct), and more (each token's top k_aux)
+    wide = {"d_in": D_IN, "d_sae": WIDE_D_SAE}
+    for name, n_dead in (("topk_wide_few_dead", 9), ("topk_wide_dead", 200)):
+        wide_dead = torch.zeros(WIDE_D_SAE, dtype=torch.bool)
+        wide_dead[torch.randperm(WIDE_D_SAE)[:n_dead]] = True
+        cases[name] = (
+            randomize(TopKTrainingSAE(TopKTrainingSAEConfig(**wide, k=5))),
+            {**wide, "architecture": "topk", "k": 5},
+            {},
+            wide_dead,
+        )
+    cases["batchtopk_wide_dead"] = (
+        randomize(BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**wide, k=6.0))),
+        {**wide, "architecture": "batchtopk", "k": 6.0},
+        {},
+        wide_dead,
     )
     return cases
 

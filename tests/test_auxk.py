@@ -1,0 +1,93 @@
+"""AuxK on compacted dead-latent columns (jsae.architectures.auxk) equals AuxK over every latent.
+
+The reference is the plain full-width formula: each token's k dead latents with the largest
+scores reconstruct the residual. A callback in the pre-activation records the width of the
+branch that ran, so a dead count routed to the wrong bucket shows.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jsae.architectures.auxk import auxk_loss, bucket_widths
+
+B, D_IN, D_SAE, K = 16, 6, 2048, 3  # buckets of 256, 512 and 1024 dead latents
+
+
+def test_bucket_widths_double_up_to_a_quarter_of_d_sae() -> None:
+    assert bucket_widths(16384, 384) == (384, 768, 1536, 3072, 6144)
+    assert bucket_widths(2048, 3) == (256, 512, 1024)
+    assert bucket_widths(256, 3) == ()  # nothing to gain: every dead count takes the full loss
+
+
+def _problem(n_dead: int, rescale: bool):
+    rng = np.random.default_rng(n_dead)
+    x = jnp.asarray(rng.standard_normal((B, D_IN)), jnp.float32)
+    params = {
+        "W_enc": jnp.asarray(rng.standard_normal((D_IN, D_SAE)), jnp.float32),
+        "b_enc": jnp.asarray(rng.standard_normal(D_SAE) * 0.1, jnp.float32),
+        "W_dec": jnp.asarray(rng.standard_normal((D_SAE, D_IN)) * 0.3, jnp.float32),
+        "b_dec": jnp.zeros((D_IN,), jnp.float32),
+    }
+    dead = np.zeros(D_SAE, bool)
+    dead[rng.choice(D_SAE, n_dead, replace=False)] = True
+    residual = jnp.asarray(rng.standard_normal((B, D_IN)), jnp.float32)
+    if n_dead > 1:  # a tie between two dead latents on every token: lower index first
+        a, b = np.flatnonzero(dead)[:2]
+        params["W_enc"] = params["W_enc"].at[:, b].set(params["W_enc"][:, a])
+        params["b_enc"] = params["b_enc"].at[b].set(params["b_enc"][a])
+        params["W_dec"] = params["W_dec"].at[b].set(params["W_dec"][a] * 1.5)
+    return x, params, jnp.asarray(dead), residual
+
+
+def _reference(x, params, dead, residual, rescale: bool) -> jax.Array:
+    if not bool(jnp.any(dead)):
+        return jnp.zeros((), jnp.float32)  # SAELens: no AuxK without dead latents
+    norms = jnp.linalg.norm(params["W_dec"], axis=-1)
+    pre = x @ params["W_enc"] + params["b_enc"]  # [B, d_sae]
+    if rescale:
+        pre = pre * norms
+    _, top = jax.lax.top_k(jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf), K)
+    chosen = jnp.zeros(pre.shape, bool).at[jnp.arange(B)[:, None], top].set(True) & dead
+    acts = jnp.where(chosen, pre, 0)
+    if rescale:
+        acts = acts / norms
+    return jnp.mean(jnp.sum((acts @ params["W_dec"] - residual) ** 2, -1))
+
+
+def _jsae(x, params, dead, residual, rescale: bool, ran: list[int]) -> jax.Array:
+    def pre_at(p, x, cols):
+        width = D_SAE if cols is None else cols.shape[0]
+        jax.debug.callback(lambda: ran.append(width))  # runs in the taken branch only
+        if cols is None:
+            z = x @ p["W_enc"] + p["b_enc"]
+            return z * jnp.linalg.norm(p["W_dec"], axis=-1) if rescale else z
+        z = x @ p["W_enc"][:, cols] + p["b_enc"][cols]
+        return z * jnp.linalg.norm(p["W_dec"][cols], axis=-1) if rescale else z
+
+    return auxk_loss(dead, K, residual, params, x, pre_at, rescale)
+
+
+@pytest.mark.parametrize("rescale", [True, False], ids=["rescaled", "plain"])
+@pytest.mark.parametrize("n_dead", [0, 1, 2, 200, 256, 257, 1024, 1025, 2048])
+def test_compacted_auxk_equals_the_full_width_loss(n_dead: int, rescale: bool) -> None:
+    x, params, dead, residual = _problem(n_dead, rescale)
+    ran: list[int] = []
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: _jsae(x, p, dead, residual, rescale, ran)))(
+        params
+    )
+    jax.effects_barrier()
+    want = next(w for w in (*bucket_widths(D_SAE, K), D_SAE) if w >= n_dead) if n_dead else None
+    assert set(ran) == ({want} if want else set()), "the smallest bucket holding them, only"
+    loss_r, grads_r = jax.value_and_grad(lambda p: _reference(x, p, dead, residual, rescale))(
+        params
+    )
+    np.testing.assert_allclose(float(loss), float(loss_r), rtol=1e-5, atol=1e-6)
+    for name in params:
+        np.testing.assert_allclose(grads[name], grads_r[name], rtol=1e-4, atol=1e-5)
+    if n_dead:  # dead latents learn through AuxK; live ones get nothing from it
+        assert np.abs(np.asarray(grads["W_enc"])[:, np.asarray(dead)]).sum() > 0
+    assert np.all(np.asarray(grads["W_enc"])[:, ~np.asarray(dead)] == 0)
