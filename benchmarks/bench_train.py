@@ -6,6 +6,7 @@ SAELens's trainer, and TopK's sparse (value, index) path against its own dense p
     python benchmarks/bench_train.py --parts saelens       # needs JSAE_REFERENCE_PYTHON
     python benchmarks/bench_train.py --parts sparse
     python benchmarks/bench_train.py --parts select
+    python benchmarks/bench_train.py --parts dead
 
 All parts run in one process and print ratios measured in that same run:
 
@@ -22,6 +23,9 @@ All parts run in one process and print ratios measured in that same run:
 * select:  BatchTopK's selection of the batch's k·B largest pre-activations (k 32, same sizes),
            float32 and bfloat16: the cut found by counting passes (`jsae.training.cut`, what
            training uses) against `lax.top_k` over the flat batch (what it used before).
+* dead:    TopK and BatchTopK steps (dense and sparse) with 0, 1%, 10% and 60% of the latents
+           dead, so AuxK runs (on the dead latents' columns, `jsae.architectures.auxk`),
+           against the same step with no dead latent.
 * sparse:  TopK k 32, d_sae 65536: the decoder forward + backward on (value, index) pairs
            (gather / scatter-add, `jsae.sparse.gather_decode`) against the dense matmuls, and
            the whole training step with `use_sparse_activations` on and off.
@@ -30,6 +34,7 @@ All parts run in one process and print ratios measured in that same run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -99,26 +104,37 @@ def matmul_peak(reps: int, dtype: str = "float32") -> float:
     return 2 * BATCH * D_IN * D_SAE / best
 
 
-def trainer_step_time(arch: dict, steps: int, d_sae: int = D_SAE, batch: int = BATCH) -> float:
+def trainer_step_time(
+    arch: dict, steps: int, d_sae: int = D_SAE, batch: int = BATCH, dead: tuple[int, ...] = (0,)
+) -> list[float]:
     """Fastest of `steps` Trainer.steps on a device-resident batch, after one compiling step
-    (the minimum is the least disturbed by other processes on a shared machine)."""
+    (the minimum is the least disturbed by other processes on a shared machine), for each
+    count of dead latents in `dead` (the first that many latents are marked as not having
+    fired for longer than `dead_feature_window` before every step)."""
     name = arch.get("architecture")
     config = {
         "d_in": D_IN, "d_sae": d_sae, "train_batch_size_tokens": batch,
-        "training_tokens": batch * (steps + 2), "log_to_wandb": False, "checkpoint_path": None,
-        "output_path": None, "progress_bar": False, **arch,
-        "architecture": name,
+        "training_tokens": batch * (len(dead) * steps + 2), "log_to_wandb": False,
+        "checkpoint_path": None, "output_path": None, "progress_bar": False,
+        "dead_feature_window": 1000, **arch, "architecture": name,
     }  # fmt: skip
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.standard_normal((batch, D_IN), dtype=np.float32))
     trainer = jsae.Trainer(config, [])
     jax.block_until_ready(trainer.step(x))
+    times = []
+    for n_dead in dead:
+        since = np.zeros(d_sae, np.int32)
+        since[:n_dead] = 10**6
 
-    def one():
-        metrics = trainer.step(x)
-        jax.block_until_ready((trainer.state.params, metrics))
+        def one(since=since):  # a fresh buffer each step: the step donates its state
+            placed = jax.device_put(since, trainer.state.since_fired.sharding)
+            trainer.state = dataclasses.replace(trainer.state, since_fired=placed)
+            metrics = trainer.step(x)
+            jax.block_until_ready((trainer.state.params, metrics))
 
-    return min(timed(one, steps))
+        times.append(min(timed(one, steps)))
+    return times
 
 
 SAELENS_STEP = r"""
@@ -210,9 +226,26 @@ def batch_selection(reps: int) -> None:
               f"same selection: {same}")  # fmt: skip
 
 
+DEAD_FRACTIONS = (0.0, 0.01, 0.1, 0.6)
+
+
+def steps_with_dead_latents(steps: int) -> None:
+    """Print TopK-family steps with dead latents (AuxK runs) against the same step with none."""
+    print(f"\nsteps with dead latents (AuxK, k_aux {D_IN // 2}), d_sae {D_SAE}, batch {BATCH}; "
+          "ratio = step time / the same step with no dead latent:")  # fmt: skip
+    counts = tuple(round(f * D_SAE) for f in DEAD_FRACTIONS)
+    for label in ("topk (dense)", "topk (sparse)", "batchtopk (dense)", "batchtopk (sparse)"):
+        times = trainer_step_time(ARCHS[label], steps, dead=counts)
+        cells = [
+            f"{n:5d} dead {t:5.2f} s ({t / times[0]:4.2f})"
+            for n, t in zip(counts, times, strict=True)
+        ]
+        print(f"  {label:19s} " + " | ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="peak,archs,saelens,select,sparse")
+    parser.add_argument("--parts", default="peak,archs,saelens,select,dead,sparse")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--sparse-batch", type=int, default=BATCH)
@@ -244,7 +277,7 @@ def main() -> None:
             if compute != "float32":
                 arch["compute_dtype"] = compute
             local_peak = matmul_peak(3, compute)
-            seconds = trainer_step_time(arch, args.steps)
+            (seconds,) = trainer_step_time(arch, args.steps)
             if label == "standard":
                 jsae_standard = seconds
             step_seconds[label] = seconds
@@ -264,7 +297,7 @@ def main() -> None:
         for _ in range(args.rounds):
             theirs.append(saelens_step_time(args.steps))
             peaks.append(matmul_peak(3))
-            ours.append(trainer_step_time(standard, args.steps))
+            ours.extend(trainer_step_time(standard, args.steps))
         ref = min(theirs, key=lambda r: r["seconds"])
         jsae_standard = min(ours)
         torch_peak = max(r["matmul_flops"] for r in theirs)
@@ -283,19 +316,21 @@ def main() -> None:
         )
     if "select" in parts:
         batch_selection(args.steps)
+    if "dead" in parts:
+        steps_with_dead_latents(args.steps)
     if "sparse" in parts:
         k, d_sae, batch = 32, 65536, args.sparse_batch
         t_sparse, t_dense, err = decode_fwd_bwd(k, d_sae, batch, args.steps)
         print(f"\nTopK k {k}, d_sae {d_sae}, batch {batch}: decoder forward+backward "
               f"gather/scatter-add {t_sparse * 1e3:.0f} ms vs dense {t_dense * 1e3:.0f} ms "
               f"-> {t_dense / t_sparse:.1f}x (max grad difference {err:.1e})")  # fmt: skip
-        sparse_step = trainer_step_time(
+        (sparse_step,) = trainer_step_time(
             {"architecture": "topk", "k": k, "use_sparse_activations": True},
             args.steps,
             d_sae,
             batch,
         )
-        dense_step = trainer_step_time(
+        (dense_step,) = trainer_step_time(
             {"architecture": "topk", "k": k, "use_sparse_activations": False},
             args.steps,
             d_sae,
