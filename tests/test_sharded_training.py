@@ -94,6 +94,23 @@ def test_topk_family_on_every_mesh_matches_one_device(arch: dict, mesh: tuple[in
     _compare(sharded, single, f"{arch['architecture']} {mesh}")
 
 
+@pytest.mark.parametrize("mesh", [(8, 1), (2, 4)], ids=lambda m: f"{m[0]}x{m[1]}")
+def test_auxk_on_compacted_dead_columns_over_a_mesh_matches_one_device(
+    mesh: tuple[int, int],
+) -> None:
+    """d_sae 2048 with under half of the latents dead: AuxK runs on a bucket of their columns
+    (batch split over `data`) or, with latents split over `model`, on every latent."""
+    arch = {"architecture": "topk", "k": 32, "use_sparse_activations": False}
+    runs = {}
+    for m in (None, mesh):
+        trainer = jsae.Trainer(_config(arch, m, d_sae=2048), _batches())
+        trainer.fit()
+        runs[m] = trainer
+    dead = np.sum(np.asarray(runs[None].state.since_fired) > 2)
+    assert 0 < dead <= 1024, f"{dead} dead latents: more than the widest bucket holds"
+    _compare(runs[mesh], runs[None], f"topk d_sae 2048 {mesh}")
+
+
 @pytest.mark.parametrize(
     "arch",
     [
