@@ -166,26 +166,23 @@ def _accumulator(dtype: Any) -> Any:
 
 
 @jax.custom_vjp
-def gather_decode(
-    vals: jax.Array, idx: jax.Array, W_dec: jax.Array, count: jax.Array | None = None
-) -> jax.Array:
+def gather_decode(vals: jax.Array, idx: jax.Array, W_dec: jax.Array) -> jax.Array:
     """Σ_j vals[:, j] · W_dec[idx[:, j]]: decode (value, index) latents. [N, K] -> [N, d].
 
     Backward: d vals[:, j] = g · W_dec[idx[:, j]] (a gather and a row-wise dot), and
     d W_dec[i] = Σ_{(n, j): idx[n, j] = i} vals[n, j] · g[n] (a scatter-add); no dense [N, d_sae]
-    matrix appears in either direction. `count` (a traced int) skips columns >= count, whose
-    values must be zero (their gradients are left at zero).
+    matrix appears in either direction.
     """
-    return gather_decode_loop(vals, idx, W_dec, count)
+    return gather_decode_loop(vals, idx, W_dec)
 
 
-def _gather_decode_fwd(vals, idx, W_dec, count):
-    return gather_decode_loop(vals, idx, W_dec, count), (vals, idx, W_dec, count)
+def _gather_decode_fwd(vals, idx, W_dec):
+    return gather_decode_loop(vals, idx, W_dec), (vals, idx, W_dec)
 
 
 def _gather_decode_bwd(residuals, g):
-    vals, idx, W_dec, count = residuals
-    n_cols = idx.shape[1] if count is None else jnp.minimum(count, idx.shape[1])
+    vals, idx, W_dec = residuals
+    n_cols = idx.shape[1]
     acc_dtype = _accumulator(jnp.result_type(g, W_dec))
     g = g.astype(acc_dtype)
 
@@ -200,7 +197,7 @@ def _gather_decode_bwd(residuals, g):
 
     init = (jnp.zeros_like(vals), jnp.zeros(W_dec.shape, acc_dtype))
     dvals, dW = jax.lax.fori_loop(0, n_cols, body, init)
-    return dvals, None, dW.astype(W_dec.dtype), None
+    return dvals, None, dW.astype(W_dec.dtype)
 
 
 gather_decode.defvjp(_gather_decode_fwd, _gather_decode_bwd)
@@ -220,7 +217,6 @@ def gather_encode(
     W_enc: jax.Array,
     b_enc: jax.Array,
     idx: jax.Array,
-    count: jax.Array | None = None,
 ) -> jax.Array:
     """hidden_pre[n, idx[n, j]], differentiable in (x, W_enc, b_enc) through a sparse backward.
 
@@ -228,18 +224,17 @@ def gather_encode(
     `stop_gradient`: TopK needs it dense to rank latents). The backward touches only the selected
     encoder columns: d W_enc[:, i] += x[n] · g[n, j] (a scatter-add into W_encᵀ's rows),
     d b_enc[i] += g[n, j], d x[n] = Σ_j g[n, j] · W_enc[:, idx[n, j]]. [N, d_sae] -> [N, K].
-    The backward skips columns >= `count` (their cotangents must be zero).
     """
     return jnp.take_along_axis(hidden_pre, idx, axis=-1)
 
 
-def _gather_encode_fwd(hidden_pre, x, W_enc, b_enc, idx, count):
-    return jnp.take_along_axis(hidden_pre, idx, axis=-1), (x, W_enc, b_enc, idx, count)
+def _gather_encode_fwd(hidden_pre, x, W_enc, b_enc, idx):
+    return jnp.take_along_axis(hidden_pre, idx, axis=-1), (x, W_enc, b_enc, idx)
 
 
 def _gather_encode_bwd(residuals, g):
-    x, W_enc, b_enc, idx, count = residuals
-    n_cols = idx.shape[1] if count is None else jnp.minimum(count, idx.shape[1])
+    x, W_enc, b_enc, idx = residuals
+    n_cols = idx.shape[1]
     W_t = W_enc.T  # [d_sae, d_in]: rows are the encoder columns
     acc_dtype = _accumulator(jnp.result_type(g, W_enc))
     x_acc = x.astype(acc_dtype)
@@ -255,7 +250,7 @@ def _gather_encode_bwd(residuals, g):
     init = (jnp.zeros(x.shape, acc_dtype), jnp.zeros(W_t.shape, acc_dtype))
     dx, dW_t = jax.lax.fori_loop(0, n_cols, body, init)
     db = bias_gradient(b_enc, idx.reshape(-1), g.reshape(-1))
-    return None, dx.astype(x.dtype), dW_t.T.astype(W_enc.dtype), db, None, None
+    return None, dx.astype(x.dtype), dW_t.T.astype(W_enc.dtype), db, None
 
 
 gather_encode.defvjp(_gather_encode_fwd, _gather_encode_bwd)

@@ -52,6 +52,8 @@ def schedule_fixtures(fixtures: Path) -> dict:
     return json.loads((fixtures / "schedules.json").read_text())
 
 
+# d_sae 1024: AuxK runs on compacted buckets of the dead latents' columns
+WIDE_DEAD = ["topk_wide_few_dead", "topk_wide_dead", "batchtopk_wide_dead"]
 CASES = [
     "standard",
     "standard_lp2",
@@ -70,9 +72,7 @@ CASES = [
     "batchtopk",
     "matryoshka",
     "matryoshka_level_aux",
-    "topk_wide_few_dead",
-    "topk_wide_dead",
-    "batchtopk_wide_dead",
+    *WIDE_DEAD,
 ]
 
 
@@ -130,9 +130,7 @@ def test_losses_and_gradients_match_saelens(loss_fixtures: Path, case: str) -> N
         "topk_no_dead",
         "batchtopk",
         "matryoshka",
-        "topk_wide_few_dead",
-        "topk_wide_dead",
-        "batchtopk_wide_dead",
+        *WIDE_DEAD,
     ],
 )
 def test_sparse_paths_match_saelens(loss_fixtures: Path, case: str) -> None:

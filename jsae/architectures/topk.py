@@ -282,17 +282,17 @@ class SparseEncoder:
         scores = h if norms is None else h * jax.lax.stop_gradient(norms)
         return cls(params, x_norm, x_in, stats, h, norms, scores)
 
-    def pre_at(self, idx: jax.Array, count: Any = None) -> jax.Array:
+    def pre_at(self, idx: jax.Array) -> jax.Array:
         """Differentiable pre-activations at per-row indices idx [B, K] (rescaled). [B, K]"""
         p = self.params
-        z = gather_encode(self.h, self.x_in, p["W_enc"], p["b_enc"], idx, count)
+        z = gather_encode(self.h, self.x_in, p["W_enc"], p["b_enc"], idx)
         return z if self.norms is None else z * self.norms[idx]
 
-    def decode_at(self, acts: jax.Array, idx: jax.Array, count: Any = None) -> jax.Array:
+    def decode_at(self, acts: jax.Array, idx: jax.Array) -> jax.Array:
         """Σ_j acts[:, j] · W_dec[idx[:, j]] (without b_dec), undoing the rescale. [B, d]"""
         if self.norms is not None:
             acts = acts / self.norms[idx]
-        return gather_decode(acts, idx, self.params["W_dec"], count)
+        return gather_decode(acts, idx, self.params["W_dec"])
 
 
 def _sparse_train_forward(
