@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 from jsae.architectures.auxk import auxk_loss, bucket_widths
+from jsae.architectures.base import TrainContext
+from jsae.architectures.topk import dead_latent_auxk
+from jsae.training.config import SAESettings
 
 B, D_IN, D_SAE, K = 16, 6, 2048, 3  # buckets of 256, 512 and 1024 dead latents
 
@@ -66,7 +69,7 @@ def _jsae(x, params, dead, residual, rescale: bool, ran: list[int]) -> jax.Array
             z = x @ p["W_enc"] + p["b_enc"]
             return z * jnp.linalg.norm(p["W_dec"], axis=-1) if rescale else z
         z = x @ p["W_enc"][:, cols] + p["b_enc"][cols]
-        return z * jnp.linalg.norm(p["W_dec"][cols], axis=-1) if rescale else z
+        return z * jnp.linalg.norm(p["W_dec"], axis=-1)[cols] if rescale else z
 
     return auxk_loss(dead, K, residual, params, x, pre_at, rescale)
 
@@ -91,3 +94,47 @@ def test_compacted_auxk_equals_the_full_width_loss(n_dead: int, rescale: bool) -
     if n_dead:  # dead latents learn through AuxK; live ones get nothing from it
         assert np.abs(np.asarray(grads["W_enc"])[:, np.asarray(dead)]).sum() > 0
     assert np.all(np.asarray(grads["W_enc"])[:, ~np.asarray(dead)] == 0)
+
+
+def test_near_tied_dead_latents_are_ranked_by_the_full_width_norms() -> None:
+    """Dead latents in groups of 5 share encoder columns; their decoder rows are rolled copies,
+    so their norms are equal but may differ in the last bit depending on how they are computed.
+    TopK's AuxK must rank by the norms the forward pass uses (full width), not by norms of the
+    gathered rows, or it picks other latents than the full-width loss."""
+    settings = SAESettings(d_in=8, d_sae=1024, architecture="topk", k=4, aux_loss_coefficient=1.0)
+    cfg, ctx = settings.sae_config(), TrainContext(settings)
+    rng = np.random.default_rng(256)
+    W_enc = rng.standard_normal((8, 1024)).astype(np.float32)
+    b_enc = (rng.standard_normal(1024) * 0.1).astype(np.float32)
+    W_dec = (rng.standard_normal((1024, 8)) * 0.3).astype(np.float32)
+    dead = np.zeros(1024, bool)
+    dead[rng.choice(1024, 256, replace=False)] = True
+    idx = np.flatnonzero(dead)
+    for i, j in enumerate(idx):
+        src = idx[i % 5]
+        W_enc[:, j], b_enc[j], W_dec[j] = W_enc[:, src], b_enc[src], np.roll(W_dec[src], i)
+    params = {
+        "W_enc": jnp.asarray(W_enc),
+        "b_enc": jnp.asarray(b_enc),
+        "W_dec": jnp.asarray(W_dec),
+        "b_dec": jnp.zeros(8, jnp.float32),
+    }
+    x = jnp.asarray(rng.standard_normal((32, 8)), jnp.float32)
+    dead = jnp.asarray(dead)
+
+    def jsae_loss(p):
+        return dead_latent_auxk(cfg, ctx, p, x, x, jnp.zeros_like(x), dead)
+
+    def reference(p):  # every latent; k_aux = d_in // 2 = 4; scale min(256 / 4, 1) = 1
+        norms = jnp.linalg.norm(p["W_dec"], axis=-1)
+        pre = ((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]) * norms
+        _, top = jax.lax.top_k(jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf), 4)
+        chosen = jnp.zeros(pre.shape, bool).at[jnp.arange(32)[:, None], top].set(True)
+        acts = jnp.where(chosen & dead, pre, 0) / norms
+        return jnp.mean(jnp.sum((acts @ p["W_dec"] - x) ** 2, -1))
+
+    got, got_grads = jax.jit(jax.value_and_grad(jsae_loss))(params)
+    want, want_grads = jax.jit(jax.value_and_grad(reference))(params)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    for name in params:
+        np.testing.assert_allclose(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-4)

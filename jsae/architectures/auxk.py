@@ -65,7 +65,8 @@ def auxk_loss(
     (the differentiated arrays); x [B, d_in] is the encoder's data input.
     `pre_at(params, x, cols)` is the architecture's pre-activation at columns `cols` [C]
     (every column when None): [B, C]. `rescale` divides the activations by their decoder row
-    norms before decoding (SAELens's `rescale_acts_by_decoder_norm`).
+    norms before decoding (SAELens's `rescale_acts_by_decoder_norm`); the norms are taken at
+    full width and gathered, as `pre_at` should take the ones it scales by.
     """
     widths = bucket_widths(dead.shape[0], k)
     n_dead = jnp.sum(dead, dtype=jnp.int32)
@@ -76,28 +77,30 @@ def auxk_loss(
 
         def columns(params: Params, consts: tuple) -> tuple:
             dead, n_dead, _, x = consts
+            norms = jnp.linalg.norm(params["W_dec"], axis=-1) if rescale else None  # [d_sae]
             if width is None:  # every column
-                return dead, pre_at(params, x, None), params["W_dec"]  # [B, d_sae]
+                return dead, pre_at(params, x, None), params["W_dec"], norms  # [B, d_sae]
             cols = jnp.nonzero(dead, size=width, fill_value=0)[0]  # [C] ascending, then fill
             valid = jnp.arange(width) < n_dead  # [C]
-            return valid, pre_at(params, x, cols), params["W_dec"][cols]  # [B, C], [C, d_out]
+            norms = None if norms is None else norms[cols]  # gathered, as the ranking's
+            return valid, pre_at(params, x, cols), params["W_dec"][cols], norms  # [B, C], ...
 
         def choose(params: Params, consts: tuple) -> jax.Array:
-            valid, pre, _ = columns(params, consts)
+            valid, pre, _, _ = columns(params, consts)
             if k >= pre.shape[-1]:
                 return jnp.zeros((n_tokens, k), jnp.int32)  # every valid column: no choice
             scores = jnp.where(valid, jax.lax.stop_gradient(pre), -jnp.inf)
             return top_k(scores, k)[1].astype(jnp.int32)  # [B, k]
 
         def loss(params: Params, consts: tuple, top: jax.Array) -> jax.Array:
-            valid, pre, W_dec = columns(params, consts)
+            valid, pre, W_dec, norms = columns(params, consts)
             chosen = jnp.broadcast_to(valid, pre.shape)
             if k < pre.shape[-1]:
                 rows = jnp.arange(n_tokens)[:, None]
                 chosen = jnp.zeros(pre.shape, bool).at[rows, top].set(True) & valid
             acts = jnp.where(chosen, pre, 0).astype(pre.dtype)  # [B, C]
-            if rescale:
-                acts = acts / jnp.linalg.norm(W_dec, axis=-1)
+            if norms is not None:
+                acts = acts / norms
             return mean_sq_error(acts @ W_dec, consts[2])
 
         return choose, loss

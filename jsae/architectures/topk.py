@@ -237,10 +237,18 @@ def dead_latent_auxk(
     k_aux = max(target.shape[-1] // 2, 1)
 
     def pre_at(p: Params, x: jax.Array, cols: jax.Array | None) -> jax.Array:
+        """TopK's training pre-activation at columns `cols` (every column when None). [B, C]"""
         center = p["b_dec"] if cfg.apply_b_dec_to_input else None
-        if cols is not None:
-            p = {"W_enc": p["W_enc"][:, cols], "b_enc": p["b_enc"][cols], "W_dec": p["W_dec"][cols]}
-        return TopK.train_pre_activation(cfg, p, x, center)
+        W_enc, b_enc = (
+            (p["W_enc"], p["b_enc"]) if cols is None else (p["W_enc"][:, cols], p["b_enc"][cols])
+        )
+        z = encoder_matmul(x, center, W_enc) + b_enc
+        if not cfg.rescale_acts_by_decoder_norm:
+            return z
+        # the norms at full width, then gathered: the values the forward pass ranks by (norms
+        # of gathered rows can differ in the last bit and break near-ties differently)
+        norms = row_norms(p["W_dec"])
+        return z * (norms if cols is None else norms[cols]).astype(z.dtype)
 
     differentiated = {name: params[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     residual = jax.lax.stop_gradient(target - x_hat)  # [B, d_out]
