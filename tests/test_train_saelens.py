@@ -52,8 +52,19 @@ def schedule_fixtures(fixtures: Path) -> dict:
     return json.loads((fixtures / "schedules.json").read_text())
 
 
-# d_sae 1024: AuxK runs on compacted buckets of the dead latents' columns
-WIDE_DEAD = ["topk_wide_few_dead", "topk_wide_dead", "batchtopk_wide_dead"]
+# the TopK family's cases that also run on the sparse (value, index) paths; the wide ones
+# (d_sae 1024) run AuxK on compacted buckets of the dead latents' columns
+SPARSE_CASES = [
+    "topk",
+    "topk_many_dead",
+    "topk_no_rescale",
+    "topk_no_dead",
+    "batchtopk",
+    "matryoshka",
+    "topk_wide_few_dead",
+    "topk_wide_dead",
+    "batchtopk_wide_dead",
+]
 CASES = [
     "standard",
     "standard_lp2",
@@ -65,14 +76,8 @@ CASES = [
     "jumprelu_tanh",
     "jumprelu_quadratic",
     "jumprelu_ste_to_input",
-    "topk",
-    "topk_many_dead",
-    "topk_no_rescale",
-    "topk_no_dead",
-    "batchtopk",
-    "matryoshka",
+    *SPARSE_CASES,
     "matryoshka_level_aux",
-    *WIDE_DEAD,
 ]
 
 
@@ -121,18 +126,7 @@ def test_losses_and_gradients_match_saelens(loss_fixtures: Path, case: str) -> N
         assert_close(new["topk_threshold"], io["topk_threshold_after"], what="threshold EMA")
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "topk",
-        "topk_many_dead",
-        "topk_no_rescale",
-        "topk_no_dead",
-        "batchtopk",
-        "matryoshka",
-        *WIDE_DEAD,
-    ],
-)
+@pytest.mark.parametrize("case", SPARSE_CASES)
 def test_sparse_paths_match_saelens(loss_fixtures: Path, case: str) -> None:
     """The (value, index) paths with gather/scatter-add backward give SAELens's numbers too."""
     arch, cfg, ctx, buffers, io, _, out, grads = run_jsae(loss_fixtures / case, sparse=True)
