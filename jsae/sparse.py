@@ -263,6 +263,9 @@ gather_encode.defvjp(_gather_encode_fwd, _gather_encode_bwd)
 # hundreds of latents and another none. Padding every row to the largest count (as the loops
 # above would) costs O(B · max count · d); these kernels cost O(P · d) for P pairs instead.
 # They process the pairs in chunks of `PAIR_CHUNK` so the gathered [chunk, d] rows stay small.
+# A ReLU SAE's active latents vary in number from step to step: it fills a fixed capacity of
+# pairs and passes `count`, the pairs actually used; the kernels then stop after the chunk
+# holding the last one, so the cost follows the step's L0, not the capacity.
 
 PAIR_CHUNK = 16384
 
@@ -282,59 +285,85 @@ def _pair_chunks(*arrays: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(padded(a).reshape(-1, chunk) for a in arrays)
 
 
+def _chunks_used(chunked: jax.Array, count: jax.Array | None) -> jax.Array | int:
+    """How many chunks hold the first `count` pairs (all of them when count is None)."""
+    n_chunks, chunk = chunked.shape
+    if count is None:
+        return n_chunks
+    return jnp.clip((count + chunk - 1) // chunk, 0, n_chunks)
+
+
 def _scatter_rows(
-    n_out: int, seg: jax.Array, coef: jax.Array, src: jax.Array, src_idx: jax.Array, sorted_: bool
+    n_out: int,
+    seg: jax.Array,
+    coef: jax.Array,
+    src: jax.Array,
+    src_idx: jax.Array,
+    sorted_: bool,
+    count: jax.Array | None = None,
 ) -> jax.Array:
-    """out[seg[p]] += coef[p] · src[src_idx[p]] over all pairs. -> [n_out, src.shape[1]]
+    """out[seg[p]] += coef[p] · src[src_idx[p]] over the pairs (the first `count` of them, up
+    to the end of their chunk; pairs beyond `count` must have coef 0). -> [n_out, src.shape[1]]
 
     Accumulates in float32 at least: a row may receive thousands of bf16 contributions."""
     acc_dtype = jnp.promote_types(jnp.result_type(coef, src), jnp.float32)
     seg_c, coef_c, idx_c = _pair_chunks(seg, coef, src_idx)
 
-    def body(acc, chunk):
-        s, c, i = chunk
-        rows = c[:, None].astype(acc_dtype) * src[i].astype(acc_dtype)  # [chunk, d]
-        return acc.at[s].add(rows, indices_are_sorted=sorted_), None
+    def body(c, acc):
+        s, w, i = seg_c[c], coef_c[c], idx_c[c]
+        rows = w[:, None].astype(acc_dtype) * src[i].astype(acc_dtype)  # [chunk, d]
+        return acc.at[s].add(rows, indices_are_sorted=sorted_)
 
     init = jnp.zeros((n_out, src.shape[1]), acc_dtype)
-    return jax.lax.scan(body, init, (seg_c, coef_c, idx_c))[0]
+    return jax.lax.fori_loop(0, _chunks_used(seg_c, count), body, init)
 
 
-def _pair_dots(a: jax.Array, a_idx: jax.Array, b: jax.Array, b_idx: jax.Array) -> jax.Array:
-    """dot(a[a_idx[p]], b[b_idx[p]]) for every pair. -> [P]"""
+def _pair_dots(
+    a: jax.Array, a_idx: jax.Array, b: jax.Array, b_idx: jax.Array, count: jax.Array | None = None
+) -> jax.Array:
+    """dot(a[a_idx[p]], b[b_idx[p]]) for every pair (0 for the chunks after `count`). -> [P]"""
     n = a_idx.shape[0]
     acc_dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
     ai_c, bi_c = _pair_chunks(a_idx, b_idx)
 
-    def body(_, chunk):
-        ai, bi = chunk
-        return None, jnp.sum(a[ai].astype(acc_dtype) * b[bi].astype(acc_dtype), axis=-1)
+    def body(c, out):
+        ai, bi = ai_c[c], bi_c[c]
+        dots = jnp.sum(a[ai].astype(acc_dtype) * b[bi].astype(acc_dtype), axis=-1)  # [chunk]
+        return out.at[c].set(dots)
 
-    return jax.lax.scan(body, None, (ai_c, bi_c))[1].reshape(-1)[:n]
+    out = jnp.zeros(ai_c.shape, acc_dtype)
+    return jax.lax.fori_loop(0, _chunks_used(ai_c, count), body, out).reshape(-1)[:n]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def pair_decode(
-    vals: jax.Array, seg: jax.Array, cols: jax.Array, W_dec: jax.Array, n_out: int
+    vals: jax.Array,
+    seg: jax.Array,
+    cols: jax.Array,
+    W_dec: jax.Array,
+    n_out: int,
+    count: jax.Array | None = None,
 ) -> jax.Array:
     """out[seg[p]] += vals[p] · W_dec[cols[p]]: decode (row, column, value) latents. -> [n_out, d]
 
     `seg` is the output row of each pair (the token, or token · levels + level for Matryoshka's
-    per-level sums) and must be sorted. Backward: d vals[p] = g[seg[p]] · W_dec[cols[p]],
+    per-level sums) and must be sorted. With `count`, only the first `count` pairs are used
+    (the rest must have value 0). Backward: d vals[p] = g[seg[p]] · W_dec[cols[p]],
     d W_dec[c] = Σ_{p: cols[p] = c} vals[p] · g[seg[p]]; nothing of size [n_out, d_sae] appears.
     """
-    return _scatter_rows(n_out, seg, vals, W_dec, cols, True).astype(jnp.result_type(vals, W_dec))
+    out = _scatter_rows(n_out, seg, vals, W_dec, cols, True, count)
+    return out.astype(jnp.result_type(vals, W_dec))
 
 
-def _pair_decode_fwd(vals, seg, cols, W_dec, n_out):
-    return pair_decode(vals, seg, cols, W_dec, n_out), (vals, seg, cols, W_dec)
+def _pair_decode_fwd(vals, seg, cols, W_dec, n_out, count):
+    return pair_decode(vals, seg, cols, W_dec, n_out, count), (vals, seg, cols, W_dec, count)
 
 
 def _pair_decode_bwd(n_out, residuals, g):
-    vals, seg, cols, W_dec = residuals
-    dvals = _pair_dots(W_dec, cols, g, seg).astype(vals.dtype)
-    dW = _scatter_rows(W_dec.shape[0], cols, vals, g, seg, False).astype(W_dec.dtype)
-    return dvals, None, None, dW
+    vals, seg, cols, W_dec, count = residuals
+    dvals = _pair_dots(W_dec, cols, g, seg, count).astype(vals.dtype)
+    dW = _scatter_rows(W_dec.shape[0], cols, vals, g, seg, False, count).astype(W_dec.dtype)
+    return dvals, None, None, dW, None
 
 
 pair_decode.defvjp(_pair_decode_fwd, _pair_decode_bwd)
@@ -348,27 +377,29 @@ def pair_encode(
     b_enc: jax.Array,
     rows: jax.Array,
     cols: jax.Array,
+    count: jax.Array | None = None,
 ) -> jax.Array:
     """hidden_pre[rows[p], cols[p]], differentiable in (x, W_enc, b_enc). -> [P]
 
     As `gather_encode`, for pairs: `hidden_pre` must equal `x @ W_enc + b_enc` and is not
     differentiated. Backward: d W_enc[:, c] += g[p] · x[rows[p]], d b_enc[c] += g[p],
-    d x[r] += g[p] · W_enc[:, cols[p]] (`rows` sorted).
+    d x[r] += g[p] · W_enc[:, cols[p]] (`rows` sorted). With `count`, the backward reads only
+    the first `count` pairs (the others' gradients must be 0).
     """
     return hidden_pre[rows, cols]
 
 
-def _pair_encode_fwd(hidden_pre, x, W_enc, b_enc, rows, cols):
-    return hidden_pre[rows, cols], (x, W_enc, b_enc, rows, cols)
+def _pair_encode_fwd(hidden_pre, x, W_enc, b_enc, rows, cols, count):
+    return hidden_pre[rows, cols], (x, W_enc, b_enc, rows, cols, count)
 
 
 def _pair_encode_bwd(residuals, g):
-    x, W_enc, b_enc, rows, cols = residuals
+    x, W_enc, b_enc, rows, cols, count = residuals
     W_t = W_enc.T  # [d_sae, d_in]
-    dx = _scatter_rows(x.shape[0], rows, g, W_t, cols, True).astype(x.dtype)
-    dW_t = _scatter_rows(W_t.shape[0], cols, g, x, rows, False).astype(W_enc.dtype)
+    dx = _scatter_rows(x.shape[0], rows, g, W_t, cols, True, count).astype(x.dtype)
+    dW_t = _scatter_rows(W_t.shape[0], cols, g, x, rows, False, count).astype(W_enc.dtype)
     db = bias_gradient(b_enc, cols, g)
-    return None, dx, dW_t.T, db, None, None
+    return None, dx, dW_t.T, db, None, None, None
 
 
 pair_encode.defvjp(_pair_encode_fwd, _pair_encode_bwd)

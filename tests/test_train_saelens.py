@@ -25,6 +25,7 @@ from helpers import assert_close, run_reference
 from safetensors.numpy import load_file
 
 import jsae
+from jsae.architectures import relu_pairs
 from jsae.architectures.base import TrainContext, TrainInputs
 from jsae.training.config import SAESettings, TrainingSettings
 from jsae.training.schedules import coefficient, learning_rate
@@ -81,7 +82,9 @@ CASES = [
 ]
 
 
-def run_jsae(case_dir: Path, *, sparse: bool | None = None):
+def run_jsae(case_dir: Path, *, sparse: bool | None = None, way: int | None = None):
+    """jsae's loss terms and gradients for a fixture: `train_forward`, or with `way` the loss
+    `Architecture.train_losses` offers at that index (which must be the one it picks)."""
     case = json.loads((case_dir / "case.json").read_text())
     settings = SAESettings(**case["settings"], use_sparse_activations=sparse)
     cfg = settings.sae_config()
@@ -101,6 +104,10 @@ def run_jsae(case_dir: Path, *, sparse: bool | None = None):
         out = arch.train_forward(cfg, ctx, params, buffers, x, x, inputs)
         return out.loss, out
 
+    if way is not None:
+        which, losses = arch.train_losses(cfg, ctx, params, lambda p: p, buffers, x, x, inputs)
+        assert int(which) == way, f"{case_dir.name}: the step picks way {int(which)}, not {way}"
+        loss = losses[way]
     (total, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return arch, cfg, ctx, buffers, io, total, out, grads
 
@@ -126,10 +133,20 @@ def test_losses_and_gradients_match_saelens(loss_fixtures: Path, case: str) -> N
         assert_close(new["topk_threshold"], io["topk_threshold_after"], what="threshold EMA")
 
 
-@pytest.mark.parametrize("case", SPARSE_CASES)
-def test_sparse_paths_match_saelens(loss_fixtures: Path, case: str) -> None:
-    """The (value, index) paths with gather/scatter-add backward give SAELens's numbers too."""
-    arch, cfg, ctx, buffers, io, _, out, grads = run_jsae(loss_fixtures / case, sparse=True)
+STANDARD_CASES = [case for case in CASES if case.startswith("standard")]
+
+
+@pytest.mark.parametrize("case", SPARSE_CASES + STANDARD_CASES)
+def test_sparse_paths_match_saelens(loss_fixtures: Path, case: str, monkeypatch) -> None:
+    """The (value, index) paths with gather/scatter-add backward give SAELens's numbers too;
+    so does the standard SAE's active-pair loss, given room for every positive entry."""
+    way = None
+    if case in STANDARD_CASES:  # about half the latents fire at initialisation
+        monkeypatch.setattr(relu_pairs, "CAPACITY_FRACTION", 1.0)
+        way = 0
+    arch, cfg, ctx, buffers, io, _, out, grads = run_jsae(
+        loss_fixtures / case, sparse=True, way=way
+    )
     expected = {k.removeprefix("loss_"): v for k, v in io.items() if k.startswith("loss_")}
     assert set(out.losses) == set(expected)
     for name, value in expected.items():
@@ -262,13 +279,23 @@ def test_jumprelu_transcoder_uses_the_jumprelu_estimators(rng) -> None:
 # ------------------------------------------------------------------------------- whole runs
 
 TRAINER_CASES = ["standard", "jumprelu", "topk", "batchtopk", "gated"]
+ACTIVE_PAIRS = "standard (active pairs)"  # the standard run on its active-pair loss
 
 
-@pytest.mark.parametrize("case", TRAINER_CASES)
-def test_training_run_matches_saelens_trainer(trainer_fixtures: Path, case: str) -> None:
+@pytest.mark.parametrize("case", [*TRAINER_CASES, ACTIVE_PAIRS])
+def test_training_run_matches_saelens_trainer(
+    trainer_fixtures: Path, case: str, monkeypatch
+) -> None:
+    if case == ACTIVE_PAIRS:
+        monkeypatch.setattr(relu_pairs, "CAPACITY_FRACTION", 1.0)  # room for every positive
+        case, sparse = "standard", True
+    else:
+        sparse = False
     d = trainer_fixtures / case
     config = json.loads((d / "case.json").read_text())
     config.update(log_to_wandb=False, checkpoint_path=None, output_path=None, progress_bar=False)
+    if sparse:
+        config["use_sparse_activations"] = True
     tc = jsae.TrainConfig.from_dict(config)
     cfg = tc.sae.sae_config()
     init = load_file(d / "params.safetensors")

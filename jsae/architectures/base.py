@@ -121,6 +121,28 @@ def encoder_matmul(fwd_x: jax.Array, center: jax.Array | None, W: jax.Array) -> 
     return fwd_x @ W if center is None else centered_matmul(fwd_x, center, W)
 
 
+@jax.custom_vjp
+def computed_encoder_matmul(
+    value: jax.Array, x: jax.Array, b: jax.Array, W: jax.Array
+) -> jax.Array:
+    """`centered_matmul(x, b, W)` whose value was computed already (passed in, not
+    differentiated): returns `value`, with `centered_matmul`'s gradients. Lets a step that
+    needs the pre-activation before choosing how to differentiate the loss (see
+    `Architecture.train_value_and_grad`) skip a second encoder matmul. [B, d_sae]"""
+    return value
+
+
+def _computed_encoder_matmul_fwd(value, x, b, W):
+    return value, (x, b, W)
+
+
+def _computed_encoder_matmul_bwd(residuals, g):
+    return (None, *_centered_matmul_bwd(residuals, g))
+
+
+computed_encoder_matmul.defvjp(_computed_encoder_matmul_fwd, _computed_encoder_matmul_bwd)
+
+
 def nonzero_indicator(f: jax.Array) -> jax.Array:
     """1.0 where f != 0, else 0.0 (float32), in arithmetic form.
 
@@ -354,6 +376,30 @@ class Architecture:
         return {"l1": (settings.l1_coefficient, settings.l1_warm_up_steps)}
 
     @classmethod
+    def train_losses(
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        cast: Any,
+        buffers: Params,
+        x: jax.Array,
+        target: jax.Array,
+        inputs: TrainInputs,
+    ) -> tuple[jax.Array | int, tuple[Any, ...]]:
+        """(which, losses): ways to compute the step's loss, `loss(params) -> (loss,
+        TrainOutput)` on `cast(params)` (the compute-dtype copy), and the index of the one to
+        run. The step runs each way's gradient and update as a branch of a `lax.switch`, so
+        each is differentiated and laid out on its own. One way (`train_forward`) by default;
+        the standard SAE adds its active-pair loss for steps where few latents fire."""
+
+        def loss(p: Params) -> tuple[jax.Array, TrainOutput]:
+            out = cls.train_forward(cfg, ctx, cast(p), buffers, x, target, inputs)
+            return out.loss, out
+
+        return 0, (loss,)
+
+    @classmethod
     def train_forward(
         cls,
         cfg: SAEConfig,
@@ -365,6 +411,20 @@ class Architecture:
         inputs: TrainInputs,
     ) -> TrainOutput:
         """MSE plus the architecture's auxiliary losses (SAELens `training_forward_pass`)."""
+        return cls.train_forward_with(cls.train_encode, cfg, ctx, params, x, target, inputs)
+
+    @classmethod
+    def train_forward_with(
+        cls,
+        encode: Any,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        x: jax.Array,
+        target: jax.Array,
+        inputs: TrainInputs,
+    ) -> TrainOutput:
+        """`train_forward` with `encode` (`train_encode`'s signature) producing the latents."""
         from jsae.normalization import normalize_in
 
         x = x.astype(cfg.jax_dtype)
@@ -372,7 +432,7 @@ class Architecture:
         x_norm, stats = normalize_in(cfg.normalize_activations, x)
         center = params["b_dec"] if cfg.apply_b_dec_to_input else None
         x_in = x_norm if center is None else x_norm - center
-        hidden_pre, f, encoded = cls.train_encode(cfg, ctx, params, x_norm, center, x_in)
+        hidden_pre, f, encoded = encode(cfg, ctx, params, x_norm, center, x_in)
         x_hat, decoded = cls.train_reconstruct(cfg, ctx, params, f, x, stats)  # [B, d_out]
         fwd = ForwardPass(
             x, x_in, x_norm, center, target, hidden_pre, f, x_hat, stats, {**encoded, **decoded}

@@ -25,7 +25,7 @@ entries exceed `2**-60` the caller falls back to `lax.top_k`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -248,16 +248,87 @@ def kept_positions(
         return kept - late.at[tie_block].add(tail.astype(jnp.int32))
 
     kept_in = jax.lax.cond(cut.n_at_least > n, drop_late_ties, lambda k: k, kept_in)
+    offset = jnp.arange(block, dtype=jnp.int32)
+
+    def kept(values: jax.Array, blk: jax.Array) -> jax.Array:
+        tie_kept = (blk[:, None] < tie_block) | (
+            (blk[:, None] == tie_block) & (offset <= tie_offset)
+        )
+        return (values > v) | ((values == v) & tie_kept)  # [n, block]
+
+    return _fill_slots(blocks, kept_in, kept, n, per_row)
+
+
+def _fill_slots(
+    blocks: jax.Array, kept_in: jax.Array, kept: Any, n: int, per_row: int
+) -> tuple[jax.Array, jax.Array]:
+    """(rows, columns) of the first n kept entries in flat order, from each block's count.
+
+    blocks [n_blocks, block] hold a batch's rows in `per_row` consecutive blocks each;
+    `kept(values [n, block], blk [n])` says which of a block's values are kept (and must agree
+    with `kept_in`). A cumulative sum over the counts says which block holds each output slot,
+    and each slot finds its entry among its block's values. Slots past the last kept entry
+    get the last block (and a column past its end)."""
+    block = blocks.shape[1]
     ends = jnp.cumsum(kept_in)  # [n_blocks] slots filled up to each block's end
     slot = jnp.arange(n, dtype=jnp.int32)
     blk = jnp.searchsorted(ends, slot, side="right").astype(jnp.int32)  # [n] block of each slot
+    blk = jnp.minimum(blk, blocks.shape[0] - 1)
     rank = slot - (ends[blk] - kept_in[blk])  # [n] the slot's place among its block's entries
     values = jnp.take(blocks, blk, axis=0)  # [n, block]
-    offset = jnp.arange(block, dtype=jnp.int32)
-    tie_kept = (blk[:, None] < tie_block) | ((blk[:, None] == tie_block) & (offset <= tie_offset))
-    kept = (values > v) | ((values == v) & tie_kept)  # [n, block]
-    inside = jnp.sum(jnp.cumsum(kept, axis=-1) <= rank[:, None], axis=-1).astype(jnp.int32)
-    return blk // per_row, (blk % per_row) * block + inside
+    inside = jnp.sum(jnp.cumsum(kept(values, blk), axis=-1) <= rank[:, None], axis=-1)
+    return blk // per_row, (blk % per_row) * block + inside.astype(jnp.int32)
 
 
-__all__ = ["Cut", "first_ties_mask", "kept_positions", "nth_largest", "settled_float32"]
+def _positive(s: jax.Array) -> jax.Array:
+    """1.0 where s > 0, else 0.0, exact down to the smallest subnormal (see `_above`)."""
+    return jnp.ceil(jnp.minimum(jnp.maximum(s, 0) * jnp.float32(2.0**126), 1))
+
+
+def _positive_blocks(scores: jax.Array, block: int) -> tuple[jax.Array, int]:
+    """(`scores` [B, N] as float32 blocks of `block` consecutive values of a row, padded with
+    zeros, [B · per_row, block]; blocks per row)."""
+    s = scores.astype(jnp.float32)
+    width = s.shape[1]
+    per_row = -(-width // block)
+    if per_row * block != width:  # padding is never positive
+        s = jnp.pad(s, ((0, 0), (0, per_row * block - width)))
+    return s.reshape(-1, block), per_row
+
+
+def positive_counts(scores: jax.Array, block: int = _BLOCK) -> jax.Array:
+    """Positive entries of `scores` [B, N] in each block of `block` consecutive values of a row
+    (one fused pass), for `positive_positions`. [B · ceil(N / block)] int32
+
+    `scores` must hold the same values for both calls: pass a bfloat16 batch through
+    `settled_float32` first (a float32 one is the same values whichever fusion computes it).
+    """
+    blocks, _ = _positive_blocks(scores, block)
+    return jnp.sum(_positive(blocks), axis=-1).astype(jnp.int32)
+
+
+def positive_positions(
+    scores: jax.Array, counts: jax.Array, n: int, block: int = _BLOCK
+) -> tuple[jax.Array, jax.Array]:
+    """(rows, columns) of the first n positive entries of `scores` [B, N] in flat order, given
+    their `positive_counts`. [n] each
+
+    The positions a ReLU keeps, compacted into a fixed capacity of n slots (the block
+    compaction of `kept_positions`). Slots from `sum(counts)` on are padding: their row is the
+    last row (rows stay sorted) and their column is clipped into range. Subnormal values count
+    as zero, as in XLA's CPU arithmetic (which flushes them).
+    """
+    blocks, per_row = _positive_blocks(scores, block)
+    rows, cols = _fill_slots(blocks, counts, lambda values, _: _positive(values) > 0, n, per_row)
+    return rows, jnp.minimum(cols, scores.shape[1] - 1)
+
+
+__all__ = [
+    "Cut",
+    "first_ties_mask",
+    "kept_positions",
+    "nth_largest",
+    "positive_counts",
+    "positive_positions",
+    "settled_float32",
+]

@@ -67,35 +67,46 @@ def make_step(
             for name, (value, warm) in coefficient_specs.items()
         }
         inputs = TrainInputs(coefficients, state.since_fired > window)
+        which, losses = arch.train_losses(
+            compute, ctx, state.params, compute_params, state.buffers, x, target, inputs
+        )
 
-        def loss_fn(params):
-            p = compute_params(params)
-            out = arch.train_forward(compute, ctx, p, state.buffers, x, target, inputs)
-            return out.loss, out
+        def update(loss_fn: Callable) -> Callable:
+            """The rest of the step with one way of computing the loss."""
 
-        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = arch.project_params(cfg, ctx, optax.apply_updates(state.params, updates))
-        buffers = arch.update_buffers(cfg, ctx, state.buffers, out.extras)
+            def branch(state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+                (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+                return finish(state, loss, out, grads)
 
-        reset = (step > 0) & (step % sampling == 0)
-        fire_counts = jnp.where(reset, 0, state.fire_counts) + out.fire_counts
-        since_fired = jnp.where(out.fire_counts > 0, 0, state.since_fired + 1)
-        new = TrainState(params, opt_state, buffers, step + 1, since_fired, fire_counts)
+            return branch
 
-        batch_finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(target))
-        finite = batch_finite & jnp.isfinite(loss)
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        def finish(state, loss, out, grads):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = arch.project_params(cfg, ctx, optax.apply_updates(state.params, updates))
+            buffers = arch.update_buffers(cfg, ctx, state.buffers, out.extras)
 
-        metrics = _metrics(out, loss, target, new, window)
-        metrics["details/current_learning_rate"] = learning_rate(training, step)
-        for name, value in coefficients.items():
-            metrics[f"details/{name}_coefficient"] = value
-        if "topk_threshold" in new.buffers:
-            metrics["metrics/topk_threshold"] = new.buffers["topk_threshold"]
-        metrics["finite"] = finite
-        metrics["batch_finite"] = batch_finite
-        return new, metrics
+            reset = (step > 0) & (step % sampling == 0)
+            fire_counts = jnp.where(reset, 0, state.fire_counts) + out.fire_counts
+            since_fired = jnp.where(out.fire_counts > 0, 0, state.since_fired + 1)
+            new = TrainState(params, opt_state, buffers, step + 1, since_fired, fire_counts)
+
+            batch_finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(target))
+            finite = batch_finite & jnp.isfinite(loss)
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+            metrics = _metrics(out, loss, target, new, window)
+            metrics["details/current_learning_rate"] = learning_rate(training, step)
+            for name, value in coefficients.items():
+                metrics[f"details/{name}_coefficient"] = value
+            if "topk_threshold" in new.buffers:
+                metrics["metrics/topk_threshold"] = new.buffers["topk_threshold"]
+            metrics["finite"] = finite
+            metrics["batch_finite"] = batch_finite
+            return new, metrics
+
+        if len(losses) == 1:
+            return update(losses[0])(state)
+        return jax.lax.switch(which, [update(loss_fn) for loss_fn in losses], state)
 
     return step_fn
 
