@@ -7,6 +7,7 @@ SAELens's trainer, and TopK's sparse (value, index) path against its own dense p
     python benchmarks/bench_train.py --parts sparse
     python benchmarks/bench_train.py --parts select
     python benchmarks/bench_train.py --parts dead
+    python benchmarks/bench_train.py --parts l0           # needs JSAE_REFERENCE_PYTHON
 
 All parts run in one process and print ratios measured in that same run:
 
@@ -20,6 +21,10 @@ All parts run in one process and print ratios measured in that same run:
 * saelens: SAELens 6.54's `SAETrainer.step` (training_forward_pass + backward + clip + Adam +
            schedulers) on the same config (standard, same sizes, fp32, torch on this CPU),
            against the jsae step: the ratio of step rates.
+* l0:      the standard step at initialisation and at L0 16 / 32 / 64 / 128 (b_enc lowered until
+           that many latents fire): jsae's default path (the active (token, latent) pairs once
+           they fit, `jsae.architectures.relu_pairs`), its dense path, and SAELens's step with
+           the same b_enc (dense at every L0).
 * select:  BatchTopK's selection of the batch's k·B largest pre-activations (k 32, same sizes),
            float32 and bfloat16: the cut found by counting passes (`jsae.training.cut`, what
            training uses) against `lax.top_k` over the flat batch (what it used before).
@@ -51,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, reference_python
 
 import jsae
+from jsae.architectures.relu_pairs import pair_capacity
 from jsae.sparse import gather_decode
 
 D_IN, D_SAE, BATCH = 768, 16384, 4096
@@ -143,9 +149,14 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEC
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 d_in, d_sae, batch, steps = map(int, sys.argv[1:5])
+b_enc = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 torch.manual_seed(0)
 sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=5.0))
+with torch.no_grad():
+    sae.b_enc.fill_(b_enc)
 x = torch.randn(batch, d_in)
+with torch.no_grad():
+    l0 = (sae.encode(x) > 0).sum(-1).float().mean().item()
 cfg = SAETrainerConfig(total_training_samples=batch * (steps + 1), train_batch_size_samples=batch,
                        lr_end=3e-5, logger=LoggingConfig(log_to_wandb=False))
 trainer = SAETrainer(cfg, sae, iter([]))
@@ -159,14 +170,16 @@ mm = []
 for _ in range(5):
     t0 = time.perf_counter(); a @ b; mm.append(time.perf_counter() - t0)
 print(json.dumps({"seconds": min(times), "matmul_flops": 2 * batch * d_in * d_sae / min(mm),
-                  "threads": torch.get_num_threads(), "torch": torch.__version__}))
+                  "l0": l0, "threads": torch.get_num_threads(), "torch": torch.__version__}))
 """
 
 
-def saelens_step_time(steps: int) -> dict:
+def saelens_step_time(steps: int, b_enc: float = 0.0) -> dict:
+    """SAELens's fastest `SAETrainer.step` at initialisation, b_enc filled with `b_enc`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    args = [str(D_IN), str(D_SAE), str(BATCH), str(steps), repr(b_enc)]
     proc = subprocess.run(
-        [reference_python(), "-c", SAELENS_STEP, str(D_IN), str(D_SAE), str(BATCH), str(steps)],
+        [reference_python(), "-c", SAELENS_STEP, *args],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -229,6 +242,50 @@ def batch_selection(reps: int) -> None:
 DEAD_FRACTIONS = (0.0, 0.01, 0.1, 0.6)
 
 
+def standard_steps_at_sparsity(steps: int) -> None:
+    """Print standard-SAE steps at initialisation and at trained-like L0s (b_enc lowered until
+    that many latents fire per token): jsae's default (active pairs when they fit) and dense
+    paths, and SAELens's step on the same b_enc."""
+    print(f"\nstandard step by L0 (d_sae {D_SAE}, batch {BATCH}, fp32; b_enc set so that about "
+          f"L0 latents fire per token; active-pair capacity L0 "
+          f"{pair_capacity(BATCH, D_SAE) // BATCH}):")  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.standard_normal((BATCH, D_IN), dtype=np.float32))
+    base = {
+        "architecture": "standard", "l1_coefficient": 5.0, "d_in": D_IN, "d_sae": D_SAE,
+        "train_batch_size_tokens": BATCH, "training_tokens": BATCH * 100,
+        "log_to_wandb": False, "checkpoint_path": None, "output_path": None,
+        "progress_bar": False,
+    }  # fmt: skip
+    trainers = {
+        "jsae (default)": jsae.Trainer({**base, "use_sparse_activations": None}, []),
+        "jsae (dense)": jsae.Trainer({**base, "use_sparse_activations": False}, []),
+    }
+    init = jax.tree.map(np.asarray, trainers["jsae (dense)"].state)
+    pre = np.asarray(x @ init.params["W_enc"])[::7].reshape(-1)  # [B/7 · d_sae] sample
+    for target in (None, 16, 32, 64, 128):
+        b_enc = 0.0 if target is None else -float(np.quantile(pre, 1 - target / D_SAE))
+        cells, times = [], {}
+        for label, trainer in trainers.items():
+            runs = []
+            for _ in range(steps + 1):  # the first compiles (or warms up)
+                state = jax.tree.map(jnp.asarray, init)
+                state.params["b_enc"] = jnp.full((D_SAE,), b_enc, jnp.float32)
+                trainer.state = state
+                t0 = time.perf_counter()
+                metrics = trainer.step(x)
+                jax.block_until_ready((trainer.state.params, metrics))
+                runs.append(time.perf_counter() - t0)
+            times[label] = min(runs[1:])
+            cells.append(f"{label} {times[label]:5.2f} s")
+        l0 = float(metrics["metrics/l0"])
+        line = f"  L0 {l0:7.1f}: " + ", ".join(cells)
+        ref = saelens_step_time(steps, b_enc)
+        line += (f", SAELens {ref['seconds']:5.2f} s (L0 {ref['l0']:.1f}) -> jsae/SAELens "
+                 f"step rate {ref['seconds'] / times['jsae (default)']:.2f}x")  # fmt: skip
+        print(line, flush=True)
+
+
 def steps_with_dead_latents(steps: int) -> None:
     """Print TopK-family steps with dead latents (AuxK runs) against the same step with none."""
     print(f"\nsteps with dead latents (AuxK, k_aux {D_IN // 2}), d_sae {D_SAE}, batch {BATCH}; "
@@ -245,7 +302,7 @@ def steps_with_dead_latents(steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="peak,archs,saelens,select,dead,sparse")
+    parser.add_argument("--parts", default="peak,archs,saelens,l0,select,dead,sparse")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--sparse-batch", type=int, default=BATCH)
@@ -318,6 +375,8 @@ def main() -> None:
         batch_selection(args.steps)
     if "dead" in parts:
         steps_with_dead_latents(args.steps)
+    if "l0" in parts:
+        standard_steps_at_sparsity(args.steps)
     if "sparse" in parts:
         k, d_sae, batch = 32, 65536, args.sparse_batch
         t_sparse, t_dense, err = decode_fwd_bwd(k, d_sae, batch, args.steps)
