@@ -176,7 +176,11 @@ def lp_norm(v: jax.Array, p: float) -> jax.Array:
     v = v.astype(jnp.float32)
     if p == 1:
         return jnp.sum(jnp.abs(v), axis=-1)
-    total = jnp.sum(jnp.abs(v) ** p, axis=-1)
+    return lp_root(jnp.sum(jnp.abs(v) ** p, axis=-1), p)
+
+
+def lp_root(total: jax.Array, p: float) -> jax.Array:
+    """total^(1/p) (Σ |v|^p to the Lp norm), with torch.norm's zero gradient at 0."""
     safe = jnp.where(total > 0, total, 1.0)
     return jnp.where(total > 0, safe ** (1.0 / p), 0.0)
 

@@ -29,6 +29,7 @@ from jsae.architectures.base import (
     TrainInputs,
     TrainOutput,
     computed_encoder_matmul,
+    lp_root,
     mean_sq_error,
 )
 from jsae.sparse import mesh_platform, pair_decode, pair_encode, sparse_by_default
@@ -65,9 +66,7 @@ def segment_lp_norm(v: jax.Array, rows: jax.Array, n_rows: int, p: float) -> jax
     v = jnp.abs(v.astype(jnp.float32))
     if p == 1:
         return jax.ops.segment_sum(v, rows, n_rows, indices_are_sorted=True)
-    total = jax.ops.segment_sum(v**p, rows, n_rows, indices_are_sorted=True)
-    safe = jnp.where(total > 0, total, 1.0)  # torch.norm's zero gradient at 0
-    return jnp.where(total > 0, safe ** (1.0 / p), 0.0)
+    return lp_root(jax.ops.segment_sum(v**p, rows, n_rows, indices_are_sorted=True), p)
 
 
 def train_losses(
@@ -100,13 +99,18 @@ def train_losses(
     encoded = jax.lax.stop_gradient(centered(p0)[0] @ p0["W_enc"])  # [B, d_sae] without b_enc
     b_enc = jax.lax.stop_gradient(p0["b_enc"])
 
-    def pre_activation() -> jax.Array:
-        """[B, d_sae] as the dense step computes it; recomputed (fused) by each reader rather
-        than stored: in float32 every fusion gives the same values."""
-        return encoded + b_enc
+    # The pre-activation [B, d_sae], as the dense step computes it. In float32 each reader
+    # (the count here, the compaction in the pair branch) recomputes it inside its own fusion:
+    # every fusion gives the same values, and a value closed over by a switch branch would be
+    # stored (268 MB at 4096 x 16384). Narrower dtypes may round differently between fusions
+    # (excess precision), so there it is stored once, settled.
+    if encoded.dtype == jnp.float32:
 
-    if encoded.dtype != jnp.float32:  # then fusions may round differently: store it once
-        settled = settled_float32(pre_activation())
+        def pre_activation() -> jax.Array:
+            return encoded + b_enc
+
+    else:
+        settled = settled_float32(encoded + b_enc)
 
         def pre_activation() -> jax.Array:
             return settled
