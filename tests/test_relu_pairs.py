@@ -17,10 +17,12 @@ import pytest
 from helpers import assert_close
 
 import jsae
+import jsae.sparse
 from jsae import parallel
 from jsae.architectures import relu_pairs
 from jsae.architectures.base import TrainContext, TrainInputs
 from jsae.normalization import normalize_in
+from jsae.sparse import pair_decode, pair_encode
 from jsae.training.config import SAESettings
 from jsae.training.cut import positive_counts, positive_positions
 
@@ -207,3 +209,38 @@ def test_active_pairs_are_chosen_where_they_apply() -> None:
     assert not chosen(parallel.make_mesh(2, 1), d_sae=8192)  # the batch is split: dense
     gated = SAESettings(architecture="gated", d_in=8, d_sae=8192)
     assert not relu_pairs.uses_active_pairs(gated.sae_config(), TrainContext(gated))
+
+
+@pytest.mark.parametrize("count", [0, 5, 11, 23])  # none, one whole chunk, a partial third, all
+def test_pair_kernels_with_a_count_use_exactly_the_first_pairs(monkeypatch, count: int) -> None:
+    """The pair kernels' `count` (chunks after the last used pair are skipped) against the
+    dense matmuls over those pairs, forward and backward, across chunk boundaries."""
+    monkeypatch.setattr(jsae.sparse, "PAIR_CHUNK", 5)
+    rng = np.random.default_rng(count)
+    n_rows, d_sae, d, n_pairs = 6, 20, 4, 23
+    flat = np.sort(rng.choice(n_rows * d_sae, n_pairs, replace=False))
+    rows, cols = jnp.asarray(flat // d_sae), jnp.asarray(flat % d_sae)
+    used = jnp.arange(n_pairs) < count
+    vals = jnp.where(used, jnp.asarray(rng.normal(size=n_pairs).astype(np.float32)), 0)
+    W_dec = jnp.asarray(rng.normal(size=(d_sae, d)).astype(np.float32))
+    x = jnp.asarray(rng.normal(size=(n_rows, d)).astype(np.float32))
+    W_enc = jnp.asarray(rng.normal(size=(d, d_sae)).astype(np.float32))
+    b_enc = jnp.asarray(rng.normal(size=d_sae).astype(np.float32))
+    h = x @ W_enc + b_enc
+    n = jnp.int32(count)
+
+    def with_count(v, W, x, W_e, b):
+        z = jnp.where(used, pair_encode(h, x, W_e, b, rows, cols, n), 0)
+        return jnp.sum(jnp.sin(pair_decode(v * z, rows, cols, W, n_rows, n)))
+
+    def dense(v, W, x, W_e, b):
+        z = jnp.where(used, (x @ W_e + b)[rows, cols], 0)
+        f = jnp.zeros((n_rows, d_sae)).at[rows, cols].set(v * z)
+        return jnp.sum(jnp.sin(f @ W))
+
+    args = (vals, W_dec, x, W_enc, b_enc)
+    got = jax.jit(jax.value_and_grad(with_count, argnums=(0, 1, 2, 3, 4)))(*args)
+    want = jax.value_and_grad(dense, argnums=(0, 1, 2, 3, 4))(*args)
+    assert_close(got[0], want[0], atol=1e-5)
+    for g, w in zip(got[1], want[1], strict=True):
+        assert_close(g, w, atol=1e-5, rtol=1e-5)
