@@ -128,7 +128,7 @@ def computed_encoder_matmul(
     """`centered_matmul(x, b, W)` whose value was computed already (passed in, not
     differentiated): returns `value`, with `centered_matmul`'s gradients. Lets a step that
     needs the pre-activation before choosing how to differentiate the loss (see
-    `Architecture.train_value_and_grad`) skip a second encoder matmul. [B, d_sae]"""
+    `Architecture.train_losses`) skip a second encoder matmul. [B, d_sae]"""
     return value
 
 

@@ -15,6 +15,7 @@ stops the run with an error naming the step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -71,16 +72,9 @@ def make_step(
             compute, ctx, state.params, compute_params, state.buffers, x, target, inputs
         )
 
-        def update(loss_fn: Callable) -> Callable:
+        def update(loss_fn: Callable, state: TrainState) -> tuple[TrainState, dict]:
             """The rest of the step with one way of computing the loss."""
-
-            def branch(state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-                (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-                return finish(state, loss, out, grads)
-
-            return branch
-
-        def finish(state, loss, out, grads):
+            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = arch.project_params(cfg, ctx, optax.apply_updates(state.params, updates))
             buffers = arch.update_buffers(cfg, ctx, state.buffers, out.extras)
@@ -105,8 +99,9 @@ def make_step(
             return new, metrics
 
         if len(losses) == 1:
-            return update(losses[0])(state)
-        return jax.lax.switch(which, [update(loss_fn) for loss_fn in losses], state)
+            return update(losses[0], state)
+        branches = [functools.partial(update, loss_fn) for loss_fn in losses]
+        return jax.lax.switch(which, branches, state)
 
     return step_fn
 
