@@ -21,10 +21,10 @@ All parts run in one process and print ratios measured in that same run:
 * saelens: SAELens 6.54's `SAETrainer.step` (training_forward_pass + backward + clip + Adam +
            schedulers) on the same config (standard, same sizes, fp32, torch on this CPU),
            against the jsae step: the ratio of step rates.
-* l0:      the standard step at initialisation and at L0 16 / 32 / 64 / 128 (b_enc lowered until
-           that many latents fire): jsae's default path (the active (token, latent) pairs once
-           they fit, `jsae.architectures.relu_pairs`), its dense path, and SAELens's step with
-           the same b_enc (dense at every L0).
+* l0:      the standard step at initialisation and at L0 16 / 32 / 64 / 128 / 160 / 192 (b_enc
+           lowered until that many latents fire): jsae's default path (the active (token,
+           latent) pairs once they fit, `jsae.architectures.relu_pairs`), its dense path, and
+           SAELens's step with the same b_enc (dense at every L0).
 * select:  BatchTopK's selection of the batch's k·B largest pre-activations (k 32, same sizes),
            float32 and bfloat16: the cut found by counting passes (`jsae.training.cut`, what
            training uses) against `lax.top_k` over the flat batch (what it used before).
@@ -263,7 +263,7 @@ def standard_steps_at_sparsity(steps: int) -> None:
     }
     init = jax.tree.map(np.asarray, trainers["jsae (dense)"].state)
     pre = np.asarray(x @ init.params["W_enc"])[::7].reshape(-1)  # [B/7 · d_sae] sample
-    for target in (None, 16, 32, 64, 128):
+    for target in (None, 16, 32, 64, 128, 160, 192):
         b_enc = 0.0 if target is None else -float(np.quantile(pre, 1 - target / D_SAE))
         cells, times = [], {}
         for label, trainer in trainers.items():

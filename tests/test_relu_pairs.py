@@ -49,7 +49,7 @@ def test_positive_positions_are_numpys_nonzero_in_order(shape, capacity) -> None
     assert np.all(np.diff(rows) >= 0) and cols.min() >= 0 and cols.max() < shape[1]
 
 
-D_IN, D_SAE, BATCH = 12, 256, 48  # capacity: 48 · 256 / 128 = 96 pairs (L0 2)
+D_IN, D_SAE, BATCH = 12, 256, 48  # capacity: 48 · 256 / 96 = 128 pairs (L0 2.7)
 
 CASES = {
     "l1": {},
@@ -226,19 +226,20 @@ def test_pair_kernels_with_a_count_use_exactly_the_first_pairs(monkeypatch, coun
     x = jnp.asarray(rng.normal(size=(n_rows, d)).astype(np.float32))
     W_enc = jnp.asarray(rng.normal(size=(d, d_sae)).astype(np.float32))
     b_enc = jnp.asarray(rng.normal(size=d_sae).astype(np.float32))
-    h = x @ W_enc + b_enc
+    center = jnp.asarray(rng.normal(size=d).astype(np.float32))  # b_dec
+    h = (x - center) @ W_enc + b_enc
     n = jnp.int32(count)
 
-    def with_count(v, W, x, W_e, b):
-        z = jnp.where(used, pair_encode(h, x, W_e, b, rows, cols, n), 0)
+    def with_count(v, W, c, W_e, b):
+        z = jnp.where(used, pair_encode(h, x, c, W_e, b, rows, cols, n), 0)
         return jnp.sum(jnp.sin(pair_decode(v * z, rows, cols, W, n_rows, n)))
 
-    def dense(v, W, x, W_e, b):
-        z = jnp.where(used, (x @ W_e + b)[rows, cols], 0)
+    def dense(v, W, c, W_e, b):
+        z = jnp.where(used, ((x - c) @ W_e + b)[rows, cols], 0)
         f = jnp.zeros((n_rows, d_sae)).at[rows, cols].set(v * z)
         return jnp.sum(jnp.sin(f @ W))
 
-    args = (vals, W_dec, x, W_enc, b_enc)
+    args = (vals, W_dec, center, W_enc, b_enc)
     got = jax.jit(jax.value_and_grad(with_count, argnums=(0, 1, 2, 3, 4)))(*args)
     want = jax.value_and_grad(dense, argnums=(0, 1, 2, 3, 4))(*args)
     assert_close(got[0], want[0], atol=1e-5)

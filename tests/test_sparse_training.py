@@ -60,19 +60,60 @@ def test_pair_kernels_equal_dense_matmuls_and_their_gradients(monkeypatch, chunk
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, atol=1e-4, rtol=1e-5)
 
-    h = x @ W_enc + b_enc
+    center = jnp.asarray(rng.normal(size=d).astype(np.float32))  # b_dec
+    h = (x - center) @ W_enc + b_enc
     weights = jnp.asarray(rng.normal(size=23).astype(np.float32))
 
-    def enc_sparse(x, W, b):
-        return jnp.sum(weights * jnp.sin(pair_encode(h, x, W, b, rows, cols)))
+    def enc_sparse(c, W, b):
+        return jnp.sum(weights * jnp.sin(pair_encode(h, x, c, W, b, rows, cols)))
 
-    def enc_dense(x, W, b):
-        return jnp.sum(weights * jnp.sin((x @ W + b)[rows, cols]))
+    def enc_dense(c, W, b):
+        return jnp.sum(weights * jnp.sin(((x - c) @ W + b)[rows, cols]))
 
-    got = jax.grad(enc_sparse, argnums=(0, 1, 2))(x, W_enc, b_enc)
-    want = jax.grad(enc_dense, argnums=(0, 1, 2))(x, W_enc, b_enc)
+    got = jax.grad(enc_sparse, argnums=(0, 1, 2))(center, W_enc, b_enc)
+    want = jax.grad(enc_dense, argnums=(0, 1, 2))(center, W_enc, b_enc)
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_gather_encode_equals_the_dense_encoder_and_its_gradients() -> None:
+    """TopK's (value, index) encoder: values and the gradients of b_dec (as `center`), W_enc
+    and b_enc equal the dense pre-activation's, including a latent selected by many rows."""
+    from jsae.sparse import gather_encode
+
+    rng = np.random.default_rng(1)
+    n, d, d_sae, k = 9, 5, 12, 3
+    x = jnp.asarray(rng.normal(size=(n, d)).astype(np.float32))
+    center = jnp.asarray(rng.normal(size=d).astype(np.float32))
+    W_enc = jnp.asarray(rng.normal(size=(d, d_sae)).astype(np.float32))
+    b_enc = jnp.asarray(rng.normal(size=d_sae).astype(np.float32))
+    idx = np.stack([rng.choice(d_sae, k, replace=False) for _ in range(n)])
+    idx[:, 0] = 4  # one latent in every row
+    idx = jnp.asarray(idx)
+    weights = jnp.asarray(rng.normal(size=(n, k)).astype(np.float32))
+    h = (x - center) @ W_enc + b_enc
+
+    def sparse(c, W, b):
+        return jnp.sum(weights * jnp.sin(gather_encode(h, x, c, W, b, idx)))
+
+    def dense(c, W, b):
+        return jnp.sum(weights * jnp.sin(jnp.take_along_axis((x - c) @ W + b, idx, axis=-1)))
+
+    assert_close(gather_encode(h, x, center, W_enc, b_enc, idx), jnp.take_along_axis(h, idx, 1))
+    got = jax.grad(sparse, argnums=(0, 1, 2))(center, W_enc, b_enc)
+    want = jax.grad(dense, argnums=(0, 1, 2))(center, W_enc, b_enc)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(100, 3), (2048, 5), (3000, 7)])  # one, whole, partial blocks
+def test_transposed_equals_the_transpose(shape: tuple[int, int]) -> None:
+    from jsae.sparse import transposed
+
+    a = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    got = jax.jit(transposed)(jnp.asarray(a))
+    assert got.shape == shape[::-1]
+    np.testing.assert_array_equal(np.asarray(got), a.T)
 
 
 def _forward(settings: SAESettings, params, buffers, x, dead):
@@ -242,16 +283,18 @@ def test_sparse_kernels_sum_bf16_terms_in_float32() -> None:
     assert dW_dec.dtype == bf and rel(dW_dec, want_dW_dec) < 1e-2
     assert rel(dvals, np.einsum("nkc,cd,nd->nk", onehot, f32(W_dec), f32(g))) < 1e-2
 
+    center = jnp.zeros(d, bf)
     hidden = jax.lax.stop_gradient(x @ W_enc + b_enc)
-    _, vjp = jax.vjp(lambda x_, W, b: gather_encode(hidden, x_, W, b, idx), x, W_enc, b_enc)
-    dx, dW_enc, db = vjp(g_lat)
+    _, vjp = jax.vjp(lambda c, W, b: gather_encode(hidden, x, c, W, b, idx), center, W_enc, b_enc)
+    d_center, dW_enc, db = vjp(g_lat)
     dense_g = np.einsum("nk,nkc->nc", f32(g_lat), onehot)  # [n, d_sae]
     assert dW_enc.dtype == bf and rel(dW_enc, f32(x).T @ dense_g) < 1e-2
-    assert rel(dx, dense_g @ f32(W_enc).T) < 1e-2 and rel(db, dense_g.sum(0)) < 1e-2
+    assert rel(d_center, -(dense_g @ f32(W_enc).T).sum(0)) < 1e-2
+    assert rel(db, dense_g.sum(0)) < 1e-2
 
     rows = jnp.repeat(jnp.arange(n), k)
     cols = idx.reshape(-1)
     _, vjp = jax.vjp(lambda v, W: pair_decode(v, rows, cols, W, n), vals.reshape(-1), W_dec)
     assert rel(vjp(g)[1], want_dW_dec) < 1e-2
-    _, vjp = jax.vjp(lambda W: pair_encode(hidden, x, W, b_enc, rows, cols), W_enc)
+    _, vjp = jax.vjp(lambda W: pair_encode(hidden, x, center, W, b_enc, rows, cols), W_enc)
     assert rel(vjp(g_lat.reshape(-1))[0], f32(x).T @ dense_g) < 1e-2

@@ -33,14 +33,18 @@ def _source(seed: int = 0) -> SyntheticActivations:
 def _operand_dtypes(
     trainer: jsae.Trainer, x: np.ndarray, primitive: str = "dot_general"
 ) -> set[str]:
-    """Operand dtypes of every `primitive` (a dot_general unless named) in the step's jaxpr."""
+    """Operand dtypes of every `primitive` (a dot_general unless named) in the step's jaxpr.
+
+    Matrix-vector products are left out: the sparse paths' b_dec gradient, W_enc @ d b_enc, is
+    deliberately float32 (d b_enc is a float32 sum over the batch's selected latents)."""
     scale = jnp.float32(1.0)
     jaxpr = jax.make_jaxpr(trainer._step_fn)(trainer.state, x, x, scale)
     found: set[str] = set()
 
     def visit(jpr):
         for eqn in jpr.eqns:
-            if eqn.primitive.name == primitive:
+            vector = any(len(v.aval.shape) < 2 for v in eqn.invars)
+            if eqn.primitive.name == primitive and not (primitive == "dot_general" and vector):
                 found.update(str(v.aval.dtype) for v in eqn.invars)
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 visit(sub)

@@ -331,7 +331,8 @@ def sparse_batch_train_forward(
     n_keep = min(int(cfg.k * n_tokens), enc.h.size)
     # the batch's k·B largest, in token-major order: pairs of one token are contiguous
     rows, cols = batch_topk_positions(enc.scores, n_keep)  # [P] each
-    z = pair_encode(enc.h, enc.x_in, params["W_enc"], params["b_enc"], rows, cols)  # [P]
+    W_enc, b_enc = params["W_enc"], params["b_enc"]
+    z = pair_encode(enc.h, enc.x_norm, enc.center, W_enc, b_enc, rows, cols)  # [P]
     if enc.norms is not None:
         z = z * enc.norms[cols]
     acts = jax.nn.relu(z)  # [P] the kept latents (zero where the batch has < P positives)

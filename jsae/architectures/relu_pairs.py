@@ -38,9 +38,10 @@ if TYPE_CHECKING:
     from jsae.config import SAEConfig
 
 # Active pairs the sparse branch holds: this fraction of the batch's B · d_sae entries (L0 up
-# to 128 at d_sae 16384). Its cost grows with the active pairs and passes the dense step's at
-# about this density on CPU (benchmarks/README.md); beyond it the dense branch runs.
-CAPACITY_FRACTION = 1 / 128
+# to 170 at d_sae 16384). The branch's cost grows with the active pairs and reaches the dense
+# step's at about L0 200 on CPU (benchmarks/README.md); beyond the capacity the dense branch
+# runs. A larger capacity also slows the compaction at every L0.
+CAPACITY_FRACTION = 1 / 96
 
 
 def pair_capacity(n_tokens: int, d_sae: int) -> int:
@@ -133,8 +134,8 @@ def train_losses(
         pre = pre_activation()
         rows, cols = positive_positions(pre, counts, capacity)  # [P] each, token-major
         valid = jnp.arange(capacity) < count  # [P] the rest is padding
-        x_in = centered(p)[0]
-        z = pair_encode(pre, x_in, p["W_enc"], p["b_enc"], rows, cols, count)  # [P]
+        center = centered(p)[1]
+        z = pair_encode(pre, x_norm, center, p["W_enc"], p["b_enc"], rows, cols, count)  # [P]
         z = z.astype(cfg.jax_dtype)  # exact: `pre` holds values of the compute dtype
         acts = jnp.where(valid, jax.nn.relu(z), 0)  # padding: no value and no gradient
         decoded = pair_decode(acts, rows, cols, p["W_dec"], n_tokens, count) + p["b_dec"]

@@ -273,9 +273,9 @@ class SparseEncoder:
 
     params: Params
     x_norm: jax.Array  # [B, d_in] normalised
-    x_in: jax.Array  # [B, d_in] normalised, b_dec subtracted when configured
+    center: jax.Array  # [d_in] what the encoder subtracts from x_norm: b_dec, or zeros
     stats: Any  # run-time normalisation statistics (for normalize_out)
-    h: jax.Array  # [B, d_sae] x_in @ W_enc + b_enc, under stop_gradient
+    h: jax.Array  # [B, d_sae] (x_norm - center) @ W_enc + b_enc, under stop_gradient
     norms: jax.Array | None  # [d_sae] decoder row norms when rescaling, else None
     scores: jax.Array  # [B, d_sae] what selection ranks: h, times the (detached) norms
 
@@ -284,16 +284,17 @@ class SparseEncoder:
         from jsae.normalization import normalize_in
 
         x_norm, stats = normalize_in(cfg.normalize_activations, x)
-        x_in = x_norm - params["b_dec"] if cfg.apply_b_dec_to_input else x_norm
-        h = jax.lax.stop_gradient(x_in @ params["W_enc"] + params["b_enc"])
+        b_dec = params["b_dec"]
+        center = b_dec if cfg.apply_b_dec_to_input else jnp.zeros_like(b_dec)
+        h = jax.lax.stop_gradient((x_norm - center) @ params["W_enc"] + params["b_enc"])
         norms = row_norms(params["W_dec"]) if cfg.rescale_acts_by_decoder_norm else None
         scores = h if norms is None else h * jax.lax.stop_gradient(norms)
-        return cls(params, x_norm, x_in, stats, h, norms, scores)
+        return cls(params, x_norm, center, stats, h, norms, scores)
 
     def pre_at(self, idx: jax.Array) -> jax.Array:
         """Differentiable pre-activations at per-row indices idx [B, K] (rescaled). [B, K]"""
         p = self.params
-        z = gather_encode(self.h, self.x_in, p["W_enc"], p["b_enc"], idx)
+        z = gather_encode(self.h, self.x_norm, self.center, p["W_enc"], p["b_enc"], idx)
         return z if self.norms is None else z * self.norms[idx]
 
     def decode_at(self, acts: jax.Array, idx: jax.Array) -> jax.Array:
