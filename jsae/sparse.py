@@ -217,6 +217,21 @@ def center_gradient(W_enc: jax.Array, db: jax.Array, center: jax.Array) -> jax.A
     return (-(W_enc.astype(db.dtype) @ db)).astype(center.dtype)
 
 
+def encoder_gradients(
+    dW_t: jax.Array,
+    cols: jax.Array,
+    g: jax.Array,
+    W_enc: jax.Array,
+    b_enc: jax.Array,
+    center: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(d center, d W_enc, d b_enc) of the sparse encoders, from W_enc's gradient accumulated
+    as rows dW_t [d_sae, d_in] and the selected latents' gradients g at columns cols."""
+    db = bias_gradient(b_enc, cols, g)  # [d_sae] float32
+    d_center = center_gradient(W_enc, db, center)
+    return d_center, transposed(dW_t.astype(W_enc.dtype)), db.astype(b_enc.dtype)
+
+
 def transposed(a: jax.Array, block: int = 1024) -> jax.Array:
     """`a.T` written out in row-major order, a block of rows at a time. [n, d] -> [d, n]
 
@@ -275,10 +290,8 @@ def _gather_encode_bwd(residuals, g):
         return dW_t.at[i].add(gj[:, None] * x_in)
 
     dW_t = jax.lax.fori_loop(0, n_cols, body, jnp.zeros(W_enc.shape[::-1], acc_dtype))
-    db = bias_gradient(b_enc, idx.reshape(-1), g.reshape(-1))  # [d_sae] float32
-    d_center = center_gradient(W_enc, db, center)
-    dW_enc = transposed(dW_t.astype(W_enc.dtype))
-    return None, None, d_center, dW_enc, db.astype(b_enc.dtype), None
+    grads = encoder_gradients(dW_t, idx.reshape(-1), g.reshape(-1), W_enc, b_enc, center)
+    return None, None, *grads, None
 
 
 gather_encode.defvjp(_gather_encode_fwd, _gather_encode_bwd)
@@ -419,18 +432,14 @@ def pair_encode(
 
 
 def _pair_encode_fwd(hidden_pre, x, center, W_enc, b_enc, rows, cols, count):
-    out = hidden_pre[rows, cols]
-    return out, (x, center, W_enc, b_enc, rows, cols, count)
+    return hidden_pre[rows, cols], (x, center, W_enc, b_enc, rows, cols, count)
 
 
 def _pair_encode_bwd(residuals, g):
     x, center, W_enc, b_enc, rows, cols, count = residuals
     x_in = x - center  # [N, d_in] the encoder's input
     dW_t = _scatter_rows(W_enc.shape[1], cols, g, x_in, rows, False, count)  # [d_sae, d_in]
-    db = bias_gradient(b_enc, cols, g)  # [d_sae] float32
-    d_center = center_gradient(W_enc, db, center)
-    dW_enc = transposed(dW_t.astype(W_enc.dtype))
-    return None, None, d_center, dW_enc, db.astype(b_enc.dtype), None, None, None
+    return None, None, *encoder_gradients(dW_t, cols, g, W_enc, b_enc, center), None, None, None
 
 
 pair_encode.defvjp(_pair_encode_fwd, _pair_encode_bwd)

@@ -11,9 +11,10 @@ at O(active pairs · d) instead of O(B · d_sae · d).
 
 Early in training (and whenever a batch has more active pairs than the capacity) the step
 takes the dense path instead, reusing the pre-activation already computed. The choice is a
-`lax.cond` around two separately differentiated losses: differentiating through a `cond`
-would make the dense branch's [B, d_sae] residuals a cost of the sparse branch too. Both
-compute the same losses (SAELens's `StandardTrainingSAE`) up to summation order.
+`lax.switch` over two separately differentiated losses, each with its whole update
+(`Architecture.train_losses`): differentiating through a switch would make the dense branch's
+[B, d_sae] residuals a cost of the sparse branch too. Both compute the same losses (SAELens's
+`StandardTrainingSAE`) up to summation order.
 """
 
 from __future__ import annotations
