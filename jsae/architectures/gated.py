@@ -30,7 +30,7 @@ from jsae.architectures.base import (
     Params,
     TrainContext,
     TrainInputs,
-    encoder_matmul,
+    affine_encoder,
     lp_norm,
     mean_sq_error,
 )
@@ -77,7 +77,7 @@ class Gated(Architecture):
         cls, cfg: SAEConfig, params: Params, x: jax.Array, center: jax.Array | None
     ) -> jax.Array:
         W_mag = params["W_enc"] * jnp.exp(params["r_mag"])  # [d_in, d_sae]
-        return encoder_matmul(x, center, W_mag) + params["b_mag"]
+        return affine_encoder(x, center, W_mag, params["b_mag"])
 
     @classmethod
     def train_encode(
@@ -90,7 +90,7 @@ class Gated(Architecture):
         x_in: jax.Array,
     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         # The gate pre-activation π serves the hard gate and the auxiliary losses: computed once.
-        pi_gate = encoder_matmul(x_norm, center, params["W_enc"]) + params["b_gate"]  # [B, d_sae]
+        pi_gate = affine_encoder(x_norm, center, params["W_enc"], params["b_gate"])  # [B, d_sae]
         hidden_pre = cls.train_pre_activation(cfg, params, x_norm, center)  # magnitude path
         gate = jax.lax.stop_gradient(pi_gate) > 0
         f = jnp.where(gate, jax.nn.relu(hidden_pre), 0).astype(hidden_pre.dtype)

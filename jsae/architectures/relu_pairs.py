@@ -29,7 +29,7 @@ from jsae.architectures.base import (
     TrainContext,
     TrainInputs,
     TrainOutput,
-    computed_encoder_matmul,
+    computed_affine_encoder,
     lp_root,
     mean_sq_error,
 )
@@ -123,8 +123,9 @@ def train_losses(
 
     def dense_loss(params: Params) -> tuple[jax.Array, TrainOutput]:
         def encode(cfg, ctx, p, x_norm, center, x_in):
-            matmul = computed_encoder_matmul(encoded, x_norm, centered(p)[1], p["W_enc"])
-            hidden_pre = matmul + p["b_enc"]  # [B, d_sae] as the dense step computes it
+            center = p["b_dec"] if cfg.apply_b_dec_to_input else None
+            # [B, d_sae] as the dense step computes it
+            hidden_pre = computed_affine_encoder(encoded, x_norm, center, p["W_enc"], p["b_enc"])
             return hidden_pre, jax.nn.relu(hidden_pre), {}
 
         out = arch.train_forward_with(encode, cfg, ctx, cast(params), x, target, inputs)
