@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from jsae.architectures.base import Architecture, ForwardPass, Params, TrainContext, TrainInputs
+from jsae.architectures.base import (
+    Architecture,
+    ForwardPass,
+    Params,
+    TrainContext,
+    TrainInputs,
+    column_sum,
+)
 
 if TYPE_CHECKING:
     from jsae.config import SAEConfig
@@ -111,7 +118,7 @@ def _rectangle(u: jax.Array) -> jax.Array:
 
 def _sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Sum a [..., d_sae] cotangent over the leading axes (the threshold is per latent)."""
-    return jnp.sum(g.reshape(-1, g.shape[-1]), axis=0).reshape(shape)
+    return column_sum(g.reshape(-1, g.shape[-1])).reshape(shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
