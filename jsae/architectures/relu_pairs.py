@@ -123,8 +123,7 @@ def train_losses(
 
     def dense_loss(params: Params) -> tuple[jax.Array, TrainOutput]:
         def encode(cfg, ctx, p, x_norm, center, x_in):
-            center = p["b_dec"] if cfg.apply_b_dec_to_input else None
-            # [B, d_sae] as the dense step computes it
+            # [B, d_sae] as the dense step computes it (center: b_dec, or None)
             hidden_pre = computed_affine_encoder(encoded, x_norm, center, p["W_enc"], p["b_enc"])
             return hidden_pre, jax.nn.relu(hidden_pre), {}
 
