@@ -117,7 +117,7 @@ def affine_encoder(x: jax.Array, center: jax.Array | None, W: jax.Array, b: jax.
 
 
 def _affine_encoder_fwd(x, center, W, b):
-    return affine_encoder(x, center, W, b), (x, center, W, b)
+    return _encoder_input(x, center) @ W + b, (x, center, W, b)
 
 
 def _affine_encoder_bwd(residuals, g):
