@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from helpers import assert_close
 
+from jsae import parallel
 from jsae.architectures.base import (
+    TrainContext,
     affine_encoder,
     column_sum,
     computed_affine_encoder,
@@ -22,9 +24,9 @@ from jsae.architectures.base import (
 )
 
 
-def _inputs(shape: tuple[int, ...], dtype=jnp.float32):
+def _inputs(shape: tuple[int, ...], n: int = 7, dtype=jnp.float32):
     rng = np.random.default_rng(0)
-    d, n = shape[-1], 7
+    d = shape[-1]
     x = jnp.asarray(rng.standard_normal(shape), dtype)
     center = jnp.asarray(rng.standard_normal(d), dtype)
     W = jnp.asarray(rng.standard_normal((d, n)), dtype)
@@ -35,23 +37,29 @@ def _inputs(shape: tuple[int, ...], dtype=jnp.float32):
 
 @pytest.mark.parametrize("shape", [(9, 5), (2, 3, 5)])  # rows, and leading dims (hook_z)
 @pytest.mark.parametrize("centered", [True, False])
-def test_affine_encoder_gradients_equal_autodiff(shape, centered: bool) -> None:
-    x, center, W, b, probe = _inputs(shape)
+# n 2051: the row-major gradient copy runs two whole blocks of 1024 latents and a partial one
+@pytest.mark.parametrize(("row_major", "n"), [(False, 7), (True, 7), (True, 2051)])
+def test_affine_encoder_gradients_equal_autodiff(shape, centered: bool, row_major, n) -> None:
+    x, center, W, b, probe = _inputs(shape, n)
     c = center if centered else None
 
     def plain(center, W, b):
         return jnp.sum(probe * jnp.tanh((x - center if centered else x) @ W + b))
 
     def ours(center, W, b):
-        return jnp.sum(probe * jnp.tanh(affine_encoder(x, center if centered else None, W, b)))
+        return jnp.sum(
+            probe * jnp.tanh(affine_encoder(x, center if centered else None, W, b, row_major))
+        )
 
     def computed(center, W, b):
         value = jax.lax.stop_gradient((x - center if centered else x) @ W)
-        out = computed_affine_encoder(value, x, center if centered else None, W, b)
+        out = computed_affine_encoder(value, x, center if centered else None, W, b, row_major)
         return jnp.sum(probe * jnp.tanh(out))
 
     expected = jax.grad(plain, argnums=(0, 1, 2))(center, W, b)
-    assert_close(affine_encoder(x, c, W, b), (x - center if centered else x) @ W + b, atol=1e-5)
+    assert_close(
+        affine_encoder(x, c, W, b, row_major), (x - center if centered else x) @ W + b, atol=1e-5
+    )
     for fn in (ours, computed):
         got = jax.grad(fn, argnums=(0, 1, 2))(center, W, b)
         for name, e, g in zip(("center", "W", "b"), expected, got, strict=True):
@@ -108,3 +116,10 @@ def test_standard_l1_at_p1_equals_the_per_token_norm() -> None:
         jax.grad(ours, (0, 1))(f, W_dec), jax.grad(per_token, (0, 1))(f, W_dec), strict=True
     ):
         assert_close(g, e, atol=1e-6, rtol=1e-5)
+
+
+def test_row_major_encoder_grad_only_where_latents_are_unsplit() -> None:
+    assert TrainContext(None).row_major_encoder_grad  # one CPU device
+    assert TrainContext(None, parallel.make_mesh(8, 1)).row_major_encoder_grad  # batch split
+    # the copy loops over latent blocks: with latents split over "model" it stays a plain dot
+    assert not TrainContext(None, parallel.make_mesh(2, 4)).row_major_encoder_grad

@@ -141,7 +141,7 @@ class BatchTopK(TopK):
         x_in: jax.Array,
     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         """The selection also gives the smallest kept activation (the threshold statistic)."""
-        hidden_pre = cls.train_pre_activation(cfg, params, x_norm, center)
+        hidden_pre = cls.train_pre_activation(cfg, ctx, params, x_norm, center)
         f, smallest = cls._select(cfg, ctx, hidden_pre)
         return hidden_pre, f, {"smallest_kept": smallest}
 

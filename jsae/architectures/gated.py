@@ -74,10 +74,15 @@ class Gated(Architecture):
 
     @classmethod
     def train_pre_activation(
-        cls, cfg: SAEConfig, params: Params, x: jax.Array, center: jax.Array | None
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        x: jax.Array,
+        center: jax.Array | None,
     ) -> jax.Array:
         W_mag = params["W_enc"] * jnp.exp(params["r_mag"])  # [d_in, d_sae]
-        return affine_encoder(x, center, W_mag, params["b_mag"])
+        return affine_encoder(x, center, W_mag, params["b_mag"], ctx.row_major_encoder_grad)
 
     @classmethod
     def train_encode(
@@ -90,8 +95,10 @@ class Gated(Architecture):
         x_in: jax.Array,
     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         # The gate pre-activation π serves the hard gate and the auxiliary losses: computed once.
-        pi_gate = affine_encoder(x_norm, center, params["W_enc"], params["b_gate"])  # [B, d_sae]
-        hidden_pre = cls.train_pre_activation(cfg, params, x_norm, center)  # magnitude path
+        pi_gate = affine_encoder(  # [B, d_sae]
+            x_norm, center, params["W_enc"], params["b_gate"], ctx.row_major_encoder_grad
+        )
+        hidden_pre = cls.train_pre_activation(cfg, ctx, params, x_norm, center)  # magnitude path
         gate = jax.lax.stop_gradient(pi_gate) > 0
         f = jnp.where(gate, jax.nn.relu(hidden_pre), 0).astype(hidden_pre.dtype)
         return hidden_pre, f, {"pi_gate": pi_gate}

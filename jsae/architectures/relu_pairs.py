@@ -124,7 +124,9 @@ def train_losses(
     def dense_loss(params: Params) -> tuple[jax.Array, TrainOutput]:
         def encode(cfg, ctx, p, x_norm, center, x_in):
             # [B, d_sae] as the dense step computes it (center: b_dec, or None)
-            hidden_pre = computed_affine_encoder(encoded, x_norm, center, p["W_enc"], p["b_enc"])
+            hidden_pre = computed_affine_encoder(
+                encoded, x_norm, center, p["W_enc"], p["b_enc"], ctx.row_major_encoder_grad
+            )
             return hidden_pre, jax.nn.relu(hidden_pre), {}
 
         out = arch.train_forward_with(encode, cfg, ctx, cast(params), x, target, inputs)

@@ -115,9 +115,16 @@ class TopK(Architecture):
 
     @classmethod
     def train_pre_activation(
-        cls, cfg: SAEConfig, params: Params, x: jax.Array, center: jax.Array | None
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        x: jax.Array,
+        center: jax.Array | None,
     ) -> jax.Array:
-        hidden_pre = affine_encoder(x, center, params["W_enc"], params["b_enc"])
+        hidden_pre = affine_encoder(
+            x, center, params["W_enc"], params["b_enc"], ctx.row_major_encoder_grad
+        )
         if cfg.rescale_acts_by_decoder_norm:
             hidden_pre = hidden_pre * row_norms(params["W_dec"]).astype(hidden_pre.dtype)
         return hidden_pre
@@ -242,7 +249,7 @@ def dead_latent_auxk(
         W_enc, b_enc = (
             (p["W_enc"], p["b_enc"]) if cols is None else (p["W_enc"][:, cols], p["b_enc"][cols])
         )
-        z = affine_encoder(x, center, W_enc, b_enc)
+        z = affine_encoder(x, center, W_enc, b_enc, False)  # AuxK: often a column subset
         if not cfg.rescale_acts_by_decoder_norm:
             return z
         # the norms at full width, then gathered: the values the forward pass ranks by (norms
