@@ -27,14 +27,53 @@ def test_independent_firing_matches_the_probabilities() -> None:
     assert np.allclose(np.linalg.norm(source.features, axis=1), 1)
 
 
+def test_independent_firing_is_independent_uniform_over_rows_and_has_the_magnitudes() -> None:
+    """The sparse sampler (a Binomial count per feature, then that many distinct random rows)
+    must give i.i.d. Bernoulli firing: no co-firing beyond chance, no favoured rows, at most one
+    firing per (row, feature), and magnitudes |N(1, magnitude_std)|."""
+    source = SyntheticActivations(
+        SyntheticConfig(d_in=8, n_features=24, mean_active=3.0, magnitude_std=0.2, seed=5),
+        batch_size=1,
+    )
+    acts = source.sample(20000)[2]
+    fired = acts > 0
+    c = np.corrcoef(fired.T.astype(float))
+    assert np.abs(c[~np.eye(24, dtype=bool)]).max() < 0.04  # 20000 rows: sd of r ~0.007
+    half = fired.reshape(4, 5000, 24).mean(1)  # firing rates by quarter of the rows
+    np.testing.assert_allclose(half, np.broadcast_to(source.probabilities, half.shape), atol=0.02)
+    per_row = fired.sum(1)
+    p = source.probabilities
+    assert abs(per_row.var() - np.sum(p * (1 - p))) < 0.15  # Poisson-binomial variance
+    m = acts[fired]
+    folded = np.abs(1 + 0.2 * np.random.default_rng(0).standard_normal(10**6))
+    assert abs(m.mean() - folded.mean()) < 0.01 and abs(m.std() - folded.std()) < 0.01
+
+
+@pytest.mark.parametrize("mean_active", [8.0, 16.0])  # p > 1/4 (permutations); some p = 1
+def test_frequent_features_fire_with_their_probability(mean_active: float) -> None:
+    source = SyntheticActivations(
+        SyntheticConfig(d_in=8, n_features=16, mean_active=mean_active), batch_size=1
+    )
+    x, _, acts = source.sample(4000)
+    np.testing.assert_allclose((acts > 0).mean(0), source.probabilities, atol=0.03)
+    np.testing.assert_allclose(x, acts @ source.features, rtol=1e-5, atol=1e-5)
+    certain = source.probabilities == 1  # clipped: must fire in every row
+    assert certain.any() == (mean_active == 16.0)
+    assert (acts[:, certain] > 0).all()
+
+
 def test_correlated_firing_keeps_marginals_and_correlates() -> None:
     cfg = dict(d_in=8, n_features=24, mean_active=3.0)
     indep = SyntheticActivations(SyntheticConfig(**cfg), batch_size=1).sample(20000)[2] > 0
     source = SyntheticActivations(
         SyntheticConfig(**cfg, structure="correlated", correlation=0.6), batch_size=1
     )
-    corr = source.sample(20000)[2] > 0
+    x, _, acts = source.sample(20000)
+    corr = acts > 0
     np.testing.assert_allclose(corr.mean(0), source.probabilities, atol=0.015)
+    # rows fire very different numbers of features here: the sparse sum must still be exact
+    assert corr.sum(1).max() > 3 * corr.sum(1).mean()
+    np.testing.assert_allclose(x, acts @ source.features, rtol=1e-5, atol=1e-5)
 
     def mean_abs_offdiag(fired):
         c = np.corrcoef(fired.T.astype(float))
@@ -47,7 +86,9 @@ def test_hierarchical_children_fire_only_with_their_parent_one_at_a_time() -> No
     source = SyntheticActivations(
         SyntheticConfig(d_in=8, n_features=20, structure="hierarchical", n_parents=4), batch_size=1
     )
-    fired = source.sample(5000)[2] > 0
+    x, _, acts = source.sample(5000)
+    fired = acts > 0
+    np.testing.assert_allclose(x, acts @ source.features, rtol=1e-5, atol=1e-5)
     for parent in range(4):
         kids = np.arange(4 + parent, 20, 4)
         assert not np.any(fired[:, kids].any(1) & ~fired[:, parent]), "child without its parent"
@@ -64,6 +105,10 @@ def test_stream_is_seeded_sharded_and_resumable() -> None:
         xa, ya = next(a)
         xb, yb = next(b)
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb) and ya.shape == (8, 5)
+    _, y, acts = SyntheticActivations(cfg, batch_size=8).sample(64)  # transcoder targets
+    np.testing.assert_allclose(
+        y, acts @ SyntheticActivations(cfg, batch_size=8).output_features, rtol=1e-5, atol=1e-5
+    )
     state = source.state()
     after = next(b)
     source.restore(state)
@@ -133,10 +178,15 @@ def _topk_on(structure: str) -> tuple[SyntheticActivations, jsae.SAE]:
     )
     config = {
         "architecture": "topk", "k": 2, "d_in": 16, "d_sae": 64, "lr": 3e-3,
-        "train_batch_size_tokens": 256, "training_tokens": 256 * 800, "log_to_wandb": False,
+        "train_batch_size_tokens": 256, "training_tokens": 256 * 1600, "log_to_wandb": False,
         "checkpoint_path": None, "output_path": None, "progress_bar": False,
     }  # fmt: skip
     return source, jsae.train(config, source)
+
+
+# Measured over source seeds 0-11 at 1600 steps: correlated recovery 0.93-0.97; hierarchical
+# parents 0.864-0.948, children 0.741-0.779 (at 800 steps: correlated 0.877-0.955, parents
+# 0.841-0.939, so the thresholds below would have depended on the seed).
 
 
 def test_recovery_on_correlated_data() -> None:
@@ -150,5 +200,5 @@ def test_hierarchical_data_shows_feature_absorption() -> None:
     source, sae = _topk_on("hierarchical")
     parents = feature_recovery(source.features[:8], sae.W_dec)
     children = feature_recovery(source.features[8:], sae.W_dec)
-    assert parents >= 0.9
+    assert parents >= 0.85
     assert children < parents - 0.05

@@ -24,6 +24,7 @@ The source is resumable: its position is its random generator's state.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -100,6 +101,11 @@ class SyntheticActivations:
             _unit_rows(setup.standard_normal((c.n_features, c.d_out))) if c.d_out else None
         )
         self.probabilities = self._probabilities(setup)  # [n]
+        # float32 sums for float32 output (a few terms each: exact to float32 rounding)
+        work = np.float64 if np.dtype(dtype).itemsize > 4 else np.float32
+        self._padded_features = _with_zero_row(self.features, work)
+        if self.output_features is not None:
+            self._padded_output_features = _with_zero_row(self.output_features, work)
         if c.structure == "correlated":
             factor = setup.standard_normal((c.n_features, c.correlation_rank))
             self._factor = _unit_rows(factor)  # [n, r]
@@ -123,44 +129,56 @@ class SyntheticActivations:
         p = spread / spread.sum() * c.mean_active
         return np.clip(p, 0, 1)
 
-    def _firing(self, n: int) -> np.ndarray:
-        """Which features fire, [n, n_features] bool."""
+    def _firing(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Which features fire: (rows [nnz], features [nnz]), each pair at most once.
+
+        Sparse where the structure allows it: drawing a dense [n, n_features] array per batch
+        made a 4096 x 16384-feature batch cost seconds of host time, more than a training step.
+        """
         c, rng = self.config, self._rng
         if c.structure == "independent":
-            return rng.random((n, c.n_features)) < self.probabilities
+            return _bernoulli_pairs(rng, n, self.probabilities)
         if c.structure == "correlated":
+            # a Gaussian copula: dense by nature (every feature's noise enters its threshold)
             common = rng.standard_normal((n, c.correlation_rank)) @ self._factor.T  # [n, n_feat]
-            own = rng.standard_normal((n, c.n_features))
-            z = math.sqrt(c.correlation) * common + math.sqrt(1 - c.correlation) * own
-            return z < self._cutoffs
-        parents = rng.random((n, c.n_parents)) < self.probabilities[: c.n_parents]
-        fire = np.zeros((n, c.n_features), bool)
-        fire[:, : c.n_parents] = parents
-        n_children = c.n_features - c.n_parents
+            own = rng.standard_normal((n, c.n_features), dtype=np.float32)
+            z = np.float32(math.sqrt(c.correlation)) * common.astype(np.float32)
+            z += np.float32(math.sqrt(1 - c.correlation)) * own
+            return np.nonzero(z < self._cutoffs.astype(np.float32))
+        parents = rng.random((n, c.n_parents)) < self.probabilities[: c.n_parents]  # [n, P]
+        rows, cols = [np.nonzero(parents)[0]], [np.nonzero(parents)[1]]
         # each firing parent picks one of its children (siblings exclude each other)
         pick = rng.integers(0, 1 << 30, (n, c.n_parents))
         child_fires = rng.random((n, c.n_parents)) < c.child_probability
         for parent in range(c.n_parents):
             kids = np.arange(c.n_parents + parent, c.n_features, c.n_parents)
-            if not len(kids) or n_children <= 0:
+            if not len(kids):
                 continue
-            chosen = kids[pick[:, parent] % len(kids)]
-            rows = np.nonzero(parents[:, parent] & child_fires[:, parent])[0]
-            fire[rows, chosen[rows]] = True
-        return fire
+            fired = np.nonzero(parents[:, parent] & child_fires[:, parent])[0]
+            rows.append(fired)
+            cols.append(kids[pick[fired, parent] % len(kids)])
+        return np.concatenate(rows), np.concatenate(cols)
 
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """(x [n, d_in], y [n, d_out] or None, feature activations [n, n_features])."""
+    def _draw(self, n: int) -> tuple[np.ndarray, np.ndarray | None, tuple[np.ndarray, ...]]:
+        """(x [n, d_in], y [n, d_out] or None, (rows, features, magnitudes) [nnz])."""
         c = self.config
-        fire = self._firing(n)
-        magnitudes = np.abs(1.0 + c.magnitude_std * self._rng.standard_normal(fire.shape))
-        acts = np.where(fire, magnitudes, 0.0)
-        x = acts @ self.features
-        y = acts @ self.output_features if self.output_features is not None else None
+        rows, cols = self._firing(n)
+        magnitudes = np.abs(1.0 + c.magnitude_std * self._rng.standard_normal(rows.size))
+        x = _superpose(n, rows, cols, magnitudes, self._padded_features)
+        y = None
+        if self.output_features is not None:
+            y = _superpose(n, rows, cols, magnitudes, self._padded_output_features)
         if c.noise_std:
             x = x + c.noise_std * self._rng.standard_normal(x.shape)
             if y is not None:
                 y = y + c.noise_std * self._rng.standard_normal(y.shape)
+        return x, y, (rows, cols, magnitudes)
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(x [n, d_in], y [n, d_out] or None, feature activations [n, n_features])."""
+        x, y, (rows, cols, magnitudes) = self._draw(n)
+        acts = np.zeros((n, self.config.n_features))
+        acts[rows, cols] = magnitudes
         return x.astype(self.dtype), (None if y is None else y.astype(self.dtype)), acts
 
     # ---------------------------------------------------------------- stream
@@ -169,7 +187,8 @@ class SyntheticActivations:
         local = self.batch_size // self.num_shards
         lo = self.shard_index * local
         while True:
-            x, y, _ = self.sample(self.batch_size)
+            x, y, _ = self._draw(self.batch_size)
+            x, y = x.astype(self.dtype), (None if y is None else y.astype(self.dtype))
             self.batches_drawn += 1
             if y is None:
                 yield x[lo : lo + local]
@@ -214,6 +233,74 @@ def mapping_recovery(respond: Any, source: SyntheticActivations) -> float:
     )
     true = _unit_rows(np.asarray(source.output_features, np.float64))
     return float(np.mean(np.sum(_unit_rows(response) * true, axis=-1)))
+
+
+def _bernoulli_pairs(
+    rng: np.random.Generator, n: int, p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Independent Bernoulli(p_j) draws for n rows, as the (rows, columns) of the ones.
+
+    Column j fires in Binomial(n, p_j) rows, a uniformly random subset of that size: random
+    rows, with repeats within a column redrawn until none is left (row-symmetric, so the subset
+    is uniform). Columns firing in over a quarter of the rows draw a permutation instead.
+    """
+    counts = rng.binomial(n, p)  # [n_cols]
+    dense = np.nonzero(counts > n // 4)[0]
+    sparse_counts = np.where(counts > n // 4, 0, counts)
+    cols = np.repeat(np.arange(p.size), sparse_counts)  # [nnz]
+    rows = rng.integers(0, n, cols.size)
+    while True:
+        _, first = np.unique(cols * np.int64(n) + rows, return_index=True)
+        repeat = np.ones(rows.size, bool)
+        repeat[first] = False
+        if not repeat.any():
+            break
+        rows[repeat] = rng.integers(0, n, int(repeat.sum()))
+    rows_dense = [rng.permutation(n)[: counts[j]] for j in dense]
+    cols_dense = [np.full(counts[j], j) for j in dense]
+    return np.concatenate([rows, *rows_dense]), np.concatenate([cols, *cols_dense])
+
+
+def _with_zero_row(dictionary: np.ndarray, dtype: Any) -> np.ndarray:
+    """The dictionary [n_features, d] plus a zero row, the padding target of `_superpose`."""
+    zero = np.zeros((1, dictionary.shape[1]), dtype)
+    return np.concatenate([dictionary.astype(dtype), zero])  # [n_features + 1, d]
+
+
+def _superpose(
+    n: int, rows: np.ndarray, cols: np.ndarray, magnitudes: np.ndarray, padded: np.ndarray
+) -> np.ndarray:
+    """Σ magnitude · dictionary[col] into each row: the sparse product acts @ dictionary.
+
+    `padded` is the dictionary with a zero row last (`_with_zero_row`). A row's pairs are cut
+    into segments of K (the mean pairs per row, rounded up), laid out in a [segments, K] table
+    padded with that zero row, and contracted a block at a time; segment sums are then added
+    into their rows, one segment index at a time (no row written twice in one go). O(nnz · d)
+    however skewed the rows (correlated firing), where the dense product costs
+    O(n · n_features · d). [n, d] in the dictionary's dtype."""
+    d = padded.shape[1]
+    out = np.zeros((n, d), padded.dtype)
+    if not rows.size:
+        return out
+    order = np.argsort(rows, kind="stable")
+    rows, cols, magnitudes = rows[order], cols[order], magnitudes[order]
+    rank = np.arange(rows.size) - np.searchsorted(rows, rows)  # position within its row
+    width = -(-rows.size // n)  # K
+    # segments sorted by (segment index, row): [S] keys, and each pair's segment
+    keys, segment = np.unique((rank // width) * np.int64(n) + rows, return_inverse=True)
+    table = np.full((keys.size, width), padded.shape[0] - 1)  # [S, K] dictionary rows
+    weights = np.zeros((keys.size, width), padded.dtype)  # [S, K]
+    table[segment, rank % width], weights[segment, rank % width] = cols, magnitudes
+    sums = np.empty((keys.size, d), padded.dtype)  # [S, d]
+    block = max(1, (1 << 24) // (width * d))  # segments per block: a gather of ≤ 16M values
+    for lo in range(0, keys.size, block):
+        hi = lo + block
+        sums[lo:hi] = np.einsum("sk,skd->sd", weights[lo:hi], padded[table[lo:hi]])
+    index, row = keys // n, keys % n
+    bounds = np.searchsorted(index, np.arange(index[-1] + 2))
+    for lo, hi in itertools.pairwise(bounds):
+        out[row[lo:hi]] += sums[lo:hi]
+    return out
 
 
 def _unit_rows(a: np.ndarray) -> np.ndarray:
