@@ -127,14 +127,17 @@ def test_feature_recovery_scores() -> None:
 
 
 # Settings per architecture (steps default to 700 batches of 256; the data has 2 active
-# features per activation on average, so TopK-family SAEs get k = 2).
+# features per activation on average, so TopK-family SAEs get k = 2). Step counts leave margin
+# over source seeds, not just the seed used: over seeds 0-5 the lowest recovery measured was
+# standard 0.952, gated 0.925, jumprelu 0.978, topk 0.939, batchtopk 0.929, matryoshka 0.903,
+# the transcoders 0.974 (TopK family at 700-1200 steps: 0.887-0.905, seed-dependent).
 RECOVERY_CASES = {
     "standard": {"l1_coefficient": 0.3},
     "gated": {"l1_coefficient": 0.3, "steps": 1000},
     "jumprelu": {"l0_coefficient": 0.3, "jumprelu_init_threshold": 0.1},
-    "topk": {"k": 2},
-    "batchtopk": {"k": 2, "steps": 1200},
-    "matryoshka_batchtopk": {"k": 2, "matryoshka_widths": [16, 32], "lr": 1e-2, "steps": 1200},
+    "topk": {"k": 2, "steps": 1600},
+    "batchtopk": {"k": 2, "steps": 2400},
+    "matryoshka_batchtopk": {"k": 2, "matryoshka_widths": [16, 32], "lr": 1e-2, "steps": 2400},
     "transcoder": {"l1_coefficient": 0.3, "d_out": 12},
     "skip_transcoder": {"l1_coefficient": 0.3, "d_out": 12},
     "jumprelu_transcoder": {"l0_coefficient": 0.3, "jumprelu_init_threshold": 0.1, "d_out": 12},
