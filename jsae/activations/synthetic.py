@@ -146,7 +146,8 @@ class SyntheticActivations:
             z += np.float32(math.sqrt(1 - c.correlation)) * own
             return np.nonzero(z < self._cutoffs.astype(np.float32))
         parents = rng.random((n, c.n_parents)) < self.probabilities[: c.n_parents]  # [n, P]
-        rows, cols = [np.nonzero(parents)[0]], [np.nonzero(parents)[1]]
+        parent_rows, parent_cols = np.nonzero(parents)
+        rows, cols = [parent_rows], [parent_cols]
         # each firing parent picks one of its children (siblings exclude each other)
         pick = rng.integers(0, 1 << 30, (n, c.n_parents))
         child_fires = rng.random((n, c.n_parents)) < c.child_probability
@@ -160,7 +161,8 @@ class SyntheticActivations:
         return np.concatenate(rows), np.concatenate(cols)
 
     def _draw(self, n: int) -> tuple[np.ndarray, np.ndarray | None, tuple[np.ndarray, ...]]:
-        """(x [n, d_in], y [n, d_out] or None, (rows, features, magnitudes) [nnz])."""
+        """(x [n, d_in], y [n, d_out] or None, in the source's dtype; (rows, features,
+        magnitudes) [nnz])."""
         c = self.config
         rows, cols = self._firing(n)
         magnitudes = np.abs(1.0 + c.magnitude_std * self._rng.standard_normal(rows.size))
@@ -172,6 +174,7 @@ class SyntheticActivations:
             x = x + c.noise_std * self._rng.standard_normal(x.shape)
             if y is not None:
                 y = y + c.noise_std * self._rng.standard_normal(y.shape)
+        x, y = x.astype(self.dtype), (None if y is None else y.astype(self.dtype))
         return x, y, (rows, cols, magnitudes)
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -179,7 +182,7 @@ class SyntheticActivations:
         x, y, (rows, cols, magnitudes) = self._draw(n)
         acts = np.zeros((n, self.config.n_features))
         acts[rows, cols] = magnitudes
-        return x.astype(self.dtype), (None if y is None else y.astype(self.dtype)), acts
+        return x, y, acts
 
     # ---------------------------------------------------------------- stream
 
@@ -188,7 +191,6 @@ class SyntheticActivations:
         lo = self.shard_index * local
         while True:
             x, y, _ = self._draw(self.batch_size)
-            x, y = x.astype(self.dtype), (None if y is None else y.astype(self.dtype))
             self.batches_drawn += 1
             if y is None:
                 yield x[lo : lo + local]
@@ -245,8 +247,9 @@ def _bernoulli_pairs(
     is uniform). Columns firing in over a quarter of the rows draw a permutation instead.
     """
     counts = rng.binomial(n, p)  # [n_cols]
-    dense = np.nonzero(counts > n // 4)[0]
-    sparse_counts = np.where(counts > n // 4, 0, counts)
+    frequent = counts > n // 4
+    dense = np.nonzero(frequent)[0]
+    sparse_counts = np.where(frequent, 0, counts)
     cols = np.repeat(np.arange(p.size), sparse_counts)  # [nnz]
     rows = rng.integers(0, n, cols.size)
     while True:

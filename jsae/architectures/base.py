@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jsae.errors import ConfigError
-from jsae.sparse import decode_matmul, transposed
+from jsae.sparse import center_gradient, decode_matmul, transposed
 
 if TYPE_CHECKING:
     from jsae.config import SAEConfig
@@ -141,7 +141,7 @@ def _affine_encoder_bwd(row_major_grad, residuals, g):
     db = column_sum(g2)  # [n] float32
     # [d, n], either way
     dW = transposed((g2.T @ x2).astype(W.dtype)) if row_major_grad else (x2.T @ g2).astype(W.dtype)
-    dcenter = None if center is None else (-(W @ db)).astype(center.dtype)  # W @ v: no Wᵀ copy
+    dcenter = None if center is None else center_gradient(W, db, center)  # W @ v: no Wᵀ copy
     return None, dcenter, dW, db.astype(b.dtype)
 
 
