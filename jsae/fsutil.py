@@ -6,15 +6,21 @@
 
 Files are written into a hidden sibling directory (same filesystem), flushed to disk, and
 renamed into place. Replacing an existing directory moves it aside first and deletes it only
-after the new one is in place, so an interruption at any point leaves either the old or the
-new directory at `path` (and at worst a hidden `.name.old-*` to clean up).
+after the new one is in place. A writer killed part-way leaves hidden siblings named after its
+host and process id (`.name.tmp-<host>~<pid>~*`, `.name.old-<host>~<pid>~*`); the next write
+of `path` on that host deletes them, and if the writer died in the instant between moving the
+old directory aside and renaming the new one in, it moves the old one back first
+(`recover_interrupted`). So the old directory is never lost, and a dead writer's leftovers do
+not pile up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,10 +51,70 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
+def _host() -> str:
+    """This host's name, reduced to characters that cannot clash with the sibling-name syntax."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _sibling_prefix(path: Path, kind: str) -> str:
+    """Prefix of a hidden sibling of `path` owned by this process: kind is "tmp" or "old"."""
+    return f".{path.name}.{kind}-{_host()}~{os.getpid()}~"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (a recycled pid reads as alive: the safe side)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def recover_interrupted(path: str | Path) -> bool:
+    """Clean up after writers of `path` on this host that died mid-write; True if the old
+    directory had to be moved back to `path`.
+
+    Their temporary siblings are deleted. An `old` sibling is the previous `path`, moved aside
+    by a replacement that was killed before its new directory was renamed in: when `path` is
+    missing it goes back there, otherwise (the replacement finished) it is deleted. Siblings of
+    live processes and of other hosts (a shared filesystem) are left alone.
+    """
+    path = Path(path).expanduser().absolute()
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(tmp|old)-{_host()}~(\d+)~")
+    stale: dict[str, list[Path]] = {"tmp": [], "old": []}
+    with contextlib.suppress(FileNotFoundError):
+        for sibling in path.parent.iterdir():
+            match = pattern.match(sibling.name)
+            if match and not _alive(int(match.group(2))):
+                stale[match.group(1)].append(sibling)
+    restored = False
+    # newest first: were there several, the latest replaced directory is the one to restore
+    for old in sorted(stale["old"], key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        if not path.exists() and not path.is_symlink():
+            os.rename(old, path)
+            restored = True
+        else:
+            _remove(old)
+    for tmp in stale["tmp"]:
+        _remove(tmp)
+    return restored
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes `path` when the block exits without error."""
     path = Path(path).expanduser().absolute()
+    recover_interrupted(path)
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"{path} already exists; pass overwrite=True (or --overwrite) to replace it, "
@@ -57,7 +123,7 @@ def atomic_output_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is a file, not a directory; remove it first.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_sibling_prefix(path, "tmp"), dir=path.parent))
     try:
         yield tmp
         _as_created(tmp, 0o777)
@@ -75,11 +141,12 @@ def atomic_output_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[
 
 def replace_dir(new: Path, target: Path) -> None:
     """Put directory `new` at `target`; what was there is deleted only once `new` is in place
-    (a failed rename puts it back)."""
+    (a failed rename puts it back; a killed process leaves it for `recover_interrupted`)."""
+    recover_interrupted(target)
     if not target.exists():
         os.rename(new, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=_sibling_prefix(target, "old"), dir=target.parent))
     old.rmdir()
     os.rename(target, old)
     try:
@@ -94,7 +161,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a single file atomically (temporary sibling, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    recover_interrupted(path)
+    fd, tmp = tempfile.mkstemp(prefix=_sibling_prefix(path, "tmp"), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

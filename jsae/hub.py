@@ -83,9 +83,12 @@ def load(
     SAELens directories go through `jsae.io.load_saelens` (unless a mesh is given, when
     they are read shard by shard). `format` skips detection (`jsae.converters.format_names()`).
     """
+    from jsae.fsutil import recover_interrupted
     from jsae.io import load_saelens
 
     path = Path(path).expanduser()
+    if not path.exists():  # an overwrite killed mid-swap may have left it aside: put it back
+        recover_interrupted(path)
     fmt = format or converters.detect_format(path)
     if fmt == "saelens" and mesh is None and hints is None:
         folder = path if path.is_dir() else path.parent

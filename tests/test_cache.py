@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -401,6 +402,37 @@ def _first_rows(path: Path) -> list[int]:
         path, 1, shuffle=False, loop=False, prefetch=0, hook_names=[HOOKS[0]]
     )
     return np.concatenate(list(reader))[:, 0].astype(int).tolist()
+
+
+def test_a_swap_killed_between_its_renames_loses_neither_cache(tmp_path, monkeypatch) -> None:
+    """The old cache is moved aside, then the replacement is renamed in: a kill in between
+    leaves no cache at the path. The next writer puts the old one back and resumes."""
+    import jsae.fsutil as fsutil
+
+    path = tmp_path / "c"
+    _write(path, [4, 4], settings={"m": 1})
+    old = _tree(path)
+    w = _overwriter(path, {"m": 2})
+    w.add_shard(_rows(100, 3), np.arange(3), {"doc": 1})
+    renames, real_rename = [], os.rename
+
+    def rename_then_die(src, dst):  # the first rename runs; the process "dies" at the second
+        renames.append(dst)
+        if len(renames) >= 2:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "rename", rename_then_die)
+    monkeypatch.setattr(fsutil, "_alive", lambda pid: False)  # as if this process had died
+    with pytest.raises(KeyboardInterrupt):
+        w.finish()
+    monkeypatch.setattr(fsutil.os, "rename", real_rename)
+    assert not path.exists()
+    assert CacheWriter(path, hook_names=HOOKS, d_in=D, context_size=4, settings={"m": 1}).complete
+    assert _tree(path) == old and _first_rows(path) == list(range(8))  # the old one is back
+    w = _overwriter(path, {"m": 2})  # the rerun of `jsae cache --overwrite`: swaps it in
+    assert w.complete and w.n_shards == 1
+    assert _first_rows(path) == list(range(100, 103)) and _hidden_siblings(path) == []
 
 
 def test_overwrite_keeps_the_old_cache_until_the_new_one_is_complete(tmp_path) -> None:

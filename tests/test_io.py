@@ -15,7 +15,7 @@ from test_sae import random_sae
 
 import jsae
 from jsae import io
-from jsae.fsutil import atomic_output_dir
+from jsae.fsutil import _host, atomic_output_dir
 
 
 def saved(tmp_path: Path, architecture: str = "jumprelu") -> Path:
@@ -88,6 +88,19 @@ with atomic_output_dir({str(target)!r}) as tmp:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert proc.returncode == -9
     assert not target.exists()
+
+
+def test_load_finds_an_sae_whose_overwrite_was_killed_mid_swap(tmp_path: Path) -> None:
+    """The old directory moved aside by a replacement killed before the new one was renamed
+    in goes back in place when it is loaded."""
+    path = saved(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.rename(path, tmp_path / f".sae.old-{_host()}~{dead.pid}~abc")
+    loaded, original = jsae.load(path), random_sae("jumprelu")
+    for name, value in original.params.items():
+        np.testing.assert_array_equal(loaded.params[name], value)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_nan_parameters_are_refused_on_save_and_load(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 from jsae.activations.prefetch import Prefetcher
 from jsae.config import canonical_dtype
 from jsae.errors import ConfigError, FormatError
-from jsae.fsutil import atomic_output_dir, atomic_write_bytes, replace_dir
+from jsae.fsutil import atomic_output_dir, atomic_write_bytes, recover_interrupted, replace_dir
 
 FORMAT_NAME = "jsae-activation-cache"
 FORMAT_VERSION = 1
@@ -173,6 +173,7 @@ class CacheWriter:
             "source_state": None,
             "complete": False,
         }
+        recover_interrupted(self.target.resolve())  # a swap killed between its two renames
         existing = _existing_cache(self.target)
         if existing is not None and overwrite:
             foreign = _foreign_entries(self.target)
@@ -185,8 +186,11 @@ class CacheWriter:
             real = self.target.resolve()  # "." or a symlink: stage beside the real directory
             self.path = real.parent / f".{real.name}.replacement"
             staged = _existing_cache(self.path)
-            if staged is not None and resume and self._matches(staged, fresh):
+            if staged is not None and resume and not self._differences(staged, fresh):
                 self.manifest = staged  # an interrupted replacement: continue it
+                if self.complete:  # it was finished, but killed while being swapped in
+                    replace_dir(self.path, real)
+                    self.path = self.target
                 return
             if staged is not None:
                 shutil.rmtree(self.path)
@@ -214,10 +218,6 @@ class CacheWriter:
     def _differences(manifest: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[str]:
         keys = ("hook_names", "d_in", "dtype", "context_size", "settings")
         return [k for k in keys if manifest.get(k) != fresh[k]]
-
-    @classmethod
-    def _matches(cls, manifest: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
-        return not manifest.get("complete") and not cls._differences(manifest, fresh)
 
     # -------------------------------------------------------------- properties
 
