@@ -141,8 +141,8 @@ def atomic_output_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[
 
 def replace_dir(new: Path, target: Path) -> None:
     """Put directory `new` at `target`; what was there is deleted only once `new` is in place
-    (a failed rename puts it back; a killed process leaves it for `recover_interrupted`)."""
-    recover_interrupted(target)
+    (a failed rename puts it back; after a killed process, `recover_interrupted` does, which
+    callers run before they start writing)."""
     if not target.exists():
         os.rename(new, target)
         return

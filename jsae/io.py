@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 from jsae.architectures import get_architecture
 from jsae.config import SAEConfig, SAEMetadata, canonical_dtype
 from jsae.errors import FormatError, NonFiniteError
-from jsae.fsutil import atomic_output_dir, recover_interrupted
+from jsae.fsutil import atomic_output_dir
 
 if TYPE_CHECKING:
     from jsae.sae import SAE
@@ -229,8 +229,6 @@ def load_saelens(path: str | Path, *, dtype: Any = None) -> SAE:
     from jsae.sae import SAE
 
     path = Path(path)
-    if not path.exists():  # an overwrite killed mid-swap may have left it aside: put it back
-        recover_interrupted(path)
     if not path.is_dir():
         raise FormatError(
             f"{path} is not a directory; a SAELens-format SAE is a folder holding "
