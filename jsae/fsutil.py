@@ -62,7 +62,12 @@ def _sibling_prefix(path: Path, kind: str) -> str:
 
 
 def _alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (a recycled pid reads as alive: the safe side)."""
+    """Whether process `pid` exists on this host (a recycled pid reads as alive: the safe side).
+
+    On Windows `os.kill(pid, 0)` would terminate the process, so every writer counts as alive
+    there and nothing is cleaned up."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
