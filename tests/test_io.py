@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from test_fsutil import _dead_pid
 from test_sae import random_sae
 
 import jsae
@@ -94,9 +95,7 @@ def test_load_finds_an_sae_whose_overwrite_was_killed_mid_swap(tmp_path: Path) -
     """The old directory moved aside by a replacement killed before the new one was renamed
     in goes back in place when it is loaded."""
     path = saved(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    os.rename(path, tmp_path / f".sae.old-{_host()}~{dead.pid}~abc")
+    os.rename(path, tmp_path / f".sae.old-{_host()}~{_dead_pid()}~abc")
     loaded, original = jsae.load(path), random_sae("jumprelu")
     for name, value in original.params.items():
         np.testing.assert_array_equal(loaded.params[name], value)
