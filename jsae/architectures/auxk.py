@@ -13,11 +13,12 @@ recompute every column.
 The branch is picked at run time by `lax.switch`. Its gradient is a custom VJP: the forward
 pass keeps each token's chosen columns and their values ([B, k]) and the reconstruction
 ([B, d_out]), the same shapes in every branch, and the taken branch's gradient starts from
-them, so neither the pre-activations nor the decode is computed twice (five matmuls at the
-branch's width instead of seven: 16-24% off the AuxK cost at 10-60% dead latents). Autodiff of
-a switch would instead return the union of every branch's saved values, zero-filled by the
-branches not taken (the full-width branch's are `[B, d_sae]`), which cost a step with no dead
-latent ~0.1-0.2 s on a 2-core CPU.
+them: the decode is not computed twice, nor are the pre-activations unless they are rescaled
+by the decoder norms, whose gradient reads them (five matmuls at the branch's width, six with
+`rescale`, instead of seven: 16-24% off the AuxK cost at 10-60% dead latents without
+`rescale`). Autodiff of a switch would instead return the union of every branch's saved
+values, zero-filled by the branches not taken (the full-width branch's are `[B, d_sae]`),
+which cost a step with no dead latent ~0.1-0.2 s on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ def auxk_loss(
             return mean_sq_error(recon, consts[2]), (top, values, recon)
 
         def gradient(params: Params, consts: tuple, saved: Saved, g: jax.Array) -> Params:
-            """The loss's gradient from the saved choice, values and reconstruction: the
-            pre-activations and the decode are not recomputed (their matmuls are dead code in
-            the vjps below, which need only the cotangents)."""
+            """The loss's gradient from the saved choice, values and reconstruction. The
+            decode's matmul is dead code in the vjp below (it needs only the cotangent), and so
+            is the encoder's unless `rescale`: the norms' gradient reads the pre-activations."""
             top, values, recon = saved
             d_recon = jax.vjp(lambda r: mean_sq_error(r, consts[2]), recon)[1](g)[0]
             cols, valid, _, _ = columns(params, consts)
