@@ -84,6 +84,7 @@ def auxk_loss(
 
     def at_width(width: int | None) -> Branch:
         """(the forward pass: the loss and what its gradient needs; the gradient)."""
+        n_cols = dead.shape[0] if width is None else width  # C
 
         def columns(params: Params, consts: tuple) -> tuple:
             """(cols [C] or None for every column, valid [C], W_dec at cols [C, d_out], the
@@ -104,10 +105,9 @@ def auxk_loss(
         def forward(params: Params, consts: tuple) -> tuple[jax.Array, Saved]:
             cols, valid, W_dec, norms = columns(params, consts)
             pre = pre_at(params, consts[3], cols)  # [B, C]
-            width_now = pre.shape[-1]
-            if k >= width_now:  # every valid column: no choice (indices past C-1 repeat it)
-                top = jnp.broadcast_to(jnp.minimum(jnp.arange(k), width_now - 1), (n_tokens, k))
-                first = jnp.arange(k) < width_now  # [k] each column once
+            if k >= n_cols:  # every valid column: no choice (indices past C-1 repeat it)
+                top = jnp.broadcast_to(jnp.minimum(jnp.arange(k), n_cols - 1), (n_tokens, k))
+                first = jnp.arange(k) < n_cols  # [k] each column once
             else:
                 scores = jnp.where(valid, pre, -jnp.inf)
                 top = top_k(scores, k)[1]  # [B, k]
@@ -126,8 +126,7 @@ def auxk_loss(
             top, values, recon = saved
             d_recon = jax.vjp(lambda r: mean_sq_error(r, consts[2]), recon)[1](g)[0]
             cols, valid, _, _ = columns(params, consts)
-            width_now = dead.shape[0] if cols is None else cols.shape[0]
-            acts = jnp.zeros((n_tokens, width_now), values.dtype).at[rows, top].add(values)
+            acts = jnp.zeros((n_tokens, n_cols), values.dtype).at[rows, top].add(values)
 
             def decoded(p: Params, acts: jax.Array) -> jax.Array:
                 _, _, W_dec, norms = columns(p, consts)
