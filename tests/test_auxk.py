@@ -62,16 +62,18 @@ def _reference(x, params, dead, residual, rescale: bool) -> jax.Array:
 
 
 def _jsae(x, params, dead, residual, rescale: bool, ran: list[int]) -> jax.Array:
-    def pre_at(p, x, cols):
+    norms = jnp.linalg.norm(params["W_dec"], axis=-1)
+    pre = x @ params["W_enc"] + params["b_enc"]  # what the forward pass ranks
+    pre = pre * norms if rescale else pre
+
+    def encode_at(p, x, cols):
         width = D_SAE if cols is None else cols.shape[0]
         jax.debug.callback(lambda: ran.append(width))  # runs in the taken branch only
         if cols is None:
-            z = x @ p["W_enc"] + p["b_enc"]
-            return z * jnp.linalg.norm(p["W_dec"], axis=-1) if rescale else z
-        z = x @ p["W_enc"][:, cols] + p["b_enc"][cols]
-        return z * jnp.linalg.norm(p["W_dec"], axis=-1)[cols] if rescale else z
+            return x @ p["W_enc"] + p["b_enc"]
+        return x @ p["W_enc"][:, cols] + p["b_enc"][cols]
 
-    return auxk_loss(dead, K, residual, params, x, pre_at, rescale)
+    return auxk_loss(dead, K, residual, params, x, pre, encode_at, rescale)
 
 
 @pytest.mark.parametrize("rescale", [True, False], ids=["rescaled", "plain"])
@@ -123,7 +125,9 @@ def test_near_tied_dead_latents_are_ranked_by_the_full_width_norms() -> None:
     dead = jnp.asarray(dead)
 
     def jsae_loss(p):
-        return dead_latent_auxk(cfg, ctx, p, x, x, jnp.zeros_like(x), dead)
+        norms = jnp.linalg.norm(p["W_dec"], axis=-1)  # the forward pass's pre-activation:
+        pre = ((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]) * norms  # ranked, not differentiated
+        return dead_latent_auxk(cfg, ctx, p, x, x, jnp.zeros_like(x), pre, dead)
 
     def reference(p):  # every latent; k_aux = d_in // 2 = 4; scale min(256 / 4, 1) = 1
         norms = jnp.linalg.norm(p["W_dec"], axis=-1)

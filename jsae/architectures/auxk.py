@@ -6,17 +6,17 @@ matmuls (decode, the latent and the decoder-weight gradients) and a top-`k_aux` 
 batch as soon as one latent is dead: +50% on a TopK step of d_sae 16384. Dead latents are
 usually a few percent of `d_sae`, so here their indices are compacted (in ascending order,
 which keeps `lax.top_k`'s tie order) into the smallest of a few static widths that holds
-them, their pre-activations recomputed from the encoder's input at those columns, and
-everything runs at that width. More dead latents than the widest bucket (half of `d_sae`)
-recompute every column.
+them, their pre-activations gathered at those columns from the forward pass's (ranked, not
+differentiated), and everything runs at that width. More dead latents than the widest bucket
+(half of `d_sae`) run at full width.
 
 The branch is picked at run time by `lax.switch`. Its gradient is a custom VJP: the forward
 pass keeps each token's chosen columns and their values ([B, k]) and the reconstruction
 ([B, d_out]), the same shapes in every branch, and the taken branch's gradient starts from
-them: the decode is not computed twice, nor are the pre-activations unless they are rescaled
-by the decoder norms, whose gradient reads them (five matmuls at the branch's width, six with
-`rescale`, instead of seven: 16-24% off the AuxK cost at 10-60% dead latents without
-`rescale`). Autodiff of a switch would instead return the union of every branch's saved
+them. Four matmuls at the branch's width in all (the decode; the decoder-weight, latent and
+encoder-weight gradients): the pre-activations are never recomputed, and under `rescale` the
+decoder norms' gradient, Σ_b d pre · pre / norm, is summed over the chosen entries from the
+saved values. Autodiff of a switch would instead return the union of every branch's saved
 values, zero-filled by the branches not taken (the full-width branch's are `[B, d_sae]`),
 which cost a step with no dead latent ~0.1-0.2 s on a 2-core CPU.
 """
@@ -35,13 +35,13 @@ from jsae.ranking import top_k
 
 _SMALLEST = 256  # the first bucket holds at least this many dead latents (and at least k)
 
-PreActivation = Callable[[Params, jax.Array, "jax.Array | None"], jax.Array]
+Encoder = Callable[[Params, jax.Array, "jax.Array | None"], jax.Array]
 # what a branch's forward pass keeps for its gradient: each token's chosen columns [B, k]
 # int32, their values [B, k], the reconstruction [B, d_out]
 Saved = tuple[jax.Array, jax.Array, jax.Array]
 # (forward: the loss and what it keeps, gradient: from what was kept and the loss's cotangent)
 Branch = tuple[
-    Callable[[Params, tuple], tuple[jax.Array, Saved]],
+    Callable[[Params, tuple, jax.Array], tuple[jax.Array, Saved]],
     Callable[[Params, tuple, Saved, jax.Array], Params],
 ]
 
@@ -63,24 +63,28 @@ def auxk_loss(
     residual: jax.Array,
     params: Params,
     x: jax.Array,
-    pre_at: PreActivation,
+    pre: jax.Array,
+    encode_at: Encoder,
     rescale: bool,
 ) -> jax.Array:
     """mean_b ||Σ_{chosen j} a_bj W_dec[j] - residual_b||², where each token chooses its `k`
     dead latents with the largest pre-activations a_bj (0 when no latent is dead).
 
     dead [d_sae] bool; residual [B, d_out] (detached); params hold W_enc, b_enc, W_dec, b_dec
-    (the differentiated arrays); x [B, d_in] is the encoder's data input.
-    `pre_at(params, x, cols)` is the architecture's pre-activation at columns `cols` [C]
-    (every column when None): [B, C]. `rescale` divides the activations by their decoder row
-    norms before decoding (SAELens's `rescale_acts_by_decoder_norm`); the norms are taken at
-    full width and gathered, as `pre_at` should take the ones it scales by.
+    (the differentiated arrays); x [B, d_in] is the encoder's data input. pre [B, d_sae] is the
+    forward pass's pre-activation, as ranked (its value only: it is not differentiated here).
+    `encode_at(params, x, cols)` is the architecture's affine encoder at columns `cols` [C]
+    (every column when None), [B, C]: only its gradient is taken, so its matmul is dead code.
+    With `rescale` (SAELens's `rescale_acts_by_decoder_norm`), pre = encode_at(...) · norms:
+    the decoder row norms (taken at full width, then gathered, as the forward pass ranks by
+    them), and the activations are divided by them again before decoding.
     """
     widths = bucket_widths(dead.shape[0], k)
     n_dead = jnp.sum(dead, dtype=jnp.int32)
     n_tokens = x.shape[0]
     rows = jnp.arange(n_tokens)[:, None]
     consts = (dead, n_dead, jax.lax.stop_gradient(residual), jax.lax.stop_gradient(x))
+    pre = jax.lax.stop_gradient(pre)
 
     def at_width(width: int | None) -> Branch:
         """(the forward pass: the loss and what its gradient needs; the gradient)."""
@@ -102,9 +106,9 @@ def auxk_loss(
             """The chosen activations [B, C] (zero elsewhere) decoded: [B, d_out]."""
             return (acts if norms is None else acts / norms) @ W_dec
 
-        def forward(params: Params, consts: tuple) -> tuple[jax.Array, Saved]:
+        def forward(params: Params, consts: tuple, pre: jax.Array) -> tuple[jax.Array, Saved]:
             cols, valid, W_dec, norms = columns(params, consts)
-            pre = pre_at(params, consts[3], cols)  # [B, C]
+            pre = pre if cols is None else jnp.take(pre, cols, axis=1)  # [B, C]
             if k >= n_cols:  # every valid column: no choice (indices past C-1 repeat it)
                 top = jnp.broadcast_to(jnp.minimum(jnp.arange(k), n_cols - 1), (n_tokens, k))
                 first = jnp.arange(k) < n_cols  # [k] each column once
@@ -121,8 +125,8 @@ def auxk_loss(
 
         def gradient(params: Params, consts: tuple, saved: Saved, g: jax.Array) -> Params:
             """The loss's gradient from the saved choice, values and reconstruction. The
-            decode's matmul is dead code in the vjp below (it needs only the cotangent), and so
-            is the encoder's unless `rescale`: the norms' gradient reads the pre-activations."""
+            decode's and the encoder's matmuls are dead code in the vjps below (they need only
+            the cotangents)."""
             top, values, recon = saved
             d_recon = jax.vjp(lambda r: mean_sq_error(r, consts[2]), recon)[1](g)[0]
             cols, valid, _, _ = columns(params, consts)
@@ -135,15 +139,21 @@ def auxk_loss(
             grads, d_acts = jax.vjp(decoded, params, acts)[1](d_recon)
             chosen = jnp.zeros(acts.shape, bool).at[rows, top].set(True) & valid  # [B, C]
             d_pre = jnp.where(chosen, d_acts, 0).astype(d_acts.dtype)  # [B, C]
-            encoder = jax.vjp(lambda p: pre_at(p, consts[3], cols), params)[1](d_pre)[0]
+            if rescale:  # pre = z · norms at cols: d z = d pre · norms, d norms = Σ_b d pre · z
+                norms, norms_vjp = jax.vjp(lambda p: columns(p, consts)[3], params)  # [C]
+                d_values = jnp.take_along_axis(d_pre, top, axis=-1)  # [B, k] 0 if not chosen
+                summed = jnp.zeros(n_cols, d_pre.dtype).at[top].add(d_values * values)  # [C]
+                grads = jax.tree.map(jnp.add, grads, norms_vjp(summed / norms)[0])
+                d_pre = d_pre * norms  # [B, C] now d z
+            encoder = jax.vjp(lambda p: encode_at(p, consts[3], cols), params)[1](d_pre)[0]
             return jax.tree.map(jnp.add, grads, encoder)
 
         return forward, gradient
 
     every_column = at_width(None)
-    shapes = jax.eval_shape(every_column[0], params, consts)  # what every branch returns
+    shapes = jax.eval_shape(every_column[0], params, consts, pre)  # what every branch returns
 
-    def none_dead(params: Params, consts: tuple) -> tuple[jax.Array, Saved]:
+    def none_dead(params: Params, consts: tuple, pre: jax.Array) -> tuple[jax.Array, Saved]:
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     def no_gradient(params: Params, consts: tuple, saved: Saved, g: jax.Array) -> Params:
@@ -152,21 +162,27 @@ def auxk_loss(
     branches = ((none_dead, no_gradient), *(at_width(w) for w in widths), every_column)
     # 0: none dead; i: the i-th bucket is the first that holds them; last: wider than all
     index = jnp.where(n_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(widths, jnp.int32), n_dead))
-    return _switch(branches, index, params, consts)
+    return _switch(branches, index, params, consts, pre)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _switch(branches: tuple[Branch, ...], index: jax.Array, params: Params, consts: tuple) -> Any:
+def _switch(
+    branches: tuple[Branch, ...], index: jax.Array, params: Params, consts: tuple, pre: jax.Array
+) -> Any:
     """The loss of branch `index`, differentiated in `params` by that branch's gradient.
 
     The forward pass keeps each token's chosen columns and their values ([B, k]) and the
-    reconstruction ([B, d_out]): the same shapes in every branch, none of them `[B, d_sae]`.
+    reconstruction ([B, d_out]): the same shapes in every branch, none of them `[B, d_sae]`
+    (`pre` is read by the forward pass only).
     """
-    return _switch_fwd(branches, index, params, consts)[0]
+    return _switch_fwd(branches, index, params, consts, pre)[0]
 
 
-def _switch_fwd(branches: tuple, index: jax.Array, params: Params, consts: tuple) -> Any:
-    value, saved = jax.lax.switch(index, [forward for forward, _ in branches], params, consts)
+def _switch_fwd(
+    branches: tuple, index: jax.Array, params: Params, consts: tuple, pre: jax.Array
+) -> Any:
+    forwards = [forward for forward, _ in branches]
+    value, saved = jax.lax.switch(index, forwards, params, consts, pre)
     return value, (index, params, consts, saved)
 
 
@@ -174,7 +190,7 @@ def _switch_bwd(branches: tuple, residuals: tuple, g: jax.Array) -> tuple:
     index, params, consts, saved = residuals
     gradients = [gradient for _, gradient in branches]
     grads = jax.lax.switch(index, gradients, params, consts, saved, g)
-    return None, grads, None
+    return None, grads, None, None
 
 
 _switch.defvjp(_switch_fwd, _switch_bwd)

@@ -353,7 +353,7 @@ def sparse_batch_train_forward(
     losses = {
         "mse_loss": mean_sq_error(x_hat, target),
         "auxiliary_reconstruction_loss": dead_latent_auxk(
-            cfg, ctx, params, enc.x_norm, target, x_hat, inputs.dead_mask
+            cfg, ctx, params, enc.x_norm, target, x_hat, enc.scores, inputs.dead_mask
         ),
     }
     for i, width in enumerate(widths[:-1]):

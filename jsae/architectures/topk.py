@@ -202,7 +202,9 @@ def topk_aux_loss(
     from jsae.training.selection import model_axis_size, topk_mask
 
     if model_axis_size(ctx.mesh) == 1:
-        return dead_latent_auxk(cfg, ctx, params, fwd.x_norm, fwd.target, fwd.x_hat, dead_mask)
+        return dead_latent_auxk(
+            cfg, ctx, params, fwd.x_norm, fwd.target, fwd.x_hat, fwd.hidden_pre, dead_mask
+        )
     coefficient = ctx.settings.aux_loss_coefficient
     if not coefficient:
         return jnp.zeros((), jnp.float32)  # losses are float32 (see mean_sq_error)
@@ -234,28 +236,26 @@ def dead_latent_auxk(
     x_norm: jax.Array,
     target: jax.Array,
     x_hat: jax.Array,
+    hidden_pre: jax.Array,
     dead: jax.Array,
 ) -> jax.Array:
     """AuxK with the dead latents' columns compacted (`jsae.architectures.auxk`), scaled by
-    min(n_dead / k_aux, 1) and the coefficient. x_norm [B, d_in]: the normalised input."""
+    min(n_dead / k_aux, 1) and the coefficient. x_norm [B, d_in]: the normalised input;
+    hidden_pre [B, d_sae]: the forward pass's pre-activation (rescaled by the decoder norms
+    with `rescale_acts_by_decoder_norm`), whose values AuxK ranks and decodes."""
     coefficient = ctx.settings.aux_loss_coefficient
     if not coefficient:
         return jnp.zeros((), jnp.float32)  # losses are float32 (see mean_sq_error)
     k_aux = max(target.shape[-1] // 2, 1)
 
-    def pre_at(p: Params, x: jax.Array, cols: jax.Array | None) -> jax.Array:
-        """TopK's training pre-activation at columns `cols` (every column when None). [B, C]"""
+    def encode_at(p: Params, x: jax.Array, cols: jax.Array | None) -> jax.Array:
+        """TopK's affine encoder at columns `cols` (every column when None), before any
+        rescale. [B, C]"""
         center = p["b_dec"] if cfg.apply_b_dec_to_input else None
         W_enc, b_enc = (
             (p["W_enc"], p["b_enc"]) if cols is None else (p["W_enc"][:, cols], p["b_enc"][cols])
         )
-        z = affine_encoder(x, center, W_enc, b_enc, False)  # AuxK: often a column subset
-        if not cfg.rescale_acts_by_decoder_norm:
-            return z
-        # the norms at full width, then gathered: the values the forward pass ranks by (norms
-        # of gathered rows can differ in the last bit and break near-ties differently)
-        norms = row_norms(p["W_dec"])
-        return z * (norms if cols is None else norms[cols]).astype(z.dtype)
+        return affine_encoder(x, center, W_enc, b_enc, False)  # AuxK: often a column subset
 
     differentiated = {name: params[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     residual = jax.lax.stop_gradient(target - x_hat)  # [B, d_out]
@@ -265,7 +265,8 @@ def dead_latent_auxk(
         residual,
         differentiated,
         x_norm,
-        pre_at,
+        hidden_pre,
+        encode_at,
         cfg.rescale_acts_by_decoder_norm,
     )
     scale = jnp.minimum(jnp.sum(dead) / k_aux, 1.0).astype(jnp.float32)
@@ -332,7 +333,7 @@ def _sparse_train_forward(
     losses = {
         "mse_loss": mean_sq_error(x_hat, target),
         "auxiliary_reconstruction_loss": dead_latent_auxk(
-            cfg, ctx, params, enc.x_norm, target, x_hat, inputs.dead_mask
+            cfg, ctx, params, enc.x_norm, target, x_hat, enc.scores, inputs.dead_mask
         ),
     }
 
