@@ -8,6 +8,7 @@ SAELens's trainer, and TopK's sparse (value, index) path against its own dense p
     python benchmarks/bench_train.py --parts select
     python benchmarks/bench_train.py --parts dead
     python benchmarks/bench_train.py --parts l0           # needs JSAE_REFERENCE_PYTHON
+    python benchmarks/bench_train.py --parts saelens-archs # needs JSAE_REFERENCE_PYTHON
 
 All parts run in one process and print ratios measured in that same run:
 
@@ -21,6 +22,9 @@ All parts run in one process and print ratios measured in that same run:
 * saelens: SAELens 6.54's `SAETrainer.step` (training_forward_pass + backward + clip + Adam +
            schedulers) on the same config (standard, same sizes, fp32, torch on this CPU),
            against the jsae step: the ratio of step rates.
+* saelens-archs: every architecture's step at initialisation against SAELens's (gated,
+           JumpReLU, TopK, BatchTopK, Matryoshka BatchTopK at k 32; SAELens's defaults
+           otherwise), jsae on its default paths (the sparse paths for the TopK family).
 * l0:      the standard step at initialisation and at L0 16 / 32 / 64 / 128 / 160 / 192 (b_enc
            lowered until that many latents fire): jsae's default path (the active (token,
            latent) pairs once they fit, `jsae.architectures.relu_pairs`), its dense path, and
@@ -144,16 +148,19 @@ def trainer_step_time(
 
 
 SAELENS_STEP = r"""
-import json, sys, time, statistics, torch
-from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+import importlib, json, sys, time, torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 d_in, d_sae, batch, steps = map(int, sys.argv[1:5])
-b_enc = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+spec = json.loads(sys.argv[5])  # {"module", "name", "kwargs", "b_enc"}
+module = importlib.import_module("sae_lens.saes." + spec["module"])
 torch.manual_seed(0)
-sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=5.0))
-with torch.no_grad():
-    sae.b_enc.fill_(b_enc)
+config = getattr(module, spec["name"] + "TrainingSAEConfig")(d_in=d_in, d_sae=d_sae,
+                                                             **spec["kwargs"])
+sae = getattr(module, spec["name"] + "TrainingSAE")(config)
+if spec["b_enc"]:
+    with torch.no_grad():
+        sae.b_enc.fill_(spec["b_enc"])
 x = torch.randn(batch, d_in)
 with torch.no_grad():
     l0 = (sae.encode(x) > 0).sum(-1).float().mean().item()
@@ -172,12 +179,38 @@ for _ in range(5):
 print(json.dumps({"seconds": min(times), "matmul_flops": 2 * batch * d_in * d_sae / min(mm),
                   "l0": l0, "threads": torch.get_num_threads(), "torch": torch.__version__}))
 """
+# SAELens's training SAEs for the `saelens-archs` part: (module, class prefix, config kwargs),
+# each against the jsae configuration of the same name in ARCHS (jsae's default path).
+SAELENS_STANDARD = ("standard_sae", "Standard", {"l1_coefficient": 5.0})
+SAELENS_ARCHS = {
+    "standard": SAELENS_STANDARD,
+    "gated": ("gated_sae", "Gated", {"l1_coefficient": 5.0}),
+    "jumprelu": ("jumprelu_sae", "JumpReLU", {"l0_coefficient": 1.0}),
+    "topk": ("topk_sae", "TopK", {"k": 32}),
+    "batchtopk": ("batchtopk_sae", "BatchTopK", {"k": 32}),
+    "matryoshka": (
+        "matryoshka_batchtopk_sae", "MatryoshkaBatchTopK",
+        {"k": 32, "matryoshka_widths": [1024, 4096, D_SAE]},
+    ),
+}  # fmt: skip
+JSAE_DEFAULT = {
+    **{name: {"architecture": name, **ARCHS[name]} for name in ("standard", "gated", "jumprelu")},
+    "topk": {"architecture": "topk", "k": 32},
+    "batchtopk": {"architecture": "batchtopk", "k": 32},
+    "matryoshka": {
+        "architecture": "matryoshka_batchtopk", "k": 32, "matryoshka_widths": [1024, 4096],
+    },
+}  # fmt: skip
 
 
-def saelens_step_time(steps: int, b_enc: float = 0.0) -> dict:
+def saelens_step_time(
+    steps: int, b_enc: float = 0.0, sae: tuple[str, str, dict] = SAELENS_STANDARD
+) -> dict:
     """SAELens's fastest `SAETrainer.step` at initialisation, b_enc filled with `b_enc`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    args = [str(D_IN), str(D_SAE), str(BATCH), str(steps), repr(b_enc)]
+    module, name, kwargs = sae
+    spec = json.dumps({"module": module, "name": name, "kwargs": kwargs, "b_enc": b_enc})
+    args = [str(D_IN), str(D_SAE), str(BATCH), str(steps), spec]
     proc = subprocess.run(
         [reference_python(), "-c", SAELENS_STEP, *args],
         capture_output=True, text=True, env=env, check=False,
@@ -185,6 +218,20 @@ def saelens_step_time(steps: int, b_enc: float = 0.0) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"SAELens step failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def saelens_by_architecture(steps: int, rounds: int, names: list[str]) -> None:
+    """Print each architecture's step, SAELens's (its default, dense activations) against
+    jsae's default path, alternating `rounds` times and keeping each side's fastest step."""
+    print(f"\nstep by architecture vs SAELens's SAETrainer.step (d_in {D_IN}, d_sae {D_SAE}, "
+          f"batch {BATCH}, fp32, at initialisation; jsae's default paths):")  # fmt: skip
+    for name in names:
+        theirs, ours = [], []
+        for _ in range(rounds):
+            theirs.append(saelens_step_time(steps, sae=SAELENS_ARCHS[name])["seconds"])
+            ours.extend(trainer_step_time(JSAE_DEFAULT[name], steps))
+        print(f"  {name:11s} SAELens {min(theirs):5.2f} s, jsae {min(ours):5.2f} s "
+              f"-> jsae/SAELens step rate {min(theirs) / min(ours):.2f}x", flush=True)  # fmt: skip
 
 
 def decode_fwd_bwd(k: int, d_sae: int, batch: int, reps: int) -> tuple[float, float, float]:
@@ -302,9 +349,10 @@ def steps_with_dead_latents(steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="peak,archs,saelens,l0,select,dead,sparse")
+    parser.add_argument("--parts", default="peak,archs,saelens,saelens-archs,l0,select,dead,sparse")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument("--saelens-archs", default=",".join(SAELENS_ARCHS))
     parser.add_argument("--sparse-batch", type=int, default=BATCH)
     parser.add_argument("--rounds", type=int, default=2, help="alternations with SAELens")
     parser.add_argument(
@@ -371,6 +419,8 @@ def main() -> None:
             f"{ref['seconds'] * torch_peak / unit:.2f}, jsae {jsae_standard * peak / unit:.2f} "
             "(a dense step needs 5)"
         )
+    if "saelens-archs" in parts:
+        saelens_by_architecture(args.steps, args.rounds, args.saelens_archs.split(","))
     if "select" in parts:
         batch_selection(args.steps)
     if "dead" in parts:
