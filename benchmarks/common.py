@@ -16,7 +16,8 @@ REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 
 def machine() -> str:
-    """One line naming the machine: CPU model, cores, memory, JAX backend."""
+    """One line naming the machine: CPU model, cores, memory, JAX backend, and whether glibc
+    keeps freed host memory for reuse (`jsae.host_memory`)."""
     import jax
 
     cpu = platform.processor() or platform.machine()
@@ -33,9 +34,12 @@ def machine() -> str:
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
+    from jsae import host_memory
+
     dev = jax.devices()[0]
     backend = f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}) x{jax.device_count()}"
-    return f"{cpu}, {os.cpu_count()} cores{mem}; {backend}"
+    malloc = "reused" if host_memory.applied else "glibc defaults"
+    return f"{cpu}, {os.cpu_count()} cores{mem}; {backend}; host memory: {malloc}"
 
 
 def time_each(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5) -> list[float]:

@@ -17,6 +17,7 @@ from jsae.errors import (
     ShapeError,
     UnsafePickleError,
 )
+from jsae.host_memory import keep_freed_memory
 from jsae.hub import from_pretrained, load
 from jsae.io import load_log_sparsity, save
 from jsae.models import HookedModel, load_model
@@ -24,6 +25,10 @@ from jsae.sae import SAE, decode, encode, encode_with_hidden_pre, forward, forwa
 from jsae.training import TrainConfig, Trainer, train
 
 __version__ = "0.1.0"
+
+# Before JAX's backends start their threads (importing jsae does not start them): glibc keeps
+# freed host memory for XLA's CPU temporaries to reuse. See jsae.host_memory.
+keep_freed_memory()
 
 __all__ = [
     "SAE",
