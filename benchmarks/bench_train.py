@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, reference_python
 
 import jsae
+from jsae import host_memory
 from jsae.architectures.relu_pairs import pair_capacity
 from jsae.sparse import gather_decode
 
@@ -152,10 +153,10 @@ def trainer_step_time(
 SAELENS_STEP = r"""
 import ctypes, importlib, json, sys, time
 d_in, d_sae, batch, steps = map(int, sys.argv[1:5])
-spec = json.loads(sys.argv[5])  # {"module", "name", "kwargs", "b_enc", "keep_freed_memory"}
-if spec["keep_freed_memory"]:  # the glibc malloc settings jsae applies (jsae.host_memory)
+spec = json.loads(sys.argv[5])  # {"module", "name", "kwargs", "b_enc", "mallopt"}
+if spec["mallopt"]:  # the glibc malloc settings jsae applies (jsae.host_memory.SETTINGS)
     libc = ctypes.CDLL("libc.so.6")
-    assert all(libc.mallopt(p, v) == 1 for p, v in ((-8, 1), (-4, 0), (-1, 2**31 - 1)))
+    assert all(libc.mallopt(p, v) == 1 for p, v in spec["mallopt"])
 import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
@@ -221,7 +222,7 @@ def saelens_step_time(
     module, name, kwargs = sae
     spec = json.dumps(
         {"module": module, "name": name, "kwargs": kwargs, "b_enc": b_enc,
-         "keep_freed_memory": keep_freed_memory}
+         "mallopt": host_memory.SETTINGS if keep_freed_memory else []}
     )  # fmt: skip
     args = [str(D_IN), str(D_SAE), str(BATCH), str(steps), spec]
     proc = subprocess.run(

@@ -28,6 +28,8 @@ import platform
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt takes: keep up to 2 GiB of free heap
+# (parameter, value): one arena for every thread, never mmap, trim only beyond TRIM_THRESHOLD
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 applied = False  # whether this process's allocator was configured
 
@@ -65,13 +67,9 @@ def keep_freed_memory(force: bool = False) -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    ok = (
-        libc.mallopt(M_ARENA_MAX, 1) == 1
-        and libc.mallopt(M_MMAP_MAX, 0) == 1
-        and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    )
+    ok = all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
     applied = applied or ok
     return ok
 
 
-__all__ = ["accelerator_expected", "keep_freed_memory"]
+__all__ = ["SETTINGS", "accelerator_expected", "keep_freed_memory"]
