@@ -65,7 +65,7 @@ BENCH_ENV = JSAE_REFERENCE_PYTHON=$(abspath $(REF_VENV))/bin/python
 bench: venv refenv
 	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_inference.py --rounds 3 --reps 3
 	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_train.py --steps 3 --rounds 3
-	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_train_run.py --steps 150
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_train_run.py --steps 150 --l1-warm-up 7
 	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_load.py --ref-python $(abspath $(REF_VENV))/bin/python
 	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_activations.py --rounds 3
 	$(BENCH_ENV) $(VENV)/bin/python benchmarks/bench_activation_store.py --rounds 3

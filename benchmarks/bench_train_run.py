@@ -1,6 +1,6 @@
 """Step rate over a training run: jsae against SAELens's trainer, same start, same batches.
 
-    python benchmarks/bench_train_run.py       # needs JSAE_REFERENCE_PYTHON; ~12 min on 2 cores
+    python benchmarks/bench_train_run.py       # needs JSAE_REFERENCE_PYTHON; 12-23 min on 2 cores
     python benchmarks/bench_train_run.py --steps 60 --chunk 20
 
 `bench_train.py` times single steps at fixed sparsity. A run changes sparsity as it trains: a
