@@ -37,9 +37,12 @@ def _inputs(shape: tuple[int, ...], n: int = 7, dtype=jnp.float32):
 
 @pytest.mark.parametrize("shape", [(9, 5), (2, 3, 5)])  # rows, and leading dims (hook_z)
 @pytest.mark.parametrize("centered", [True, False])
-# n 2051: the row-major gradient copy runs two whole blocks of 1024 latents and a partial one
-@pytest.mark.parametrize(("row_major", "n"), [(False, 7), (True, 7), (True, 2051)])
-def test_affine_encoder_gradients_equal_autodiff(shape, centered: bool, row_major, n) -> None:
+# n 2051: the latent_rows copy runs two whole blocks of 1024 latents and a partial one
+@pytest.mark.parametrize(
+    ("layout", "n"),
+    [("direct", 7), ("latent_rows", 7), ("latent_rows", 2051), ("latent_columns", 2051)],
+)
+def test_affine_encoder_gradients_equal_autodiff(shape, centered: bool, layout, n) -> None:
     x, center, W, b, probe = _inputs(shape, n)
     c = center if centered else None
 
@@ -48,17 +51,17 @@ def test_affine_encoder_gradients_equal_autodiff(shape, centered: bool, row_majo
 
     def ours(center, W, b):
         return jnp.sum(
-            probe * jnp.tanh(affine_encoder(x, center if centered else None, W, b, row_major))
+            probe * jnp.tanh(affine_encoder(x, center if centered else None, W, b, layout))
         )
 
     def computed(center, W, b):
         value = jax.lax.stop_gradient((x - center if centered else x) @ W)
-        out = computed_affine_encoder(value, x, center if centered else None, W, b, row_major)
+        out = computed_affine_encoder(value, x, center if centered else None, W, b, layout)
         return jnp.sum(probe * jnp.tanh(out))
 
     expected = jax.grad(plain, argnums=(0, 1, 2))(center, W, b)
     assert_close(
-        affine_encoder(x, c, W, b, row_major), (x - center if centered else x) @ W + b, atol=1e-5
+        affine_encoder(x, c, W, b, layout), (x - center if centered else x) @ W + b, atol=1e-5
     )
     for fn in (ours, computed):
         got = jax.grad(fn, argnums=(0, 1, 2))(center, W, b)
@@ -118,8 +121,9 @@ def test_standard_l1_at_p1_equals_the_per_token_norm() -> None:
         assert_close(g, e, atol=1e-6, rtol=1e-5)
 
 
-def test_row_major_encoder_grad_only_where_latents_are_unsplit() -> None:
-    assert TrainContext(None).row_major_encoder_grad  # one CPU device
-    assert TrainContext(None, parallel.make_mesh(8, 1)).row_major_encoder_grad  # batch split
-    # the copy loops over latent blocks: with latents split over "model" it stays a plain dot
-    assert not TrainContext(None, parallel.make_mesh(2, 4)).row_major_encoder_grad
+@pytest.mark.parametrize("layout", ["latent_rows", "latent_columns"])
+def test_gradient_copies_only_where_latents_are_unsplit(layout: str) -> None:
+    assert TrainContext(None, None, layout).weight_grad_layout == layout  # one device
+    assert TrainContext(None, parallel.make_mesh(8, 1), layout).weight_grad_layout == layout
+    # the copies loop over latent blocks: with latents split over "model" it stays a plain dot
+    assert TrainContext(None, parallel.make_mesh(2, 4), layout).weight_grad_layout == "direct"

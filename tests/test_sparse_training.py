@@ -106,7 +106,9 @@ def test_gather_encode_equals_the_dense_encoder_and_its_gradients() -> None:
         assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(100, 3), (2048, 5), (3000, 7)])  # one, whole, partial blocks
+@pytest.mark.parametrize(
+    "shape", [(100, 3), (2048, 5), (3000, 7), (5, 2048), (7, 3000)]
+)  # one block; whole and partial blocks of rows, then of columns
 def test_transposed_equals_the_transpose(shape: tuple[int, int]) -> None:
     from jsae.sparse import transposed
 

@@ -38,7 +38,7 @@ def _operand_dtypes(
     Matrix-vector products are left out: the sparse paths' b_dec gradient, W_enc @ d b_enc, is
     deliberately float32 (d b_enc is a float32 sum over the batch's selected latents)."""
     scale = jnp.float32(1.0)
-    jaxpr = jax.make_jaxpr(trainer._step_fn)(trainer.state, x, x, scale)
+    jaxpr = jax.make_jaxpr(trainer.compiled_step())(trainer.state, x, x, scale)
     found: set[str] = set()
 
     def visit(jpr):

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jsae.architectures.grad_layout import dense_decode, encoder_weight_grad
 from jsae.errors import ConfigError
-from jsae.sparse import center_gradient, decode_matmul, transposed
+from jsae.sparse import center_gradient, decode_matmul
 
 if TYPE_CHECKING:
     from jsae.config import SAEConfig
@@ -51,22 +52,19 @@ def kaiming_uniform(key: jax.Array, shape: tuple[int, int], dtype: Any) -> jax.A
 
 @dataclass(frozen=True)
 class TrainContext:
-    """Static training context: the SAE settings (`jsae.training.SAESettings`) and the mesh."""
+    """Static training context: the SAE settings (`jsae.training.SAESettings`), the mesh and
+    the orientation of the dense weight gradients (`jsae.architectures.grad_layout`)."""
 
     settings: Any
     mesh: Any = None  # jax.sharding.Mesh or None
+    grad_layout: str = "direct"  # one of grad_layout.LAYOUTS; the trainer picks it
 
     @property
-    def row_major_encoder_grad(self) -> bool:
-        """Whether `affine_encoder` forms W_enc's gradient as (gᵀ x)ᵀ through a row-major copy.
-
-        On XLA's CPU backend on an Intel Xeon, `gᵀ x` ([d_sae, d_in]) runs ~20% faster than
-        `xᵀ g`; on an AMD EPYC (Zen 4) the reverse (~5% of a standard step). It is fixed per
-        platform, not timed per machine, so a resumed run rounds as an uninterrupted one did.
-        The copy is a loop over blocks of latents: it needs them unsplit (no "model" axis)."""
-        devices = jax.devices() if self.mesh is None else list(self.mesh.devices.flat)
+    def weight_grad_layout(self) -> str:
+        """`grad_layout` where latents are unsplit; "direct" where the mesh's "model" axis
+        splits them, since the copies between orientations loop over blocks of latents."""
         unsplit = self.mesh is None or int(self.mesh.shape["model"]) == 1
-        return unsplit and devices[0].platform == "cpu"
+        return self.grad_layout if unsplit else "direct"
 
 
 class TrainInputs(NamedTuple):
@@ -118,7 +116,7 @@ def _encoder_input(x: jax.Array, center: jax.Array | None) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def affine_encoder(
-    x: jax.Array, center: jax.Array | None, W: jax.Array, b: jax.Array, row_major_grad: bool
+    x: jax.Array, center: jax.Array | None, W: jax.Array, b: jax.Array, grad_layout: str
 ) -> jax.Array:
     """(x - center) @ W + b for training, x being data (it gets no gradient); no centering
     when `center` is None. [..., d] @ [d, n] -> [..., n]
@@ -126,23 +124,22 @@ def affine_encoder(
     Autodiff would compute d(x - center) = g @ Wᵀ, a batch-sized matmul, only to sum it over
     the batch for d center. Here d center = -W @ db, where db = Σ_rows g is one vector-matrix
     product (`column_sum`) serving both biases: a dense SAE step is one matmul (of six) and
-    one [B, d_sae] reduction cheaper. `row_major_grad` (static; see
-    `TrainContext.row_major_encoder_grad`) picks how dW = (x - center)ᵀ g is computed.
+    one [B, d_sae] reduction cheaper. `grad_layout` (static; see
+    `jsae.architectures.grad_layout`) picks how dW = (x - center)ᵀ g is computed.
     """
     return _encoder_input(x, center) @ W + b
 
 
-def _affine_encoder_fwd(x, center, W, b, row_major_grad):
+def _affine_encoder_fwd(x, center, W, b, grad_layout):
     return _encoder_input(x, center) @ W + b, (x, center, W, b)
 
 
-def _affine_encoder_bwd(row_major_grad, residuals, g):
+def _affine_encoder_bwd(grad_layout, residuals, g):
     x, center, W, b = residuals
     g2 = g.reshape(-1, g.shape[-1])  # [N, n]
     x2 = _encoder_input(x, center).reshape(-1, x.shape[-1])  # [N, d]
     db = column_sum(g2)  # [n] float32
-    # [d, n], either way
-    dW = transposed((g2.T @ x2).astype(W.dtype)) if row_major_grad else (x2.T @ g2).astype(W.dtype)
+    dW = encoder_weight_grad(x2, g2, grad_layout, W.dtype)  # [d, n]
     dcenter = None if center is None else center_gradient(W, db, center)  # W @ v: no Wᵀ copy
     return None, dcenter, dW, db.astype(b.dtype)
 
@@ -157,9 +154,9 @@ def computed_affine_encoder(
     center: jax.Array | None,
     W: jax.Array,
     b: jax.Array,
-    row_major_grad: bool,
+    grad_layout: str,
 ) -> jax.Array:
-    """`affine_encoder(x, center, W, b, row_major_grad)` whose matmul `(x - center) @ W` was
+    """`affine_encoder(x, center, W, b, grad_layout)` whose matmul `(x - center) @ W` was
     computed already (passed in as `value`, not differentiated): returns `value + b`, with
     `affine_encoder`'s gradients. Lets a step that needs the pre-activation before choosing how
     to differentiate the loss (see `Architecture.train_losses`) skip a second encoder matmul.
@@ -167,12 +164,12 @@ def computed_affine_encoder(
     return value + b
 
 
-def _computed_affine_encoder_fwd(value, x, center, W, b, row_major_grad):
+def _computed_affine_encoder_fwd(value, x, center, W, b, grad_layout):
     return value + b, (x, center, W, b)
 
 
-def _computed_affine_encoder_bwd(row_major_grad, residuals, g):
-    return (None, *_affine_encoder_bwd(row_major_grad, residuals, g))
+def _computed_affine_encoder_bwd(grad_layout, residuals, g):
+    return (None, *_affine_encoder_bwd(grad_layout, residuals, g))
 
 
 computed_affine_encoder.defvjp(_computed_affine_encoder_fwd, _computed_affine_encoder_bwd)
@@ -294,9 +291,20 @@ class Architecture:
 
     @classmethod
     def decode(
-        cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto"
+        cls,
+        cfg: SAEConfig,
+        params: Params,
+        f: jax.Array,
+        sparse: Any = "auto",
+        grad_layout: str = "direct",
     ) -> jax.Array:
-        """f @ W_dec + b_dec, before output de-normalisation. [..., d_out]"""
+        """f @ W_dec + b_dec, before output de-normalisation. [..., d_out]
+
+        `sparse`: see `jsae.sparse.decode_matmul`; with `sparse=False` (training),
+        `grad_layout` picks how W_dec's gradient is formed (`jsae.architectures.grad_layout`).
+        """
+        if sparse is False:
+            return dense_decode(f, params["W_dec"], grad_layout) + params["b_dec"]
         return decode_matmul(f, params["W_dec"], sparse=sparse) + params["b_dec"]
 
     @classmethod
@@ -514,9 +522,7 @@ class Architecture:
         center: jax.Array | None,
     ) -> jax.Array:
         """`pre_activation` of `x - center` (see `affine_encoder`). [B, d_sae]"""
-        return affine_encoder(
-            x, center, params["W_enc"], params["b_enc"], ctx.row_major_encoder_grad
-        )
+        return affine_encoder(x, center, params["W_enc"], params["b_enc"], ctx.weight_grad_layout)
 
     @classmethod
     def train_activation(
@@ -541,16 +547,22 @@ class Architecture:
         stats: Any,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(reconstruction [B, d_out], intermediates the auxiliary losses reuse)."""
-        return cls.train_output(cfg, params, f, x, stats), {}
+        return cls.train_output(cfg, ctx, params, f, x, stats), {}
 
     @classmethod
     def train_output(
-        cls, cfg: SAEConfig, params: Params, f: jax.Array, x: jax.Array, stats: Any
+        cls,
+        cfg: SAEConfig,
+        ctx: TrainContext,
+        params: Params,
+        f: jax.Array,
+        x: jax.Array,
+        stats: Any,
     ) -> jax.Array:
         """Reconstruction from latents: decode, skip connection, output de-normalisation."""
         from jsae.normalization import normalize_out
 
-        y = cls.decode(cfg, params, f, False)
+        y = cls.decode(cfg, params, f, False, ctx.weight_grad_layout)
         if cls.is_transcoder:
             skip = cls.skip(cfg, params, x)
             return y if skip is None else y + skip

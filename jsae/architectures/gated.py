@@ -82,7 +82,7 @@ class Gated(Architecture):
         center: jax.Array | None,
     ) -> jax.Array:
         W_mag = params["W_enc"] * jnp.exp(params["r_mag"])  # [d_in, d_sae]
-        return affine_encoder(x, center, W_mag, params["b_mag"], ctx.row_major_encoder_grad)
+        return affine_encoder(x, center, W_mag, params["b_mag"], ctx.weight_grad_layout)
 
     @classmethod
     def train_encode(
@@ -96,7 +96,7 @@ class Gated(Architecture):
     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         # The gate pre-activation π serves the hard gate and the auxiliary losses: computed once.
         pi_gate = affine_encoder(  # [B, d_sae]
-            x_norm, center, params["W_enc"], params["b_gate"], ctx.row_major_encoder_grad
+            x_norm, center, params["W_enc"], params["b_gate"], ctx.weight_grad_layout
         )
         hidden_pre = cls.train_pre_activation(cfg, ctx, params, x_norm, center)  # magnitude path
         gate = jax.lax.stop_gradient(pi_gate) > 0

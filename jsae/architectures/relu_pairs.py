@@ -125,7 +125,7 @@ def train_losses(
         def encode(cfg, ctx, p, x_norm, center, x_in):
             # [B, d_sae] as the dense step computes it (center: b_dec, or None)
             hidden_pre = computed_affine_encoder(
-                encoded, x_norm, center, p["W_enc"], p["b_enc"], ctx.row_major_encoder_grad
+                encoded, x_norm, center, p["W_enc"], p["b_enc"], ctx.weight_grad_layout
             )
             return hidden_pre, jax.nn.relu(hidden_pre), {}
 

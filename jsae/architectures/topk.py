@@ -89,11 +89,16 @@ class TopK(Architecture):
 
     @classmethod
     def decode(
-        cls, cfg: SAEConfig, params: Params, f: jax.Array, sparse: Any = "auto"
+        cls,
+        cfg: SAEConfig,
+        params: Params,
+        f: jax.Array,
+        sparse: Any = "auto",
+        grad_layout: str = "direct",
     ) -> jax.Array:
         if cfg.rescale_acts_by_decoder_norm:
             f = f / row_norms(params["W_dec"]).astype(f.dtype)
-        return super().decode(cfg, params, f, cls.decode_budget(cfg, sparse))
+        return super().decode(cfg, params, f, cls.decode_budget(cfg, sparse), grad_layout)
 
     @classmethod
     def decode_budget(cls, cfg: SAEConfig, sparse: Any) -> Any:
@@ -123,7 +128,7 @@ class TopK(Architecture):
         center: jax.Array | None,
     ) -> jax.Array:
         hidden_pre = affine_encoder(
-            x, center, params["W_enc"], params["b_enc"], ctx.row_major_encoder_grad
+            x, center, params["W_enc"], params["b_enc"], ctx.weight_grad_layout
         )
         if cfg.rescale_acts_by_decoder_norm:
             hidden_pre = hidden_pre * row_norms(params["W_dec"]).astype(hidden_pre.dtype)

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import yaml
 
 from jsae.activations.config import LanguageModelSettings
+from jsae.architectures.grad_layout import LAYOUTS
 from jsae.config import NORMALIZE_MODES, RESHAPE_MODES, canonical_dtype, freeze, unfreeze
 from jsae.errors import ConfigError, choices_hint
 
@@ -390,6 +391,13 @@ class TrainingSettings:
         "'bfloat16' with dtype float32 is mixed precision: float32 master weights, Adam state "
         "and thresholds, bfloat16 matmuls and activations, losses reduced in float32",
     )
+    weight_grad_layout: str = option(
+        "auto",
+        "orientation of the dense step's weight-gradient GEMMs: 'direct' (each in its "
+        "parameter's layout), 'latent_rows' or 'latent_columns' (both as [d_sae, d] or "
+        "[d, d_sae] products, one copied); 'auto' times them on CPU at the run's shapes once "
+        "and keeps the fastest, recorded in checkpoints (elsewhere: 'direct'). Speed only",
+    )
     dead_feature_window: int = option(
         1000, "a latent that has not fired for more than this many steps counts as dead"
     )
@@ -439,6 +447,12 @@ class TrainingSettings:
                 f"{list(LR_SCHEDULERS)}." + choices_hint(name, LR_SCHEDULERS)
             )
         object.__setattr__(self, "lr_scheduler_name", name)
+        layouts = ("auto", *LAYOUTS)
+        if self.weight_grad_layout not in layouts:
+            raise ConfigError(
+                f"unknown weight_grad_layout {self.weight_grad_layout!r}; choose one of "
+                f"{list(layouts)}." + choices_hint(str(self.weight_grad_layout), layouts)
+            )
         if self.compute_dtype is not None:
             object.__setattr__(self, "compute_dtype", canonical_dtype(self.compute_dtype))
         if self.lr_end is None:

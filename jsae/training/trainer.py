@@ -35,11 +35,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from jsae.architectures import get_architecture
 from jsae.architectures.base import TrainContext
+from jsae.architectures.grad_layout import LAYOUTS, choose_layout
 from jsae.errors import ConfigError, NonFiniteError, ShapeError
 from jsae.fsutil import atomic_output_dir
 from jsae.io import log_feature_sparsity
@@ -105,22 +107,11 @@ class Trainer:
         self._scale_on_device: tuple[float | None, jax.Array] | None = None  # (scale, its array)
         self.state, self.shardings = self._initial_state(init)
         self._batch_sharding = self._make_batch_sharding()
-        step_fn = make_step(self.cfg, self.arch, self.ctx, tr, self.optimizer)
-        if self.mesh is not None:
-            replicated = NamedSharding(self.mesh, P())
-            self._step_fn = jax.jit(
-                step_fn,
-                in_shardings=(
-                    self.shardings,
-                    self._batch_sharding,
-                    self._batch_sharding,
-                    replicated,
-                ),
-                out_shardings=(self.shardings, replicated),
-                donate_argnums=0,
-            )
-        else:
-            self._step_fn = jax.jit(step_fn, donate_argnums=0)
+        # The weight gradients' orientation: the config's, else the resumed checkpoint's, else
+        # timed at the first step (`grad_layout`); the step is compiled once it is known.
+        chosen = tr.weight_grad_layout
+        self._grad_layout: str | None = None if chosen == "auto" else chosen
+        self._step_fn: Callable[..., Any] | None = None
         self.checkpointer = (
             Checkpointer(tr.checkpoint_path, keep=tr.keep_checkpoints)
             if tr.checkpoint_path
@@ -220,6 +211,61 @@ class Trainer:
                     f"mesh: {{data: {jax.process_count()}, model: {jax.local_device_count()}}})."
                 )
         return sharding
+
+    @property
+    def grad_layout(self) -> str:
+        """How the dense step forms its weight gradients (`jsae.architectures.grad_layout`):
+        `weight_grad_layout` when set, else the resumed checkpoint's, else timed once on this
+        machine at the step's shapes (process 0's choice on every process)."""
+        if self._grad_layout is None:
+            chosen = self._timed_grad_layout()
+            if jax.process_count() > 1:  # one program on every process
+                index = multihost_utils.broadcast_one_to_all(np.int32(LAYOUTS.index(chosen)))
+                chosen = LAYOUTS[int(index)]
+            self._grad_layout = chosen
+        return self._grad_layout
+
+    def _timed_grad_layout(self) -> str:
+        """The fastest layout for one device's share of the batch (`choose_layout`)."""
+        data, model = (1, 1)
+        if self.mesh is not None:
+            data, model = int(self.mesh.shape["data"]), int(self.mesh.shape["model"])
+        if model > 1:  # latents split: the copies do not apply (TrainContext)
+            return "direct"
+        dtype = self.config.training.compute_dtype or self.cfg.dtype
+        rows, d_out = self.batch_size // data, self.settings.output_dim
+        chosen, times = choose_layout(rows, self.cfg.d_in, d_out, self.cfg.d_sae, dtype)
+        if times is not None and jax.process_index() == 0:
+            timed = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in times.items())
+            print(
+                f"jsae: weight_grad_layout {chosen!r}, the fastest at this run's shapes "
+                f"({timed}); set weight_grad_layout to skip the timing.",
+                file=sys.stderr,
+            )
+        return chosen
+
+    def compiled_step(self) -> Callable[..., Any]:
+        """The jitted step `(state, x, y, scale) -> (state, metrics)`, the state donated."""
+        if self._step_fn is None:
+            tr = self.config.training
+            self.ctx = TrainContext(self.settings, self.mesh, self.grad_layout)
+            step_fn = make_step(self.cfg, self.arch, self.ctx, tr, self.optimizer)
+            if self.mesh is not None:
+                replicated = NamedSharding(self.mesh, P())
+                self._step_fn = jax.jit(
+                    step_fn,
+                    in_shardings=(
+                        self.shardings,
+                        self._batch_sharding,
+                        self._batch_sharding,
+                        replicated,
+                    ),
+                    out_shardings=(self.shardings, replicated),
+                    donate_argnums=0,
+                )
+            else:
+                self._step_fn = jax.jit(step_fn, donate_argnums=0)
+        return self._step_fn
 
     def _refuse_another_runs_checkpoints(self) -> None:
         """A run that does not resume from `checkpoint_path` must not write among another run's
@@ -329,7 +375,7 @@ class Trainer:
         scale = self._scale_array()
         self._check_pending()
         s = self.steps_done
-        self.state, metrics = self._step_fn(self.state, xd, yd, scale)
+        self.state, metrics = self.compiled_step()(self.state, xd, yd, scale)
         self.n_training_samples += self.batch_size
         self._pending = (s, metrics)
         return metrics
@@ -578,6 +624,7 @@ class Trainer:
             "scale": self.scale,
             "feeder": position,
             "sae": self.config.to_dict()["sae"],
+            "weight_grad_layout": self.grad_layout,
         }
         portable = self.feeder.position_is_global()
         self.checkpointer.save(step, self.state, host, arrays, portable=portable)
@@ -612,6 +659,9 @@ class Trainer:
             self.shardings,
         )
         self.state = checkpointer.restore_state(step, abstract)
+        saved_layout = host.get("weight_grad_layout")  # the layout the run was computed in
+        if self.config.training.weight_grad_layout == "auto" and saved_layout in LAYOUTS:
+            self._grad_layout, self._step_fn = saved_layout, None  # rounds as before the stop
         self.n_training_samples = int(host["n_training_samples"])
         self.scale = host["scale"]
         how = self.feeder.restore(host["feeder"], arrays)

@@ -1,0 +1,201 @@
+"""The weight gradients' orientations (`jsae.architectures.grad_layout`): every layout gives
+autodiff's gradients, training ends in the same place under each (one device and a data-split
+mesh), "auto" times the layouts only where it can matter, and a resumed run keeps the layout
+its checkpoint was written with, so it replays the uninterrupted run bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close
+
+import jsae
+from jsae.architectures import grad_layout
+from jsae.architectures.grad_layout import (
+    LAYOUTS,
+    choose_layout,
+    decoder_weight_grad,
+    dense_decode,
+    encoder_weight_grad,
+)
+from jsae.training import trainer as trainer_module
+
+# 2051 latents: the copies run two whole blocks of 1024 and a partial one
+WIDTHS = [7, 2051]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("n", WIDTHS)
+def test_weight_gradients_are_the_plain_products(layout: str, n: int) -> None:
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((9, 5)), rng.standard_normal((9, n))
+    xj, gj = jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32)
+    enc = jax.jit(encoder_weight_grad, static_argnums=(2, 3))(xj, gj, layout, jnp.float32)
+    dec = jax.jit(decoder_weight_grad, static_argnums=(2, 3))(gj, xj, layout, jnp.float32)
+    assert enc.shape == (5, n) and dec.shape == (n, 5)
+    assert_close(enc, x.T @ g, atol=1e-5, rtol=1e-5)
+    assert_close(dec, g.T @ x, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("n", WIDTHS)
+@pytest.mark.parametrize("lead", [(9,), (2, 3)])  # rows, and leading dims (hook_z)
+def test_dense_decode_gradients_equal_autodiff(layout: str, n: int, lead: tuple) -> None:
+    rng = np.random.default_rng(1)
+    f = jnp.asarray(rng.standard_normal((*lead, n)), jnp.float32)
+    W = jnp.asarray(rng.standard_normal((n, 5)) / np.sqrt(n), jnp.float32)
+    probe = jnp.asarray(rng.standard_normal((*lead, 5)), jnp.float32)
+
+    def ours(f, W):
+        return jnp.sum(probe * jnp.tanh(dense_decode(f, W, layout)))
+
+    def plain(f, W):
+        return jnp.sum(probe * jnp.tanh(f @ W))
+
+    assert_close(dense_decode(f, W, layout), f @ W, atol=1e-5)
+    got = jax.jit(jax.grad(ours, (0, 1)))(f, W)
+    want = jax.grad(plain, (0, 1))(f, W)
+    for name, g, w in zip(("f", "W_dec"), got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        assert_close(g, w, atol=1e-5, rtol=1e-5, what=name)
+
+
+def test_choose_layout_times_only_large_products(monkeypatch) -> None:
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed a product below MIN_TIMED_MACS")
+
+    monkeypatch.setattr(grad_layout, "time_layouts", no_timing)
+    assert choose_layout(64, 16, 16, 64, jnp.float32) == ("direct", None)
+
+
+def test_choose_layout_keeps_the_fastest_once_per_shape(monkeypatch) -> None:
+    times = grad_layout.time_layouts(64, 16, 24, 2051, jnp.float32, repeats=1)
+    assert set(times) == set(LAYOUTS)
+    assert all(np.isfinite(t) and t > 0 for t in times.values())
+    monkeypatch.setattr(grad_layout, "MIN_TIMED_MACS", 0)
+    monkeypatch.setattr(grad_layout, "_CHOSEN", {})
+    fixed = {"direct": 3.0, "latent_rows": 2.5, "latent_columns": 2.0}
+    calls = []
+    monkeypatch.setattr(grad_layout, "time_layouts", lambda *a: calls.append(a) or fixed)
+    for _ in range(2):
+        assert choose_layout(64, 16, 24, 2051, jnp.float32) == ("latent_columns", fixed)
+    assert len(calls) == 1  # the second trainer at these shapes reuses the timing
+    assert choose_layout(64, 16, 24, 2051, jnp.bfloat16)[0] == "latent_columns"
+    assert len(calls) == 2  # another dtype is timed on its own
+
+
+D_IN, D_SAE, BATCH, STEPS = 16, 2051, 32, 4
+ARCHS = [
+    {"architecture": "standard", "use_sparse_activations": False},
+    {"architecture": "topk", "k": 4, "use_sparse_activations": False},
+]
+
+
+def _config(arch: dict, layout: str, **extra) -> dict:
+    return {
+        **arch,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "lr": 1e-2,
+        "train_batch_size_tokens": BATCH,
+        "training_tokens": BATCH * STEPS,
+        "weight_grad_layout": layout,
+        "log_to_wandb": False,
+        "checkpoint_path": None,
+        "output_path": None,
+        "progress_bar": False,
+        **extra,
+    }
+
+
+def _batches(n: int = STEPS) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.normal(0.2, 1.0, (BATCH, D_IN)).astype(np.float32) for _ in range(n)]
+
+
+ON_ONE_DEVICE = [(layout, None) for layout in LAYOUTS]
+# TopK: its decoder rescales latents before the shared dense decode
+RUNS = {
+    "standard": [*ON_ONE_DEVICE, ("latent_columns", {"data": 8})],
+    "topk": [("direct", None), ("latent_columns", None)],
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a["architecture"])
+def test_every_layout_trains_to_the_same_parameters(arch: dict) -> None:
+    runs = {}
+    for layout, mesh in RUNS[arch["architecture"]]:
+        trainer = jsae.Trainer(_config(arch, layout, mesh=mesh), _batches())
+        trainer.fit()
+        assert trainer.ctx.weight_grad_layout == layout
+        runs[(layout, json.dumps(mesh))] = trainer.sae.params
+    # Adam moves each weight by ~lr a step: a misoriented gradient would be off by ~1e-2 here;
+    # rounding differences stay below 1e-4 (Adam's normalisation amplifies them near zero)
+    reference = runs[("direct", "null")]
+    for key, params in runs.items():
+        for name, value in reference.items():
+            assert_close(params[name], value, atol=1e-4, rtol=1e-3, what=f"{key}: {name}")
+
+
+def test_auto_records_its_choice_and_a_resume_keeps_it(tmp_path: Path, monkeypatch) -> None:
+    """The checkpoint of a run written with "latent_columns" makes an "auto" resume take
+    "latent_columns" without timing; it then ends bit for bit where the uninterrupted run does."""
+    arch = ARCHS[0]
+    batches = _batches(2 * STEPS)
+    ckpt = str(tmp_path / "ckpt")
+    whole = jsae.Trainer(
+        _config(arch, "latent_columns", training_tokens=2 * BATCH * STEPS), batches
+    )
+    whole.fit()
+
+    first = jsae.Trainer(
+        _config(arch, "latent_columns", training_tokens=2 * BATCH * STEPS, checkpoint_path=ckpt),
+        batches,
+    )
+    for _ in range(STEPS):
+        first.step()
+    step = first.save_checkpoint()
+    host = json.loads((tmp_path / "ckpt" / "host" / f"{step}.p0.json").read_text())
+    assert host["weight_grad_layout"] == "latent_columns"
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a resumed run timed the layouts again")
+
+    monkeypatch.setattr(trainer_module, "choose_layout", no_timing)
+    resumed = jsae.Trainer(
+        _config(
+            arch, "auto", training_tokens=2 * BATCH * STEPS, checkpoint_path=ckpt,
+            resume_from_checkpoint=ckpt,
+        ),
+        batches,
+    )  # fmt: skip
+    assert resumed.grad_layout == "latent_columns"
+    resumed.fit()
+    for name, value in whole.sae.params.items():
+        np.testing.assert_array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value))
+
+
+def test_auto_without_a_checkpoint_takes_the_timed_choice(monkeypatch, capsys) -> None:
+    calls = []
+
+    def pick(rows, d_in, d_out, d_sae, dtype):
+        calls.append((rows, d_in, d_out, d_sae, jnp.dtype(dtype)))
+        return "latent_rows", {"direct": 2.0, "latent_rows": 1.0, "latent_columns": 3.0}
+
+    monkeypatch.setattr(trainer_module, "choose_layout", pick)
+    trainer = jsae.Trainer(_config(ARCHS[0], "auto", mesh={"data": 8}), _batches())
+    trainer.step()
+    assert "weight_grad_layout 'latent_rows', the fastest" in capsys.readouterr().err
+    # a device's share of the batch, at the step's compute dtype
+    assert calls == [(BATCH // 8, D_IN, D_IN, D_SAE, jnp.dtype(jnp.float32))]
+    assert trainer.ctx.weight_grad_layout == "latent_rows"
+
+
+def test_unknown_layout_is_refused_with_the_choices() -> None:
+    with pytest.raises(jsae.ConfigError, match="latent_rows"):
+        jsae.TrainConfig.coerce(_config(ARCHS[0], "latent_row"))
