@@ -121,20 +121,21 @@ def time_layouts(
 
 
 # choose_layout's answers in this process: one timing per shape, however many trainers
-_CHOSEN: dict[tuple[Any, ...], tuple[str, dict[str, float] | None]] = {}
+_CHOSEN: dict[tuple[Any, ...], str] = {}
 
 
 def choose_layout(
     rows: int, d_in: int, d_out: int, d_sae: int, dtype: Any
 ) -> tuple[str, dict[str, float] | None]:
-    """(the fastest layout at these shapes on the default device, the timings it was chosen
-    by): timed on CPU when the GEMMs are large enough to tell apart, once per process and
-    shape; "direct" untimed otherwise (GPUs' and TPUs' GEMMs take either operand transposed
-    at no cost, so a copy could only add time)."""
+    """(the fastest layout at these shapes on the default device, the timings when this call
+    measured them, else None). Timed on CPU when the GEMMs are large enough to tell apart, once
+    per process and shape; "direct" untimed otherwise (GPUs' and TPUs' GEMMs take either
+    operand transposed at no cost, so a copy could only add time)."""
     if jax.default_backend() != "cpu" or rows * max(d_in, d_out) * d_sae < MIN_TIMED_MACS:
         return "direct", None
     key = (rows, d_in, d_out, d_sae, jnp.dtype(dtype).name)
-    if key not in _CHOSEN:
-        times = time_layouts(rows, d_in, d_out, d_sae, jnp.dtype(dtype))
-        _CHOSEN[key] = min(times, key=times.get), times
-    return _CHOSEN[key]
+    if key in _CHOSEN:
+        return _CHOSEN[key], None
+    times = time_layouts(rows, d_in, d_out, d_sae, jnp.dtype(dtype))
+    _CHOSEN[key] = min(times, key=times.get)
+    return _CHOSEN[key], times
