@@ -14,6 +14,9 @@ Xeon and ~25% slower on an AMD EPYC (benchmarks/README.md, "Two machines"). A la
 `choose_layout` times the orientations and copies at a run's shapes once; the trainer keeps
 the choice for the run and records it in checkpoints, so a resumed run computes (and rounds)
 exactly as the uninterrupted one did. The layouts give the same gradients up to rounding.
+They apply to the training encoder (`affine_encoder`) and the dense training decoder
+(`Architecture.decode` with `sparse=False`); Matryoshka's banded decoder and gated's auxiliary
+decode keep autodiff's orientation, and the sparse paths form their gradients by scatter-add.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
       metrics.jsonl                 logged metrics (see jsae.training.monitor)
       state/<step>/                 orbax checkpoint of the TrainState (all processes write)
       host/<step>.p<process>.json   per-process host state: samples seen, activation scale,
-                                    the source's position (+ .npz with rows not yet trained on)
+                                    the source's position (+ .npz with rows not yet trained on),
+                                    the weight gradients' orientation (weight_grad_layout)
 
 orbax writes each step into a temporary directory renamed into place when complete, and the
 host files are written atomically before it, so a run killed at any moment leaves only complete
