@@ -99,22 +99,14 @@ def time_layouts(
     def array(*shape: int) -> jax.Array:
         return jnp.asarray(rng.standard_normal(shape, dtype=np.float32), dtype)
 
+    def seconds(weight_grad: Callable[..., jax.Array], *args: jax.Array, layout: str) -> float:
+        grad = jax.jit(functools.partial(weight_grad, layout=layout, dtype=dtype))
+        return _best_seconds(grad, args, repeats)
+
     g, x, e = array(rows, d_sae), array(rows, d_in), array(rows, d_out)
-    enc = {
-        layout: _best_seconds(
-            jax.jit(functools.partial(encoder_weight_grad, layout=layout, dtype=dtype)),
-            (x, g),
-            repeats,
-        )
-        for layout in ("direct", "latent_rows")
-    }
+    enc = {lay: seconds(encoder_weight_grad, x, g, layout=lay) for lay in ("direct", "latent_rows")}
     dec = {
-        layout: _best_seconds(
-            jax.jit(functools.partial(decoder_weight_grad, layout=layout, dtype=dtype)),
-            (g, e),
-            repeats,
-        )
-        for layout in ("direct", "latent_columns")
+        lay: seconds(decoder_weight_grad, g, e, layout=lay) for lay in ("direct", "latent_columns")
     }
     return {
         "direct": enc["direct"] + dec["direct"],
