@@ -200,3 +200,17 @@ def test_auto_without_a_checkpoint_takes_the_timed_choice(monkeypatch, capsys) -
 def test_unknown_layout_is_refused_with_the_choices() -> None:
     with pytest.raises(jsae.ConfigError, match="latent_rows"):
         jsae.TrainConfig.coerce(_config(ARCHS[0], "latent_row"))
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
+def test_sparse_paths_skip_the_timing(monkeypatch, architecture: str) -> None:
+    """The TopK family's (value, index) paths form no dense weight gradient: nothing to time."""
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed the layouts for a step that does not use them")
+
+    monkeypatch.setattr(trainer_module, "choose_layout", no_timing)
+    arch = {"architecture": architecture, "k": 4, "use_sparse_activations": True}
+    trainer = jsae.Trainer(_config(arch, "auto"), _batches())
+    trainer.step()
+    assert trainer.grad_layout == "direct"

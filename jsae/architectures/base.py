@@ -425,6 +425,12 @@ class Architecture:
         return {"l1": (settings.l1_coefficient, settings.l1_warm_up_steps)}
 
     @classmethod
+    def forms_dense_weight_grads(cls, cfg: SAEConfig, ctx: TrainContext, n_tokens: int) -> bool:
+        """Whether the training step computes dense weight gradients, whose orientation
+        `ctx.weight_grad_layout` picks (False: the trainer does not time the layouts)."""
+        return True
+
+    @classmethod
     def train_losses(
         cls,
         cfg: SAEConfig,

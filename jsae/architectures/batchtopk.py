@@ -171,6 +171,10 @@ class BatchTopK(TopK):
         return {**buffers, "topk_threshold": jnp.where(extras["any_positive"], new, old)}
 
     @classmethod
+    def forms_dense_weight_grads(cls, cfg: SAEConfig, ctx: TrainContext, n_tokens: int) -> bool:
+        return not uses_sparse_batch_training(cfg, ctx, n_tokens)  # pairs: scatter-adds
+
+    @classmethod
     def train_forward(
         cls,
         cfg: SAEConfig,

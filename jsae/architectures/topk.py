@@ -164,6 +164,10 @@ class TopK(Architecture):
         return {"auxiliary_reconstruction_loss": loss}
 
     @classmethod
+    def forms_dense_weight_grads(cls, cfg: SAEConfig, ctx: TrainContext, n_tokens: int) -> bool:
+        return not uses_sparse_training(cfg, ctx)  # (value, index) pairs: scatter-adds
+
+    @classmethod
     def train_forward(
         cls,
         cfg: SAEConfig,

@@ -232,6 +232,8 @@ class Trainer:
             data, model = int(self.mesh.shape["data"]), int(self.mesh.shape["model"])
         if model > 1:  # latents split: the copies do not apply (TrainContext)
             return "direct"
+        if not self.arch.forms_dense_weight_grads(self.cfg, self.ctx, self.batch_size):
+            return "direct"  # nothing to orient (the TopK family's sparse paths)
         dtype = self.config.training.compute_dtype or self.cfg.dtype
         rows, d_out = self.batch_size // data, self.settings.output_dim
         chosen, times = choose_layout(rows, self.cfg.d_in, d_out, self.cfg.d_sae, dtype)
