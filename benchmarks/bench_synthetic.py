@@ -28,10 +28,10 @@ def dense_batch(source: SyntheticActivations, rng: np.random.Generator, n: int) 
     """One [n, d_in] batch drawn densely (the reference formulation). [n, d_in] float32"""
     c = source.config
     if c.structure == "correlated":
-        common = rng.standard_normal((n, c.correlation_rank)) @ source._factor.T
+        common = rng.standard_normal((n, c.correlation_rank)) @ source._copula.factor.T
         own = rng.standard_normal((n, c.n_features))
         z = math.sqrt(c.correlation) * common + math.sqrt(1 - c.correlation) * own
-        fire = z < source._cutoffs
+        fire = z < source._copula.cutoffs
     elif c.structure == "independent":
         fire = rng.random((n, c.n_features)) < source.probabilities
     else:  # hierarchical: parents dense, each firing parent's child set in place

@@ -12,7 +12,8 @@ one of three structures:
 
 * `independent`: each feature fires on its own.
 * `correlated`: firing is thresholded from Gaussians sharing a low-rank factor (a Gaussian
-  copula), so features co-occur; each keeps its marginal p_i.
+  copula), so features co-occur; each keeps its marginal p_i. Sampled sparsely and exactly
+  (`jsae.activations.copula`).
 * `hierarchical`: the first `n_parents` features are parents; every other feature is the child
   of one parent and fires only when its parent fires: then exactly one of that parent's children
   fires, with probability `child_probability` (siblings are mutually exclusive, the setting in
@@ -28,11 +29,11 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
+from jsae.activations.copula import CopulaSampler
 from jsae.errors import ConfigError, choices_hint
 
 STRUCTURES = ("independent", "correlated", "hierarchical")
@@ -107,9 +108,8 @@ class SyntheticActivations:
         if self.output_features is not None:
             self._padded_output_features = _with_zero_row(self.output_features, work)
         if c.structure == "correlated":
-            factor = setup.standard_normal((c.n_features, c.correlation_rank))
-            self._factor = _unit_rows(factor)  # [n, r]
-            self._cutoffs = np.array([NormalDist().inv_cdf(p) for p in self.probabilities])
+            factor = _unit_rows(setup.standard_normal((c.n_features, c.correlation_rank)))
+            self._copula = CopulaSampler.plan(factor, self.probabilities, c.correlation)
         if c.structure == "hierarchical":
             children = np.arange(c.n_parents, c.n_features)
             self.parent_of = np.full(c.n_features, -1)
@@ -138,13 +138,8 @@ class SyntheticActivations:
         c, rng = self.config, self._rng
         if c.structure == "independent":
             return _bernoulli_pairs(rng, n, self.probabilities)
-        if c.structure == "correlated":
-            # a Gaussian copula: dense by nature (every feature's noise enters its threshold)
-            common = rng.standard_normal((n, c.correlation_rank)) @ self._factor.T  # [n, n_feat]
-            own = rng.standard_normal((n, c.n_features), dtype=np.float32)
-            z = np.float32(math.sqrt(c.correlation)) * common.astype(np.float32)
-            z += np.float32(math.sqrt(1 - c.correlation)) * own
-            return np.nonzero(z < self._cutoffs.astype(np.float32))
+        if c.structure == "correlated":  # a Gaussian copula, sampled sparsely (copula.py)
+            return self._copula.fire(rng, rng.standard_normal((n, c.correlation_rank)))
         parents = rng.random((n, c.n_parents)) < self.probabilities[: c.n_parents]  # [n, P]
         parent_rows, parent_cols = np.nonzero(parents)
         rows, cols = [parent_rows], [parent_cols]
