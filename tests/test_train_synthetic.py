@@ -206,3 +206,18 @@ def test_hierarchical_data_shows_feature_absorption() -> None:
     children = feature_recovery(source.features[8:], sae.W_dec)
     assert parents >= 0.85
     assert children < parents - 0.05
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"structure": "clustered"}, r"unknown synthetic structure 'clustered'.*'correlated'"),
+        ({"mean_active": 0.0}, r"mean_active must be in \(0, n_features\]"),
+        ({"correlation": 1.0}, r"correlation must be in \[0, 1\)"),
+        ({"structure": "correlated", "correlation_rank": 0}, "structure='independent'"),
+        ({"structure": "hierarchical", "n_parents": 16}, "0 < n_parents < n_features"),
+    ],
+)
+def test_invalid_synthetic_configs_are_refused(bad: dict, message: str) -> None:
+    with pytest.raises(jsae.ConfigError, match=message):
+        SyntheticConfig(d_in=8, n_features=16, **bad)

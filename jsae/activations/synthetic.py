@@ -68,6 +68,11 @@ class SyntheticConfig:
             raise ConfigError(f"mean_active must be in (0, n_features], got {self.mean_active}.")
         if not 0 <= self.correlation < 1:
             raise ConfigError(f"correlation must be in [0, 1), got {self.correlation}.")
+        if self.structure == "correlated" and self.correlation_rank < 1:
+            raise ConfigError(
+                f"correlation_rank must be at least 1, got {self.correlation_rank} "
+                "(use structure='independent' for no common factor)."
+            )
         if self.structure == "hierarchical" and not 0 < self.n_parents < self.n_features:
             raise ConfigError("hierarchical needs 0 < n_parents < n_features.")
 
