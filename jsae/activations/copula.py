@@ -126,8 +126,8 @@ def _near_bound(cutoffs: np.ndarray, a: float, b: float, tail: float) -> np.ndar
 
 
 def _cheapest_tail(cutoffs: np.ndarray, a: float, b: float) -> float:
-    """The cut τ on the grid with the fewest expected draws per row: candidates `n·Φ(τ)`
-    plus near pairs `Σ_j Φ(σ_j)` (s is standard normal). The sum runs over
+    """The cut τ on the grid with the fewest expected draws per row: far candidates
+    `n_features·Φ(τ)` plus near pairs `Σ_j Φ(σ_j)` (s is standard normal). The sum runs over
     at most 64 evenly spaced quantiles of the cutoffs, scaled up: it only steers the cost."""
     ordered = np.sort(cutoffs)
     sample = ordered[np.linspace(0, ordered.size - 1, min(64, ordered.size)).astype(int)]
