@@ -24,6 +24,14 @@ import pytest
 from helpers import run_reference
 
 
+@pytest.fixture(scope="session", autouse=True)
+def machine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Per-machine caches (`jsae.architectures.grad_layout`) go to a test directory, not ~."""
+    path = tmp_path_factory.mktemp("jsae-cache")
+    os.environ["JSAE_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def saelens_fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SAEs of every architecture written by SAELens, with inputs and SAELens's outputs."""

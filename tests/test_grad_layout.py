@@ -1,11 +1,13 @@
 """The weight gradients' orientations (`jsae.architectures.grad_layout`): every layout gives
 autodiff's gradients, training ends in the same place under each (one device and a data-split
-mesh), "auto" times the layouts only where it can matter, and a resumed run keeps the layout
-its checkpoint was written with, so it replays the uninterrupted run bit for bit."""
+mesh), "auto" times the layouts only where it can matter and once per machine (a cache file), and a
+resumed run keeps the layout its checkpoint was written with, so it replays the uninterrupted
+run bit for bit."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -70,24 +72,107 @@ def test_choose_layout_times_only_large_products(monkeypatch) -> None:
         raise AssertionError("timed a product below MIN_TIMED_MACS")
 
     monkeypatch.setattr(grad_layout, "time_layouts", no_timing)
-    assert choose_layout(64, 16, 16, 64, jnp.float32) == ("direct", None)
+    assert choose_layout(64, 16, 16, 64, jnp.float32) == ("direct", None, "untimed")
 
 
-def test_choose_layout_keeps_the_fastest_once_per_shape(monkeypatch) -> None:
+@pytest.fixture
+def fresh_layout_cache(monkeypatch, tmp_path) -> Path:
+    """choose_layout with nothing remembered: an empty process table and cache directory."""
+    monkeypatch.setattr(grad_layout, "MIN_TIMED_MACS", 0)
+    monkeypatch.setattr(grad_layout, "_CHOSEN", {})
+    monkeypatch.setenv("JSAE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("JSAE_LAYOUT_CACHE", raising=False)
+    return tmp_path / "cache" / "weight_grad_layout.json"
+
+
+def _count_timings(monkeypatch, times: dict[str, float]) -> list:
+    calls = []
+    monkeypatch.setattr(grad_layout, "time_layouts", lambda *a: calls.append(a) or times)
+    return calls
+
+
+def test_choose_layout_keeps_the_fastest_once_per_shape(monkeypatch, fresh_layout_cache) -> None:
     times = grad_layout.time_layouts(64, 16, 24, 2051, jnp.float32, repeats=1)
     assert set(times) == set(LAYOUTS)
     assert all(np.isfinite(t) and t > 0 for t in times.values())
-    monkeypatch.setattr(grad_layout, "MIN_TIMED_MACS", 0)
-    monkeypatch.setattr(grad_layout, "_CHOSEN", {})
     fixed = {"direct": 3.0, "latent_rows": 2.5, "latent_columns": 2.0}
-    calls = []
-    monkeypatch.setattr(grad_layout, "time_layouts", lambda *a: calls.append(a) or fixed)
-    assert choose_layout(64, 16, 24, 2051, jnp.float32) == ("latent_columns", fixed)
+    calls = _count_timings(monkeypatch, fixed)
+    assert choose_layout(64, 16, 24, 2051, jnp.float32) == ("latent_columns", fixed, "measured")
     # the second trainer at these shapes reuses the choice (and has no timing to report)
-    assert choose_layout(64, 16, 24, 2051, jnp.float32) == ("latent_columns", None)
+    assert choose_layout(64, 16, 24, 2051, jnp.float32) == ("latent_columns", None, "process")
     assert len(calls) == 1
-    assert choose_layout(64, 16, 24, 2051, jnp.bfloat16)[0] == "latent_columns"
+    assert choose_layout(64, 16, 24, 2051, jnp.bfloat16).layout == "latent_columns"
     assert len(calls) == 2  # another dtype is timed on its own
+    assert choose_layout(64, 16, 24, 4096, jnp.float32).layout == "latent_columns"
+    assert len(calls) == 3  # and so is another shape
+
+
+def test_a_later_process_takes_the_machines_choice_from_the_cache(
+    monkeypatch, fresh_layout_cache
+) -> None:
+    fixed = {"direct": 3.0, "latent_rows": 1.5, "latent_columns": 2.0}
+    calls = _count_timings(monkeypatch, fixed)
+    assert choose_layout(64, 16, 24, 2051, jnp.float32).origin == "measured"
+    assert fresh_layout_cache.is_file()
+    monkeypatch.setattr(grad_layout, "_CHOSEN", {})  # a new process on the same machine
+    calls.clear()
+    again = choose_layout(64, 16, 24, 2051, jnp.float32)
+    assert again == ("latent_rows", fixed, "machine") and calls == []
+    # a different machine (here: different XLA flags) times again, and both are kept
+    monkeypatch.setattr(grad_layout, "_CHOSEN", {})
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_foo_bar")
+    other = {"direct": 1.0, "latent_rows": 1.5, "latent_columns": 2.0}
+    monkeypatch.setattr(grad_layout, "time_layouts", lambda *a: calls.append(a) or other)
+    assert choose_layout(64, 16, 24, 2051, jnp.float32) == ("direct", other, "measured")
+    assert len(calls) == 1
+    entries = json.loads(fresh_layout_cache.read_text())["entries"]
+    assert sorted(e["layout"] for e in entries.values()) == ["direct", "latent_rows"]
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", "[]", '{"version": 99, "entries": {}}', '{"version": 1}']
+)
+def test_an_unreadable_cache_is_timed_again_and_rewritten(
+    monkeypatch, fresh_layout_cache, content: str
+) -> None:
+    fresh_layout_cache.parent.mkdir(parents=True)
+    fresh_layout_cache.write_text(content)
+    calls = _count_timings(monkeypatch, {"direct": 1.0, "latent_rows": 2.0, "latent_columns": 3.0})
+    assert choose_layout(64, 16, 24, 2051, jnp.float32).origin == "measured"
+    assert len(calls) == 1
+    assert json.loads(fresh_layout_cache.read_text())["version"] == 1
+
+
+def test_the_cache_can_be_turned_off_and_an_unwritable_one_is_reported(
+    monkeypatch, fresh_layout_cache, tmp_path, capsys
+) -> None:
+    monkeypatch.setenv("JSAE_LAYOUT_CACHE", "0")
+    assert grad_layout.layout_cache_path() is None
+    calls = _count_timings(monkeypatch, {"direct": 1.0, "latent_rows": 2.0, "latent_columns": 3.0})
+    choose_layout(64, 16, 24, 2051, jnp.float32)
+    assert not fresh_layout_cache.parent.exists() and len(calls) == 1
+
+    monkeypatch.delenv("JSAE_LAYOUT_CACHE")
+    monkeypatch.setattr(grad_layout, "_CHOSEN", {})
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("JSAE_CACHE_DIR", str(tmp_path / "a_file"))  # not a directory
+    assert choose_layout(64, 16, 24, 2051, jnp.float32) == (
+        "direct", {"direct": 1.0, "latent_rows": 2.0, "latent_columns": 3.0}, "measured"
+    )  # fmt: skip
+    assert "could not keep the weight_grad_layout choice" in capsys.readouterr().err
+
+
+def test_the_cache_location_follows_the_environment(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("JSAE_LAYOUT_CACHE", raising=False)
+    monkeypatch.setenv("JSAE_CACHE_DIR", str(tmp_path / "mine"))
+    assert grad_layout.layout_cache_path() == tmp_path / "mine" / "weight_grad_layout.json"
+    monkeypatch.delenv("JSAE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert grad_layout.layout_cache_path() == tmp_path / "xdg" / "jsae" / "weight_grad_layout.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    want = tmp_path / "home" / ".cache" / "jsae" / "weight_grad_layout.json"
+    assert grad_layout.layout_cache_path() == want
 
 
 D_IN, D_SAE, BATCH, STEPS = 16, 2051, 32, 4
@@ -186,12 +271,14 @@ def test_auto_without_a_checkpoint_takes_the_timed_choice(monkeypatch, capsys) -
 
     def pick(rows, d_in, d_out, d_sae, dtype):
         calls.append((rows, d_in, d_out, d_sae, jnp.dtype(dtype)))
-        return "latent_rows", {"direct": 2.0, "latent_rows": 1.0, "latent_columns": 3.0}
+        times = {"direct": 2.0, "latent_rows": 1.0, "latent_columns": 3.0}
+        return grad_layout.LayoutChoice("latent_rows", times, "measured")
 
     monkeypatch.setattr(trainer_module, "choose_layout", pick)
     trainer = jsae.Trainer(_config(ARCHS[0], "auto", mesh={"data": 8}), _batches())
     trainer.step()
-    assert "weight_grad_layout 'latent_rows', the fastest" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "weight_grad_layout 'latent_rows', the fastest" in err and "timed now" in err
     # a device's share of the batch, at the step's compute dtype
     assert calls == [(BATCH // 8, D_IN, D_IN, D_SAE, jnp.dtype(jnp.float32))]
     assert trainer.ctx.weight_grad_layout == "latent_rows"

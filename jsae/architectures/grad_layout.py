@@ -11,8 +11,11 @@ Xeon and ~25% slower on an AMD EPYC (benchmarks/README.md, "Two machines"). A la
 * "latent_rows": both as `[d_sae, d]` products, W_enc's copied into `[d_in, d_sae]`;
 * "latent_columns": both as `[d, d_sae]` products, W_dec's copied into `[d_sae, d_out]`.
 
-`choose_layout` times the orientations and copies at a run's shapes once; the trainer keeps
-the choice for the run and records it in checkpoints, so a resumed run computes (and rounds)
+`choose_layout` times the orientations and copies at a run's shapes once per machine: the
+choice is remembered in a small JSON file (`layout_cache_path`), so later runs on the same
+machine skip the ~10-45 s timing and make the same choice, which keeps two runs of one config
+bitwise equal even where two layouts time within noise of each other. The trainer keeps the
+choice for the run and records it in checkpoints, so a resumed run computes (and rounds)
 exactly as the uninterrupted one did. The layouts give the same gradients up to rounding.
 They apply to the training encoder (`affine_encoder`) and the dense training decoder
 (`Architecture.decode` with `sparse=False`); Matryoshka's banded decoder and gated's auxiliary
@@ -22,14 +25,21 @@ decode keep autodiff's orientation, and the sparse paths form their gradients by
 from __future__ import annotations
 
 import functools
+import json
+import os
+import platform
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from importlib import metadata
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jsae.fsutil import atomic_write_bytes
 from jsae.sparse import transposed
 
 LAYOUTS = ("direct", "latent_rows", "latent_columns")
@@ -115,22 +125,120 @@ def time_layouts(
     }
 
 
+class LayoutChoice(NamedTuple):
+    """What `choose_layout` decided, and where the decision came from."""
+
+    layout: str
+    times: dict[str, float] | None  # seconds per layout, when timed (now or by an earlier run)
+    origin: str  # "untimed", "measured" (now), "process" (earlier here), "machine" (the cache)
+
+
 # choose_layout's answers in this process: one timing per shape, however many trainers
-_CHOSEN: dict[tuple[Any, ...], str] = {}
+_CHOSEN: dict[str, str] = {}
+_CACHE_VERSION = 1
 
 
-def choose_layout(
-    rows: int, d_in: int, d_out: int, d_sae: int, dtype: Any
-) -> tuple[str, dict[str, float] | None]:
-    """(the fastest layout at these shapes on the default device, the timings when this call
-    measured them, else None). Timed on CPU when the GEMMs are large enough to tell apart, once
-    per process and shape; "direct" untimed otherwise (GPUs' and TPUs' GEMMs take either
-    operand transposed at no cost, so a copy could only add time)."""
+def layout_cache_path() -> Path | None:
+    """The file that remembers each machine's timed choices: `$JSAE_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/jsae`, else `~/.cache/jsae`, + `weight_grad_layout.json`. None when
+    `JSAE_LAYOUT_CACHE=0` (every run then times its layouts)."""
+    if os.environ.get("JSAE_LAYOUT_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    base = os.environ.get("JSAE_CACHE_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = os.path.join(xdg, "jsae") if xdg else os.path.join("~", ".cache", "jsae")
+    return Path(base).expanduser() / "weight_grad_layout.json"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("model name", "Processor", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine_key(rows: int, d_in: int, d_out: int, d_sae: int, dtype: Any) -> str:
+    """Everything a timing depends on besides load: CPU, usable cores, XLA and its flags,
+    devices per process, host-memory setting, shapes and dtype."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 0
+    try:
+        jaxlib = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        jaxlib = "?"
+    parts = {
+        "cpu": _cpu_model(),
+        "cores": cores,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "devices": jax.local_device_count(),
+        "host_malloc": os.environ.get("JSAE_HOST_MALLOC", "1"),
+        "shape": [rows, d_in, d_out, d_sae],
+        "dtype": jnp.dtype(dtype).name,
+    }
+    return json.dumps(parts, sort_keys=True)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache's entries; an unreadable or foreign file counts as empty (it is only a hint)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _remember(path: Path, key: str, layout: str, times: dict[str, float]) -> None:
+    """Add one choice to the cache file, atomically; one that cannot be written is skipped."""
+    entries = _read_cache(path)
+    entries[key] = {
+        "layout": layout,
+        "times": {name: round(seconds, 6) for name, seconds in times.items()},
+        "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    data = {"version": _CACHE_VERSION, "entries": entries}
+    try:
+        atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as err:  # read-only home, full disk: the run goes on, later runs time again
+        print(
+            f"jsae: could not keep the weight_grad_layout choice in {path} ({err}); set "
+            "JSAE_CACHE_DIR to a writable directory, or JSAE_LAYOUT_CACHE=0.",
+            file=sys.stderr,
+        )
+
+
+def choose_layout(rows: int, d_in: int, d_out: int, d_sae: int, dtype: Any) -> LayoutChoice:
+    """The fastest layout at these shapes on the default device. Timed on CPU when the GEMMs
+    are large enough to tell apart, once per machine and shape (`layout_cache_path`); "direct"
+    untimed otherwise (GPUs' and TPUs' GEMMs take either operand transposed at no cost, so a
+    copy could only add time)."""
     if jax.default_backend() != "cpu" or rows * max(d_in, d_out) * d_sae < MIN_TIMED_MACS:
-        return "direct", None
-    key = (rows, d_in, d_out, d_sae, jnp.dtype(dtype).name)
+        return LayoutChoice("direct", None, "untimed")
+    key = _machine_key(rows, d_in, d_out, d_sae, dtype)
     if key in _CHOSEN:
-        return _CHOSEN[key], None
+        return LayoutChoice(_CHOSEN[key], None, "process")
+    path = layout_cache_path()
+    if path is not None:
+        entry = _read_cache(path).get(key)
+        if isinstance(entry, dict) and entry.get("layout") in LAYOUTS:
+            _CHOSEN[key] = entry["layout"]
+            times = entry.get("times")
+            return LayoutChoice(
+                entry["layout"], times if isinstance(times, dict) else None, "machine"
+            )
     times = time_layouts(rows, d_in, d_out, d_sae, jnp.dtype(dtype))
     _CHOSEN[key] = min(times, key=times.get)
-    return _CHOSEN[key], times
+    if path is not None:
+        _remember(path, key, _CHOSEN[key], times)
+    return LayoutChoice(_CHOSEN[key], times, "measured")

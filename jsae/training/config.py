@@ -396,7 +396,9 @@ class TrainingSettings:
         "orientation of the dense step's weight-gradient GEMMs: 'direct' (each in its "
         "parameter's layout), 'latent_rows' or 'latent_columns' (both as [d_sae, d] or "
         "[d, d_sae] products, one copied); 'auto' times them on CPU at the run's shapes once "
-        "and keeps the fastest, recorded in checkpoints (elsewhere: 'direct'). Speed only",
+        "per machine (remembered in ~/.cache/jsae, or $JSAE_CACHE_DIR; JSAE_LAYOUT_CACHE=0 "
+        "times every run) and keeps the fastest, recorded in checkpoints (elsewhere: "
+        "'direct'). Speed only: the layouts differ by rounding",
     )
     dead_feature_window: int = option(
         1000, "a latent that has not fired for more than this many steps counts as dead"

@@ -41,7 +41,7 @@ from jax.sharding import PartitionSpec as P
 
 from jsae.architectures import get_architecture
 from jsae.architectures.base import TrainContext
-from jsae.architectures.grad_layout import LAYOUTS, choose_layout
+from jsae.architectures.grad_layout import LAYOUTS, choose_layout, layout_cache_path
 from jsae.errors import ConfigError, NonFiniteError, ShapeError
 from jsae.fsutil import atomic_output_dir
 from jsae.io import log_feature_sparsity
@@ -236,15 +236,24 @@ class Trainer:
             return "direct"  # nothing to orient (the TopK family's sparse paths)
         dtype = self.config.training.compute_dtype or self.cfg.dtype
         rows, d_out = self.batch_size // data, self.settings.output_dim
-        chosen, times = choose_layout(rows, self.cfg.d_in, d_out, self.cfg.d_sae, dtype)
-        if times is not None and jax.process_index() == 0:
-            timed = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in times.items())
+        choice = choose_layout(rows, self.cfg.d_in, d_out, self.cfg.d_sae, dtype)
+        if choice.origin in ("measured", "machine") and jax.process_index() == 0:
+            timed = ", ".join(
+                f"{name} {seconds:.3f} s"
+                for name, seconds in sorted(
+                    (choice.times or {}).items(),
+                    key=lambda t: LAYOUTS.index(t[0]) if t[0] in LAYOUTS else len(LAYOUTS),
+                )
+            )
+            when = "timed now" if choice.origin == "measured" else "timed by an earlier run"
+            cache = layout_cache_path()
+            kept = f", kept in {cache}" if cache is not None else ""
             print(
-                f"jsae: weight_grad_layout {chosen!r}, the fastest at this run's shapes "
-                f"({timed}); set weight_grad_layout to skip the timing.",
+                f"jsae: weight_grad_layout {choice.layout!r}, the fastest at this run's shapes "
+                f"on this machine ({when}: {timed}{kept}); set weight_grad_layout to choose.",
                 file=sys.stderr,
             )
-        return chosen
+        return choice.layout
 
     def compiled_step(self) -> Callable[..., Any]:
         """The jitted step `(state, x, y, scale) -> (state, metrics)`, the state donated."""
