@@ -234,8 +234,8 @@ def test_an_initial_jumprelu_sae_starts_with_non_negative_thresholds(tmp_path: P
     """Every update projects the threshold to >= 0 (SAELens projects before each forward
     pass); a starting SAE is projected the same way, so its first step has a valid gate."""
     config = jsae.TrainConfig.from_dict(
-        _config(tmp_path, architecture="jumprelu", checkpoint_path=None)
-    )
+        {**_config(tmp_path, architecture="jumprelu", checkpoint_path=None), "l1_coefficient": 1.0}
+    )  # l1_coefficient at its default: accepted for any architecture
     sae = jsae.SAE.init(config.sae.sae_config(), 0)
     threshold = np.linspace(-0.5, 0.5, 16).astype(np.float32)
     start = jsae.SAE.from_params(sae.cfg, {**sae.params, "threshold": threshold})

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import yaml
 
 from jsae.activations.config import LanguageModelSettings
@@ -65,8 +66,6 @@ IGNORED_SAELENS_KEYS = frozenset(
         "device",
         "act_store_device",
         "llm_device",
-        "autocast",
-        "autocast_lm",
         "compile_llm",
         "llm_compilation_mode",
         "compile_sae",
@@ -81,6 +80,92 @@ IGNORED_SAELENS_KEYS = frozenset(
         "prefetch_llm_batches",
     }
 )
+
+
+# SAELens runner keys that every saved SAELens config carries, for features jsae does not have:
+# accepted at SAELens's default (so `runner_cfg.json` files load), refused otherwise.
+SAELENS_DEFAULT_ONLY_KEYS: dict[str, tuple[Any, str]] = {
+    "use_chat_formatting": (
+        False,
+        "chat templates are not applied by jsae's activation store; tokenize the dataset with "
+        "the template yourself (is_dataset_tokenized: true)",
+    ),
+    "model_kwargs": (
+        {},
+        "extra keyword arguments to the model's forward pass are not supported (jsae runs Flax "
+        "models); remove model_kwargs",
+    ),
+}
+
+# SAELens's mixed-precision switches, and the jsae option each one sets when true.
+SAELENS_AUTOCAST_KEYS = {"autocast": "compute_dtype", "autocast_lm": "model_dtype"}
+
+# Names people reach for that jsae (and SAELens) spell differently: named in the error.
+KEY_ALIASES = {
+    "learning_rate": "lr",
+    "batch_size": "train_batch_size_tokens",
+    "train_batch_size": "train_batch_size_tokens",
+    "total_training_tokens": "training_tokens",
+    "num_tokens": "training_tokens",
+    "l1_coeff": "l1_coefficient",
+    "l0_coeff": "l0_coefficient",
+    "topk": "k",
+    "num_latents": "d_sae",
+    "n_latents": "d_sae",
+    "dict_size": "d_sae",
+    "expansion_factor": "d_sae (d_in times the expansion factor)",
+    "activation_fn": "architecture",
+    "arch": "architecture",
+    "warmup_steps": "lr_warm_up_steps",
+    "lr_warmup_steps": "lr_warm_up_steps",
+    "l1_warmup_steps": "l1_warm_up_steps",
+    "scheduler": "lr_scheduler_name",
+    "lr_scheduler": "lr_scheduler_name",
+    "beta1": "adam_beta1",
+    "beta2": "adam_beta2",
+    "eps": "adam_epsilon",
+    "grad_clip": "max_grad_norm",
+    "hook_point": "hook_name",
+    "layer": "hook_name (e.g. blocks.8.hook_resid_pre)",
+    "model": "model_name",
+    "dataset": "dataset_path",
+    "wandb": "log_to_wandb",
+}
+
+# Loss-term settings and the architectures whose losses read them: set to anything but the
+# default for another architecture, they would be ignored, so they are refused instead.
+_STANDARD_L1 = ("standard", "gated", "transcoder", "skip_transcoder")
+_JUMPRELU = ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder")
+_TOPK = ("topk", "batchtopk", "matryoshka_batchtopk")
+ARCHITECTURE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "l1_coefficient": _STANDARD_L1,
+    "l1_warm_up_steps": _STANDARD_L1,
+    "lp_norm": ("standard", "transcoder", "skip_transcoder"),
+    "gated_detach_aux_decoder": ("gated",),
+    "l0_coefficient": _JUMPRELU,
+    "l0_warm_up_steps": _JUMPRELU,
+    "jumprelu_init_threshold": _JUMPRELU,
+    "jumprelu_bandwidth": _JUMPRELU,
+    "jumprelu_sparsity_loss_mode": _JUMPRELU,
+    "jumprelu_tanh_scale": _JUMPRELU,
+    "jumprelu_ste_to_input": _JUMPRELU,
+    "pre_act_loss_coefficient": _JUMPRELU,
+    "target_l0": _JUMPRELU,
+    "rescale_acts_by_decoder_norm": _TOPK,
+    "aux_loss_coefficient": _TOPK,
+    "topk_threshold_lr": ("batchtopk", "matryoshka_batchtopk"),
+    "use_matryoshka_aux_loss": ("matryoshka_batchtopk",),
+    "use_sparse_activations": (*_TOPK, "standard"),
+}
+# What to use instead, for the settings people carry over between architectures.
+_SETTING_INSTEAD = {
+    ("l1_coefficient", _JUMPRELU): "its sparsity coefficient is l0_coefficient",
+    ("l1_warm_up_steps", _JUMPRELU): "its sparsity warm-up is l0_warm_up_steps",
+    ("l0_coefficient", _STANDARD_L1): "its sparsity coefficient is l1_coefficient",
+    ("l0_warm_up_steps", _STANDARD_L1): "its sparsity warm-up is l1_warm_up_steps",
+    ("l1_coefficient", _TOPK): "k sets its sparsity; it has no sparsity coefficient",
+    ("l0_coefficient", _TOPK): "k sets its sparsity; it has no sparsity coefficient",
+}
 
 
 def option(default: Any, help: str) -> Any:
@@ -246,10 +331,30 @@ class SAESettings:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not 0 < self.topk_threshold_lr <= 1:
             raise ConfigError(f"topk_threshold_lr must be in (0, 1], got {self.topk_threshold_lr}.")
+        self._check_foreign_settings()
         self._check_k()
         self._check_jumprelu()
         self._check_matryoshka()
         self._check_transcoder()
+
+    def _check_foreign_settings(self) -> None:
+        """A loss-term setting changed from its default for an architecture that ignores it is
+        refused: it would otherwise do nothing, silently (SAELens's per-architecture configs
+        refuse such fields too)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, owners in ARCHITECTURE_SETTINGS.items():
+            if self.architecture in owners or getattr(self, name) == defaults[name]:
+                continue
+            instead = next(
+                (why for (key, archs), why in _SETTING_INSTEAD.items()
+                 if key == name and self.architecture in archs),
+                None,
+            )  # fmt: skip
+            advice = f"; {instead}" if instead else ""
+            raise ConfigError(
+                f"{name}={getattr(self, name)!r} is not used by {self.architecture!r} (only by "
+                f"{list(owners)}), so it would do nothing{advice}. Remove it."
+            )
 
     def _check_k(self) -> None:
         k, d_sae = self.k, self.d_sae
@@ -271,7 +376,13 @@ class SAESettings:
             object.__setattr__(self, "k", int(k))
 
     def _check_jumprelu(self) -> None:
-        if self.jumprelu_sparsity_loss_mode == "quadratic" and self.architecture in JUMPRELU_FAMILY:
+        quadratic = self.jumprelu_sparsity_loss_mode == "quadratic"
+        if self.target_l0 is not None and not quadratic and self.architecture in JUMPRELU_FAMILY:
+            raise ConfigError(
+                f"target_l0 is only used by jumprelu_sparsity_loss_mode 'quadratic', not "
+                f"{self.jumprelu_sparsity_loss_mode!r}; remove it or set the mode to quadratic."
+            )
+        if quadratic and self.architecture in JUMPRELU_FAMILY:
             t = self.target_l0
             if t is None or not 0 < t <= self.d_sae:
                 raise ConfigError(
@@ -428,6 +539,11 @@ class TrainingSettings:
         "output", "final SAE directory in SAELens format (None: do not write it)"
     )
     overwrite_output: bool = option(False, "replace an existing output_path")
+    from_pretrained_path: str | None = option(
+        None,
+        "start from this SAE instead of a fresh initialisation (fine-tuning): any path "
+        "jsae.load reads, e.g. a SAELens-format directory; same architecture and sizes",
+    )
     resume_from_checkpoint: str | None = option(
         None,
         "checkpoint directory to resume from (the newest checkpoint in it); 'auto': resume from "
@@ -677,6 +793,18 @@ class TrainConfig:
                 raise ConfigError(
                     f"k={sae.k} keeps no latent in a batch of {tr.train_batch_size_tokens} tokens."
                 )
+        if (
+            sae.dtype == "float16"
+            and tr.compute_dtype in (None, "float16")
+            and (tr.adam_epsilon < 2**-14)
+        ):
+            raise ConfigError(
+                f"dtype float16 keeps Adam's state in float16, where adam_epsilon="
+                f"{tr.adam_epsilon:g} and small second moments round to 0, so the first step "
+                "divides by zero. Train float32 parameters in float16 or bfloat16 instead "
+                "(dtype: float32, compute_dtype: float16: mixed precision, float32 weights and "
+                "Adam state), or raise adam_epsilon to at least 1e-4."
+            )
         self._check_reshape()
 
     def _check_reshape(self) -> None:
@@ -763,10 +891,25 @@ class TrainConfig:
         per_section: dict[str, dict[str, Any]] = {name: {} for name in cls.sections()}
         index = cls.key_index()
         ignored: list[str] = []
+        autocast: dict[str, Any] = {}
+        data = dict(data)
+        nested_sae = isinstance(data.get("sae"), Mapping) and "dtype" in data["sae"]
+        if nested_sae and "dtype" in data and "activation_dtype" not in data:
+            # SAELens's runner layout: sae.dtype is the SAE's, the top-level dtype the
+            # activation store's
+            data["activation_dtype"] = data.pop("dtype")
 
         def put(key: str, value: Any, section: str | None = None) -> None:
             if key in IGNORED_SAELENS_KEYS:
                 ignored.append(key)
+                return
+            if key in SAELENS_DEFAULT_ONLY_KEYS:
+                default, why = SAELENS_DEFAULT_ONLY_KEYS[key]
+                if value not in (default, None):
+                    raise ConfigError(f"{key}={value!r} is not supported: {why}.")
+                return
+            if key in SAELENS_AUTOCAST_KEYS:
+                autocast[key] = value
                 return
             target = index.get(key)
             if target is None or (section is not None and target != section):
@@ -776,13 +919,25 @@ class TrainConfig:
                     if section is None
                     else sorted(k for k, s in index.items() if s == section)
                 )
+                alias = KEY_ALIASES.get(key)
+                if alias:
+                    name, _, note = alias.partition(" ")
+                    hint = f" Did you mean {name!r}{' ' + note if note else ''}?"
+                else:
+                    hint = choices_hint(key, valid)
+                listed = "" if hint else f"; valid keys: {valid}"
                 raise ConfigError(
-                    f"unknown config key {key!r}{where}; valid keys: {valid}."
-                    + choices_hint(key, valid)
+                    f"unknown config key {key!r}{where}.{hint} Every option, with its default "
+                    f"and meaning: `jsae train --list-options`{listed}."
                 )
-            per_section[target][key] = value
+            given = per_section[target]
+            if key in given and given[key] != value:
+                raise ConfigError(
+                    f"{key} is given twice, as {given[key]!r} and as {value!r}; keep one."
+                )
+            given[key] = value
 
-        for key, value in dict(data).items():
+        for key, value in data.items():
             section = cls.SECTION_ALIASES.get(key, key)
             if section in per_section and isinstance(value, Mapping | type(None)):
                 for sub_key, sub_value in dict(value or {}).items():
@@ -791,6 +946,13 @@ class TrainConfig:
                 per_section[key] = {f.name: getattr(value, f.name) for f in fields(value)}
             else:
                 put(key, value)
+        for key, target in SAELENS_AUTOCAST_KEYS.items():  # SAELens's bfloat16 autocast
+            on = _coerce(key, bool, autocast.get(key, False))
+            if not isinstance(on, bool):
+                raise ConfigError(f"{key} must be true or false, got {autocast[key]!r}.")
+            section = index[target]
+            if on and per_section[section].get(target) is None:
+                per_section[section][target] = "bfloat16"
         if ignored:
             warnings.warn(
                 f"ignoring SAELens options with no meaning in jsae: {sorted(set(ignored))}",
@@ -970,7 +1132,15 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
 def _with_raw_overrides(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """Overrides applied to an unvalidated config dict (flat, nested or mixed): each key is
     removed wherever the file put it and appended flat (keys are unique across concerns), so
-    it wins whatever the file's layout."""
+    it wins whatever the file's layout. An overridden `lr` takes `lr_end` along when the file's
+    `lr_end` is the default lr / 10 (as `TrainConfig.replace` does)."""
+    keys = {dotted.rpartition(".")[2] for dotted in changes}
+    if "lr" in keys and "lr_end" not in keys:
+        old_lr, old_end = _raw_value(data, "lr", 3e-4), _raw_value(data, "lr_end", None)
+        numbers_ = [_number(v) for v in (old_lr, old_end)]
+        plain = all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers_)
+        if plain and math.isclose(numbers_[1], numbers_[0] / 10, rel_tol=1e-12):
+            changes = {**changes, "lr_end": None}  # derive it again from the new lr
     for dotted, value in changes.items():
         section, _, key = dotted.rpartition(".")
         section = TrainConfig.SECTION_ALIASES.get(section, section)
@@ -987,6 +1157,18 @@ def _with_raw_overrides(data: dict[str, Any], changes: Mapping[str, Any]) -> dic
                 data[name] = {k: v for k, v in sub.items() if k != key}
         data[key] = value
     return data
+
+
+def _raw_value(data: Mapping[str, Any], key: str, default: Any) -> Any:
+    """`key`'s value in an unvalidated config dict, flat or inside a concern."""
+    if key in data:
+        return data[key]
+    for name, sub in data.items():
+        if TrainConfig.SECTION_ALIASES.get(name, name) in TrainConfig.sections() and (
+            isinstance(sub, Mapping) and key in sub
+        ):
+            return sub[key]
+    return default
 
 
 def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -1033,9 +1215,16 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         return None
     if bool in origins:
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        return value
+        if isinstance(value, numbers.Integral) and value in (0, 1):
+            return bool(value)
+        if optional and isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        also = " or null (automatic)" if optional else ""
+        raise ConfigError(f"{key} must be true or false{also}, got {value!r}.")
     if int in origins and float not in origins:
         number = _number(value)
         if isinstance(number, float) and number.is_integer() and math.isfinite(number):
@@ -1046,17 +1235,44 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if isinstance(number, int) and not isinstance(number, bool) and int not in origins:
             return float(number)
         return number
-    if tuple in origins and isinstance(value, list | tuple):
-        return tuple(int(_number(v)) for v in value)
-    if tuple in origins and isinstance(value, str):
-        parsed = yaml.safe_load(value)
-        return tuple(int(_number(v)) for v in (parsed if isinstance(parsed, list) else [parsed]))
-    if dict in origins and isinstance(value, str):
-        parsed = yaml.safe_load(value)
+    if tuple in origins:
+        items = value
+        if isinstance(value, str):
+            items = _yaml_value(key, value, "a list of integers such as [128, 512]")
+        if not isinstance(items, list | tuple):
+            raise ConfigError(
+                f"{key} must be a list of integers such as [128, 512], got {value!r}."
+            )
+        numbers_ = [_number(v) for v in items]
+        if not all(_is_integral(v) for v in numbers_):
+            raise ConfigError(f"{key} must be a list of integers, got {value!r}.")
+        return tuple(int(v) for v in numbers_)
+    if dict in origins and not isinstance(value, Mapping):
+        example = "{data: 2, model: 4}" if key == "mesh" else "{name: value}"
+        quote = f" (on the command line, quote the whole override: '{key}={example}')"
+        parsed = _yaml_value(key, value, f"a mapping such as {example}{quote}")
         if not isinstance(parsed, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}.")
+            raise ConfigError(f"{key} must be a mapping such as {example}{quote}, got {value!r}.")
         return parsed
     return value
+
+
+def _yaml_value(key: str, text: Any, what: str) -> Any:
+    """A YAML-parsed option value, or a ConfigError saying what `key` should look like."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key} must be {what}, got {text!r}, which is not valid YAML.") from None
+
+
+def _is_integral(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, float) and value.is_integer()
 
 
 def _number(value: Any) -> Any:

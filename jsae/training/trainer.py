@@ -93,6 +93,14 @@ class Trainer:
                 f"{jax.process_count()} processes."
             )
         self._check_output_path()
+        if tr.from_pretrained_path is not None:
+            if init is not None:
+                raise ConfigError(
+                    "both init= and from_pretrained_path give the starting SAE; pass one."
+                )
+            from jsae.hub import load  # the hub's readers: only when asked for
+
+            init = load(tr.from_pretrained_path)
         source = (
             activations if activations is not None else make_source(self.config, self.local_rows)
         )
@@ -146,10 +154,18 @@ class Trainer:
             if init.cfg.architecture != self.cfg.architecture or (
                 (init.cfg.d_in, init.cfg.d_sae) != (self.cfg.d_in, self.cfg.d_sae)
             ):
+                saved_form = (
+                    " A BatchTopK run saves its SAE as a JumpReLU; to train it further, resume "
+                    "from the run's checkpoint (--resume), or fine-tune it with architecture: "
+                    "jumprelu."
+                    if init.cfg.architecture == "jumprelu"
+                    and self.cfg.architecture in ("batchtopk", "matryoshka_batchtopk")
+                    else ""
+                )
                 raise ConfigError(
                     f"the initial SAE ({init.cfg.architecture}, d_in={init.cfg.d_in}, "
                     f"d_sae={init.cfg.d_sae}) does not match the config ({self.cfg.architecture}, "
-                    f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae})."
+                    f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}).{saved_form}"
                 )
             fresh = jax.eval_shape(
                 lambda: self.arch.train_init_params(self.cfg, self.settings, jax.random.key(0))
