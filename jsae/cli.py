@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from jsae.errors import JsaeError
 
@@ -36,13 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line read as messages, not as a source location."""
+    return f"jsae: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (JsaeError, FileNotFoundError, FileExistsError) as exc:
         print(f"jsae {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line, not a traceback
+        print(f"jsae {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 143 if "SIGTERM" in str(exc) else 130
 
 
 if __name__ == "__main__":

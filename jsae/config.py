@@ -114,8 +114,9 @@ def jax_dtype(dtype: Any) -> Any:
     name = canonical_dtype(dtype)
     if name == "float64" and not jax.config.jax_enable_x64:
         raise ConfigError(
-            "dtype float64 needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) "
-            "before creating arrays, or load the SAE with dtype='float32'."
+            "dtype float64 needs 64-bit JAX: set JAX_ENABLE_X64=1 in the environment (or call "
+            "jax.config.update('jax_enable_x64', True) before creating arrays), or use "
+            "dtype='float32'."
         )
     return _DTYPES[name]
 

@@ -34,6 +34,11 @@ class NonFiniteError(JsaeError, ValueError):
     """An array that must be finite holds NaN or Inf."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training run between steps (after checkpointing, when it checkpoints).
+    A KeyboardInterrupt, so `except Exception` does not swallow it."""
+
+
 def choices_hint(value: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean ...?' for the closest valid names, or '' when none is close."""
     close = difflib.get_close_matches(str(value), list(choices), n=n, cutoff=0.5)

@@ -80,8 +80,10 @@ def load(
 ) -> SAE:
     """Load an SAE from a local directory or file in any supported format (detected).
 
-    SAELens directories go through `jsae.io.load_saelens` (unless a mesh is given, when
-    they are read shard by shard). `format` skips detection (`jsae.converters.format_names()`).
+    SAELens directories go through `jsae.io.load_saelens` (unless a mesh is given, when they
+    are read shard by shard); a jsae training run's checkpoint directory gives the SAE at its
+    newest checkpoint (`jsae.training.load_checkpoint`). `format` skips detection
+    (`jsae.converters.format_names()`).
     """
     from jsae.fsutil import recover_interrupted
     from jsae.io import load_saelens
@@ -89,6 +91,15 @@ def load(
     path = Path(path).expanduser()
     if not path.exists():  # an overwrite killed mid-swap may have left it aside: put it back
         recover_interrupted(path)
+    if format is None and (path / "training_config.yaml").is_file() and (path / "state").is_dir():
+        from jsae.training.trainer import load_checkpoint  # a training run's checkpoints
+
+        sae = load_checkpoint(path)
+        return (
+            sae
+            if dtype is None and mesh is None
+            else build_sae(sae.cfg, sae.params, dtype=dtype, mesh=mesh)
+        )
     fmt = format or converters.detect_format(path)
     if fmt == "saelens" and mesh is None and hints is None:
         folder = path if path.is_dir() else path.parent

@@ -241,3 +241,91 @@ def test_an_initial_jumprelu_sae_starts_with_non_negative_thresholds(tmp_path: P
     start = jsae.SAE.from_params(sae.cfg, {**sae.params, "threshold": threshold})
     trainer = jsae.Trainer(config, [], init=start)
     assert np.array_equal(np.asarray(trainer.state.params["threshold"]), np.maximum(threshold, 0))
+
+
+@pytest.mark.parametrize("layout", ["same", "output_inside", "checkpoints_inside"])
+def test_output_and_checkpoint_paths_that_overlap_are_refused_up_front(
+    tmp_path: Path, layout: str
+) -> None:
+    """Writing the output would replace (or land among) the checkpoints: refused before the
+    first step, even with overwrite_output."""
+    ckpt, out = {
+        "same": (tmp_path / "run", tmp_path / "run"),
+        "output_inside": (tmp_path / "run", tmp_path / "run" / "sae"),
+        "checkpoints_inside": (tmp_path / "run" / "ckpt", tmp_path / "run"),
+    }[layout]
+    config = _config(tmp_path, checkpoint_path=str(ckpt), output_path=str(out))
+    with pytest.raises(jsae.ConfigError, match="overlap"):
+        jsae.Trainer({**config, "overwrite_output": True}, _batches(12))
+
+
+def test_an_output_path_that_is_a_file_is_refused_up_front(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("not a directory")
+    with pytest.raises(FileExistsError, match="is a file"):
+        jsae.Trainer({**_config(tmp_path), "overwrite_output": True}, _batches(12))
+
+
+def test_a_source_used_up_by_the_scale_estimate_is_an_error_not_an_untrained_sae(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, normalize_activations="expected_average_only_in")
+    with pytest.raises(jsae.ConfigError, match="ended after 12 of the n_batches_for_norm_esti"):
+        jsae.Trainer(config, _batches(12)).fit()
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(jsae.ConfigError, match="ended before one batch"):
+        jsae.Trainer(_config(tmp_path), [np.zeros((0, 8), np.float32)] * 4).fit()
+    assert not (tmp_path / "out").exists()
+
+
+def test_npy_files_of_different_widths_are_refused_before_training(tmp_path: Path) -> None:
+    folder = tmp_path / "acts"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.zeros((64, 8), np.float32))
+    np.save(folder / "b.npy", np.zeros((64, 9), np.float32))
+    with pytest.raises(jsae.ShapeError, match=r"b\.npy is 9 wide but a\.npy is 8"):
+        jsae.training.NpyDirectorySource(folder, batch_size=16)
+
+
+def test_evaluator_results_are_checked_and_a_finished_trainer_says_so(tmp_path: Path) -> None:
+    config = _config(tmp_path, checkpoint_path=None, output_path=None, wandb_log_frequency=1,
+                     eval_every_n_wandb_logs=2)  # fmt: skip
+    trainer = jsae.Trainer(config, _batches(12), evaluator=lambda sae, step: None)
+    trainer.fit()  # None: nothing to log
+    with pytest.raises(RuntimeError, match="has finished its run \\(12 steps\\)"):
+        trainer.fit()
+    with pytest.raises(TypeError, match="must return a dict of metrics \\(or None\\), got int"):
+        jsae.Trainer(config, _batches(12), evaluator=lambda sae, step: 3).fit()
+
+
+def test_one_array_of_rows_is_the_whole_dataset(tmp_path: Path) -> None:
+    """An [N, d_in] array trains exactly as the same rows given as batches."""
+    config = _config(tmp_path, checkpoint_path=None, output_path=None)
+    batches = _batches(12)
+    as_batches = jsae.Trainer(config, batches).fit()
+    as_array = jsae.Trainer(config, np.concatenate(batches)).fit()
+    for name, value in as_batches.params.items():
+        assert np.array_equal(np.asarray(as_array.params[name]), np.asarray(value)), name
+    with pytest.raises(jsae.ShapeError, match="one array must be \\[N, d_in\\] rows"):
+        jsae.Trainer(config, np.zeros((2, 16, 8), np.float32))
+
+
+def test_a_batch_passed_to_step_names_the_row_count_it_needs(tmp_path: Path) -> None:
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None), [])
+    with pytest.raises(jsae.ShapeError, match="takes \\[16, 8\\] batches; a batch passed to Tr"):
+        trainer.step(np.zeros((10, 8), np.float32))
+
+
+def test_from_pretrained_path_starts_from_a_saved_sae(tmp_path: Path) -> None:
+    """SAELens's `from_pretrained_path`: the run starts from the SAE saved there, as
+    `Trainer(..., init=jsae.load(path))` does; giving both is refused."""
+    saved = jsae.train(_config(tmp_path, checkpoint_path=None), _batches(12))
+    config = _config(tmp_path, checkpoint_path=None, output_path=None)
+    by_path = jsae.Trainer({**config, "from_pretrained_path": str(tmp_path / "out")}, [])
+    by_init = jsae.Trainer(config, [], init=jsae.load(tmp_path / "out"))
+    fresh = jsae.Trainer(config, [])
+    for name, value in saved.params.items():
+        assert np.array_equal(np.asarray(by_path.state.params[name]), np.asarray(value)), name
+        assert np.array_equal(np.asarray(by_init.state.params[name]), np.asarray(value)), name
+    assert not np.array_equal(np.asarray(fresh.state.params["W_dec"]), saved.params["W_dec"])
+    with pytest.raises(jsae.ConfigError, match="both init= and from_pretrained_path"):
+        jsae.Trainer({**config, "from_pretrained_path": str(tmp_path / "out")}, [], init=saved)

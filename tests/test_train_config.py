@@ -3,6 +3,7 @@ and every invalid value is refused with the valid choices listed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import run_reference
 
 import jsae
 from jsae.cli import main
@@ -54,6 +56,7 @@ def test_nested_sections_saelens_logger_and_ignored_keys() -> None:
             }
         )
     assert config.logging.wandb_log_frequency == 5 and config.training.seed == 7
+    assert config.training.compute_dtype == "bfloat16"  # SAELens's autocast: mixed precision
     with pytest.raises(jsae.ConfigError, match="unknown config key 'lr' in 'logging'"):
         TrainConfig.from_dict({**BASE, "logging": {"lr": 1.0}})
 
@@ -145,6 +148,156 @@ def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
 def test_invalid_values_are_refused_with_choices(change: dict, message: str) -> None:
     with pytest.raises(jsae.ConfigError, match=message):
         TrainConfig.from_dict({**BASE, **change})
+
+
+MATRYOSHKA = {"architecture": "matryoshka_batchtopk", "matryoshka_widths": [16, 64]}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"use_sparse_activations": "maybe"}, r"true or false or null \(automatic\), got 'maybe'"),
+        ({"progress_bar": "nope"}, "progress_bar must be true or false, got 'nope'"),
+        ({"log_to_wandb": 2}, "log_to_wandb must be true or false"),
+        ({**MATRYOSHKA, "matryoshka_widths": "[a, 64]"}, "list of integers, got '\\[a, 64\\]'"),
+        ({**MATRYOSHKA, "matryoshka_widths": [32.5, 64]}, "list of integers, got \\[32.5, 64\\]"),
+        ({**MATRYOSHKA, "matryoshka_widths": 64}, "list of integers such as"),
+        ({"mesh": "{data: 2"}, "mesh must be a mapping.*quote the whole override.*not valid YAML"),
+        ({"mesh": "model:4"}, "mesh must be a mapping such as {data: 2, model: 4}"),
+        ({"seqpos_slice": "[1, x]"}, "seqpos_slice must be slice arguments"),
+        ({"seqpos_slice": [1, 2, 3, 4]}, "seqpos_slice must be slice arguments"),
+        ({"exclude_special_tokens": ["bos"]}, "exclude_special_tokens must be"),
+        ({"learning_rate": 1e-3}, "Did you mean 'lr'\\? Every option.*--list-options`\\.$"),
+        ({"expansion_factor": 8}, r"Did you mean 'd_sae' \(d_in times the expansion factor\)"),
+        ({"use_chat_formatting": True}, "use_chat_formatting=True is not supported: chat"),
+        ({"model_kwargs": {"output_attentions": True}}, "model_kwargs=.*not supported"),
+        ({"autocast": "sometimes"}, "autocast must be true or false"),
+        ({"sae": {"k": 4}, "k": 8}, "k is given twice, as [48] and as [48]; keep one"),
+    ],
+)
+def test_malformed_values_are_refused_saying_what_is_expected(change: dict, message: str) -> None:
+    with pytest.raises(jsae.ConfigError, match=message):
+        TrainConfig.from_dict({**BASE, **change})
+
+
+@pytest.fixture(scope="module")
+def saelens_runner_configs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """`LanguageModelSAERunnerConfig.to_dict()` of SAELens, one per architecture."""
+    out = tmp_path_factory.mktemp("runner") / "configs.json"
+    run_reference("saelens_runner_configs.py", out)
+    return json.loads(out.read_text())
+
+
+def test_configs_saved_by_saelens_load_with_saelens_meaning(saelens_runner_configs) -> None:
+    """Every field of a SAELens runner config that jsae has takes SAELens's value; its two
+    dtypes keep their meanings (sae.dtype the SAE's, the top-level one the activations'), and
+    autocast turns on bfloat16 mixed precision. The keys SAELens writes for features jsae does
+    not have load at their defaults."""
+    index = TrainConfig.key_index()
+    assert len(saelens_runner_configs) == 6
+    for saved in saelens_runner_configs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the torch-only keys are named in a warning
+            config = TrainConfig.from_dict(saved)
+        runner = {k: v for k, v in saved.items() if k not in ("sae", "logger", "dtype")}
+        fields_ = {**runner, **saved["logger"], **saved["sae"]}
+        compared = 0
+        for key, value in fields_.items():
+            if key not in index or key == "metadata":
+                continue
+            got = getattr(getattr(config, index[key]), key)
+            as_list = list(got) if isinstance(got, tuple) else got
+            assert as_list == value, (saved["sae"]["architecture"], key, value, got)
+            compared += 1
+        assert compared >= 45
+        assert config.sae.dtype == saved["sae"]["dtype"] == "float32"
+        assert config.model.activation_dtype == saved["dtype"] == "bfloat16"
+        assert saved["autocast"] is True and config.training.compute_dtype == "bfloat16"
+
+
+def test_boolean_options_take_yaml_spellings_and_auto() -> None:
+    config = TrainConfig.from_dict(
+        {**BASE, "progress_bar": "off" == "x", "log_to_wandb": "no", "streaming": 1,
+         "use_sparse_activations": "auto"}
+    )  # fmt: skip
+    assert config.logging.progress_bar is False and config.logging.log_to_wandb is False
+    assert config.model.streaming is True and config.sae.use_sparse_activations is None
+
+
+def _owners() -> list[tuple[str, str, object]]:
+    """(setting, an architecture that does not read it, a non-default value) per setting."""
+    from jsae.training.config import ARCHITECTURE_SETTINGS, TRAINABLE_ARCHITECTURES
+
+    values = {
+        "jumprelu_sparsity_loss_mode": "tanh",
+        "rescale_acts_by_decoder_norm": False,
+        "use_sparse_activations": True,
+        "gated_detach_aux_decoder": True,
+        "jumprelu_ste_to_input": True,
+        "use_matryoshka_aux_loss": True,
+        "target_l0": 10.0,
+        "pre_act_loss_coefficient": 1e-6,
+        "topk_threshold_lr": 0.5,
+    }
+    cases = []
+    for name, owners in ARCHITECTURE_SETTINGS.items():
+        for arch in TRAINABLE_ARCHITECTURES:
+            if arch not in owners:
+                cases.append((name, arch, values.get(name, 3)))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "architecture", "value"), _owners())
+def test_another_architectures_setting_is_refused_not_ignored(
+    name: str, architecture: str, value: object
+) -> None:
+    """Every loss-term setting changed from its default for an architecture whose loss does
+    not read it is refused; at its default (as jsae and SAELens write every config) it passes."""
+    config = {"d_in": 16, "d_sae": 64, "architecture": architecture}
+    if architecture in ("topk", "batchtopk", "matryoshka_batchtopk"):
+        config["k"] = 4
+    if architecture == "matryoshka_batchtopk":
+        config["matryoshka_widths"] = [16, 64]
+    with pytest.raises(jsae.ConfigError, match=f"{name}=.* is not used by '{architecture}'"):
+        TrainConfig.from_dict({**config, name: value})
+    default = next(
+        f.default for f in dataclasses.fields(jsae.training.SAESettings) if f.name == name
+    )
+    TrainConfig.from_dict({**config, name: default})
+
+
+@pytest.mark.parametrize(
+    ("architecture", "name", "advice"),
+    [
+        ("jumprelu", "l1_coefficient", "its sparsity coefficient is l0_coefficient"),
+        ("jumprelu", "l1_warm_up_steps", "its sparsity warm-up is l0_warm_up_steps"),
+        ("standard", "l0_coefficient", "its sparsity coefficient is l1_coefficient"),
+        ("topk", "l1_coefficient", "k sets its sparsity"),
+    ],
+)
+def test_a_carried_over_sparsity_setting_names_the_right_one(
+    architecture: str, name: str, advice: str
+) -> None:
+    config = {"d_in": 16, "d_sae": 64, "architecture": architecture, name: 2}
+    if architecture == "topk":
+        config["k"] = 4
+    with pytest.raises(jsae.ConfigError, match=advice):
+        TrainConfig.from_dict(config)
+
+
+def test_target_l0_outside_quadratic_mode_is_refused() -> None:
+    config = {"d_in": 16, "d_sae": 64, "architecture": "jumprelu", "target_l0": 8.0}
+    with pytest.raises(jsae.ConfigError, match="only used by jumprelu_sparsity_loss_mode 'quad"):
+        TrainConfig.from_dict(config)
+    TrainConfig.from_dict({**config, "jumprelu_sparsity_loss_mode": "quadratic"})
+
+
+def test_float16_parameters_with_an_epsilon_float16_rounds_to_zero_are_refused() -> None:
+    with pytest.raises(jsae.ConfigError, match="compute_dtype: float16: mixed precision"):
+        TrainConfig.from_dict({**BASE, "dtype": "float16"})
+    TrainConfig.from_dict({**BASE, "dtype": "float16", "adam_epsilon": 1e-4})
+    TrainConfig.from_dict({**BASE, "dtype": "float16", "compute_dtype": "bfloat16"})
+    TrainConfig.from_dict({**BASE, "compute_dtype": "float16"})
 
 
 @pytest.mark.parametrize(
@@ -286,6 +439,28 @@ def test_derived_values_follow_the_field_they_derive_from() -> None:
     assert config.replace(d_sae=128).sae.matryoshka_widths == (16, 32, 128)
     one_level = TrainConfig.from_dict({**base, "matryoshka_widths": [64]})
     assert one_level.replace(d_sae=128).sae.matryoshka_widths == (128,)
+
+
+def test_a_cli_lr_takes_a_written_default_lr_end_along(tmp_path: Path) -> None:
+    """A file written by --print-config (or SAELens) holds lr_end = lr / 10 explicitly; an
+    overridden lr derives it again, as `replace` does. A different lr_end in the file stays."""
+    path = tmp_path / "run.yaml"
+    path.write_text(TrainConfig.from_dict({**BASE, "lr": 3e-4}).to_yaml())
+    assert yaml.safe_load(path.read_text())["training"]["lr_end"] == pytest.approx(3e-5)
+    config = TrainConfig.from_yaml(path, ["lr=1e-3"])
+    assert config.training.lr_end == pytest.approx(1e-4)
+    path.write_text(TrainConfig.from_dict({**BASE, "lr": 3e-4, "lr_end": 1e-6}).to_yaml())
+    assert TrainConfig.from_yaml(path, ["lr=1e-3"]).training.lr_end == 1e-6
+    assert TrainConfig.from_yaml(path, ["lr=1e-3", "lr_end=2e-6"]).training.lr_end == 2e-6
+
+
+def test_saelens_autocast_switches_set_mixed_precision_unless_given() -> None:
+    config = TrainConfig.from_dict({**BASE, "autocast": True, "autocast_lm": True})
+    assert (config.training.compute_dtype, config.model.model_dtype) == ("bfloat16", "bfloat16")
+    config = TrainConfig.from_dict({**BASE, "autocast": True, "compute_dtype": "float32"})
+    assert config.training.compute_dtype == "float32"  # the jsae option, given, wins
+    config = TrainConfig.from_dict({**BASE, "autocast": False, "autocast_lm": False})
+    assert (config.training.compute_dtype, config.model.model_dtype) == (None, "float32")
 
 
 def test_a_transcoder_from_a_language_model_is_refused_up_front() -> None:

@@ -5,6 +5,7 @@ activation scale and the source's position are all restored)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,3 +214,103 @@ def test_auto_resume_starts_or_continues(tmp_path: Path, capsys) -> None:
         jsae.TrainConfig.from_dict(
             _list_config(tmp_path, checkpoint_path=None, resume_from_checkpoint="auto")
         )
+
+
+@pytest.mark.slow
+def test_sigint_or_sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM stops `jsae train` after the current step with
+    a checkpoint of that step and a one-line message (exit 130 / 143, no traceback); --resume
+    then ends bit for bit where a run that was never interrupted does."""
+    reference = _jsae_train(
+        "--config", str(_run_config(tmp_path, "ref", checkpoint_every_steps=100))
+    )
+    runs = (signal.SIGINT, signal.SIGTERM)
+    for sig in runs:  # one after the other: each is signalled a little after its first checkpoint
+        config = _run_config(tmp_path, sig.name, checkpoint_every_steps=100)
+        proc = _jsae_train("--config", str(config))
+        state_dir = tmp_path / f"{sig.name}-ckpt" / "state"
+        deadline = time.time() + 240
+        while not (state_dir.is_dir() and any(p.name.isdigit() for p in state_dir.iterdir())):
+            assert proc.poll() is None, f"run ended before a checkpoint: {proc.communicate()}"
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        time.sleep(0.1)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + sig, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        match = re.fullmatch(rf"jsae train: training interrupted \({sig.name}\) at step (\d+): "
+                             r"checkpointed in (.+); continue with --resume\.", last)  # fmt: skip
+        assert match, last
+        step = int(match.group(1))
+        assert 100 <= step < 500 and (state_dir / str(step)).is_dir()
+        assert not (tmp_path / f"{sig.name}-out").exists()
+        _finish(_jsae_train("--config", str(config), "--resume"))
+    _finish(reference)
+    want = load_file(tmp_path / "ref-out" / "sae_weights.safetensors")
+    for sig in runs:
+        got = load_file(tmp_path / f"{sig.name}-out" / "sae_weights.safetensors")
+        for name in want:
+            assert np.array_equal(got[name], want[name]), f"{name} differs after {sig.name}"
+
+
+def test_resume_refuses_another_batch_size_or_a_checkpoint_past_the_end(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    first = jsae.Trainer(_list_config(tmp_path), chunks)
+    for _ in range(6):
+        first.step()
+    first.save_checkpoint()
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(jsae.ConfigError, match=r"train_batch_size_tokens=32 .*this config has 16"):
+        jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=ckpt,
+                                  train_batch_size_tokens=16), chunks)  # fmt: skip
+    with pytest.raises(jsae.ConfigError, match=r"step 6 \(192 tokens\), past .*=160 \(5 steps\)"):
+        jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=ckpt, training_tokens=160,
+                                  lr_warm_up_steps=0, lr_decay_steps=0), chunks)  # fmt: skip
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(jsae.ConfigError, match="no such directory"):
+        jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=str(missing)), chunks)
+    assert not missing.exists()  # refused before anything was created
+
+
+def test_auto_resume_of_a_finished_run_returns_its_sae(tmp_path: Path, capsys) -> None:
+    """A restarted job whose run had finished (final checkpoint and output written) succeeds
+    with the saved SAE instead of failing on the existing output_path."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    config = _list_config(tmp_path, resume_from_checkpoint="auto", save_final_checkpoint=True,
+                          output_path=str(tmp_path / "out"))  # fmt: skip
+    done = jsae.Trainer(config, chunks).fit()
+    again = jsae.Trainer(config, chunks)
+    sae = again.fit()
+    assert "this run had already finished" in capsys.readouterr().err
+    for name, value in done.params.items():
+        assert np.array_equal(np.asarray(sae.params[name]), np.asarray(value)), name
+    longer = {**config, "training_tokens": config["training_tokens"] + 64}
+    with pytest.raises(FileExistsError, match="already exists"):  # more to train: refused
+        jsae.Trainer(longer, chunks)
+
+
+def test_a_checkpoint_directory_loads_as_the_sae_at_its_newest_step(tmp_path: Path) -> None:
+    """`jsae.load(checkpoint_path)` (`jsae.training.load_checkpoint`): the SAE the run would
+    have saved had it ended at its newest checkpoint."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    chunks += chunks[:2]  # the two batches the activation scale uses up
+    config = _list_config(tmp_path, normalize_activations="expected_average_only_in",
+                          n_batches_for_norm_estimate=2, save_final_checkpoint=True,
+                          output_path=str(tmp_path / "out"))  # fmt: skip
+    trainer = jsae.Trainer(config, chunks)
+    trainer.fit()
+    final = jsae.load(tmp_path / "out")
+    loaded = jsae.load(tmp_path / "ckpt")
+    assert loaded.cfg.architecture == final.cfg.architecture == "jumprelu"
+    for name, value in final.params.items():
+        assert np.array_equal(np.asarray(loaded.params[name]), np.asarray(value)), name
+    assert jsae.training.is_checkpoint_dir(tmp_path / "ckpt")
+    with pytest.raises(jsae.ConfigError, match="not a jsae checkpoint directory"):
+        jsae.training.load_checkpoint(tmp_path / "out")

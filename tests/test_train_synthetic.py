@@ -211,7 +211,7 @@ def test_hierarchical_data_shows_feature_absorption() -> None:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"structure": "clustered"}, r"unknown synthetic structure 'clustered'.*'correlated'"),
+        ({"structure": "clustered"}, r"unknown structure 'clustered'.*'correlated'"),
         ({"mean_active": 0.0}, r"mean_active must be in \(0, n_features\]"),
         ({"correlation": 1.0}, r"correlation must be in \[0, 1\)"),
         ({"structure": "correlated", "correlation_rank": 0}, "structure='independent'"),
@@ -221,3 +221,20 @@ def test_hierarchical_data_shows_feature_absorption() -> None:
 def test_invalid_synthetic_configs_are_refused(bad: dict, message: str) -> None:
     with pytest.raises(jsae.ConfigError, match=message):
         SyntheticConfig(d_in=8, n_features=16, **bad)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"synthetic_mean_active": 0.0}, r"synthetic_mean_active must be in \(0, synthetic_n_f"),
+        ({"synthetic_correlation": 1.5}, "synthetic_correlation must be in"),
+        ({"synthetic_noise_std": -1.0}, "synthetic_noise_std must be >= 0"),
+        ({"synthetic_structure": "tree"}, "unknown synthetic_structure 'tree'"),
+    ],
+)
+def test_the_trainer_names_the_synthetic_config_keys(setting: dict, message: str) -> None:
+    """Errors from the synthetic source built for a config name the keys a user sets."""
+    config = {"architecture": "standard", "d_in": 8, "d_sae": 16, "log_to_wandb": False,
+              "checkpoint_path": None, "output_path": None, **setting}  # fmt: skip
+    with pytest.raises(jsae.ConfigError, match=f"activation_source synthetic: .*{message}"):
+        jsae.Trainer(config)

@@ -107,15 +107,28 @@ class LanguageModelSettings:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen and hashable: lists become tuples, dicts FrozenDicts
-        if isinstance(self.seqpos_slice, str):
-            set_(self, "seqpos_slice", _parse_seqpos(self.seqpos_slice))
-        set_(
-            self,
-            "seqpos_slice",
-            tuple(None if v is None else int(v) for v in (self.seqpos_slice or (None,))),
-        )
+        given = self.seqpos_slice
+        try:
+            parsed = _parse_seqpos(given) if isinstance(given, str) else given
+            parsed = parsed if isinstance(parsed, list | tuple) or parsed is None else (parsed,)
+            values = tuple(None if v is None else _whole(v) for v in (parsed or (None,)))
+        except (TypeError, ValueError, OverflowError):
+            values = ()
+        if not 1 <= len(values) <= 3:
+            raise ConfigError(
+                f"seqpos_slice must be slice arguments such as [1, null] or '1:-1' (start, stop, "
+                f"step; integers or null), got {given!r}."
+            )
+        set_(self, "seqpos_slice", values)
         if isinstance(self.exclude_special_tokens, list | tuple):
-            set_(self, "exclude_special_tokens", tuple(int(t) for t in self.exclude_special_tokens))
+            try:
+                tokens = tuple(_whole(t) for t in self.exclude_special_tokens)
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(
+                    f"exclude_special_tokens must be true, false or a list of token ids, got "
+                    f"{self.exclude_special_tokens!r}."
+                ) from None
+            set_(self, "exclude_special_tokens", tokens)
         set_(
             self,
             "model_from_pretrained_kwargs",
@@ -203,6 +216,16 @@ class LanguageModelSettings:
             "sequence_separator_token": self.sequence_separator_token,
             "disable_concat_sequences": self.disable_concat_sequences,
         }
+
+
+def _whole(value: Any) -> int:
+    """An integer from an int or an integral float/string; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    number = float(value) if isinstance(value, str) else value
+    if int(number) != number:
+        raise ValueError(value)
+    return int(number)
 
 
 def _parse_seqpos(text: str) -> tuple:

@@ -59,11 +59,13 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         if self.structure not in STRUCTURES:
             raise ConfigError(
-                f"unknown synthetic structure {self.structure!r}; choose one of "
+                f"unknown structure {self.structure!r}; choose one of "
                 f"{list(STRUCTURES)}." + choices_hint(self.structure, STRUCTURES)
             )
         if self.d_in < 1 or self.n_features < 1:
             raise ConfigError("d_in and n_features must be positive.")
+        if not self.noise_std >= 0:
+            raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}.")
         if not 0 < self.mean_active <= self.n_features:
             raise ConfigError(f"mean_active must be in (0, n_features], got {self.mean_active}.")
         if not 0 <= self.correlation < 1:

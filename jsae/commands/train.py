@@ -87,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from jsae.training import Trainer
 
     trainer = Trainer(config)
-    sae = trainer.fit()
+    try:
+        sae = trainer.fit()
+    finally:
+        trainer.close()  # the checkpoint manager's threads, before the interpreter exits
     out = config.training.output_path
     print(
         f"trained {sae.cfg.architecture} SAE (d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) for "

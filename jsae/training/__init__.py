@@ -20,7 +20,7 @@ from jsae.training.sources import (
     make_source,
     register_source,
 )
-from jsae.training.trainer import Trainer, train
+from jsae.training.trainer import Trainer, is_checkpoint_dir, load_checkpoint, train
 
 __all__ = [
     "DataSettings",
@@ -32,6 +32,8 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingSettings",
+    "is_checkpoint_dir",
+    "load_checkpoint",
     "make_source",
     "register_source",
     "train",

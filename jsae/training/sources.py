@@ -14,6 +14,7 @@ factory taking the `TrainConfig` and the batch rows this process must produce.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -74,23 +75,39 @@ def make_source(config: TrainConfig, rows: int) -> Iterable[Any]:
 # ------------------------------------------------------------------------------ built-in sources
 
 
+# SyntheticConfig's fields and the config keys that set them
+_SYNTHETIC_KEYS = {
+    "structure": "synthetic_structure",
+    "n_features": "synthetic_n_features",
+    "mean_active": "synthetic_mean_active",
+    "correlation": "synthetic_correlation",
+    "n_parents": "synthetic_n_parents",
+    "noise_std": "synthetic_noise_std",
+}
+
+
 def _synthetic_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
     import jax
 
     from jsae.activations.synthetic import SyntheticActivations, SyntheticConfig
 
     data, sae = config.data, config.sae
-    synthetic = SyntheticConfig(
-        d_in=sae.d_in,
-        n_features=data.synthetic_n_features or 2 * sae.d_in,
-        structure=data.synthetic_structure,
-        mean_active=data.synthetic_mean_active,
-        correlation=data.synthetic_correlation,
-        n_parents=data.synthetic_n_parents,
-        noise_std=data.synthetic_noise_std,
-        d_out=sae.output_dim if sae.is_transcoder else None,
-        seed=config.training.seed,
-    )
+    try:
+        synthetic = SyntheticConfig(
+            d_in=sae.d_in,
+            n_features=data.synthetic_n_features or 2 * sae.d_in,
+            structure=data.synthetic_structure,
+            mean_active=data.synthetic_mean_active,
+            correlation=data.synthetic_correlation,
+            n_parents=data.synthetic_n_parents,
+            noise_std=data.synthetic_noise_std,
+            d_out=sae.output_dim if sae.is_transcoder else None,
+            seed=config.training.seed,
+        )
+    except ConfigError as exc:  # name the config keys, not SyntheticConfig's fields
+        words = "|".join(_SYNTHETIC_KEYS)
+        text = re.sub(rf"\b({words})\b", lambda m: _SYNTHETIC_KEYS[m.group(1)], str(exc))
+        raise ConfigError(f"activation_source synthetic: {text}") from None
     n_proc = jax.process_count()
     return SyntheticActivations(
         synthetic, batch_size=rows * n_proc, shard_index=jax.process_index(), num_shards=n_proc
@@ -142,9 +159,21 @@ class NpyDirectorySource:
         self.rows_read = 0
         self._arrays = [np.load(f, mmap_mode="r") for f in self.files]
         self._targets = [np.load(f, mmap_mode="r") for f in self.target_files or []]
-        for arr, file in zip(self._arrays, self.files, strict=True):
-            if arr.ndim != 2:
-                raise ShapeError(f"{file} holds an array of shape {arr.shape}; expected [N, d_in].")
+        for arrays, files, what in (
+            (self._arrays, self.files, "[N, d_in]"),
+            (self._targets, self.target_files or [], "[N, d_out]"),
+        ):
+            for arr, file in zip(arrays, files, strict=True):
+                if arr.ndim != 2:
+                    raise ShapeError(
+                        f"{file} holds an array of shape {arr.shape}; expected {what}."
+                    )
+                if arr.shape[1] != arrays[0].shape[1]:  # caught here, not at a batch mid-run
+                    raise ShapeError(
+                        f"{file} is {arr.shape[1]} wide but {files[0].name} is "
+                        f"{arrays[0].shape[1]}: every file in {file.parent} must be {what} "
+                        "with the same width."
+                    )
         if self._targets and [len(a) for a in self._arrays] != [len(t) for t in self._targets]:
             raise ShapeError("activations_path and targets_path files must have equal row counts.")
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
@@ -392,7 +421,14 @@ def batch_problem(array: Any, width: int | None, what: str, rows: int | None = N
             f"{what} shape {None if shape is None else tuple(shape)} but the SAE has "
             f"{name}={width}"
             + (f" and takes [{rows}, {width}] batches" if rows is not None else "")
-            + "; check that the source reads the hook the SAE is configured for"
+            + (
+                "; set d_out to the targets' width (it defaults to d_in)"
+                if what == "target" and shape is not None and len(shape) == 2
+                else "; a batch passed to Trainer.step(x) is not re-cut: give it exactly that "
+                "many rows"
+                if rows is not None and shape is not None and len(shape) == 2 and shape[1] == width
+                else "; check that the source reads the hook the SAE is configured for"
+            )
         )
     dtype = getattr(array, "dtype", np.float32)
     if not jnp.issubdtype(dtype, jnp.floating):

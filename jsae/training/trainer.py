@@ -22,13 +22,16 @@ the training configuration and the metrics; `fit` returns that inference-form SA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 from jsae.architectures import get_architecture
 from jsae.architectures.base import TrainContext
 from jsae.architectures.grad_layout import LAYOUTS, choose_layout, layout_cache_path
-from jsae.errors import ConfigError, NonFiniteError, ShapeError
+from jsae.errors import ConfigError, NonFiniteError, ShapeError, TrainingInterrupted
 from jsae.fsutil import atomic_output_dir
 from jsae.io import log_feature_sparsity
 from jsae.parallel import make_mesh
@@ -93,6 +96,13 @@ class Trainer:
                 f"{jax.process_count()} processes."
             )
         self._check_output_path()
+        if isinstance(activations, np.ndarray | jax.Array):
+            if np.ndim(activations) != 2:
+                raise ShapeError(
+                    f"activations given as one array must be [N, d_in] rows, got shape "
+                    f"{tuple(np.shape(activations))}; pass an iterable of [B, d_in] batches."
+                )
+            activations = [activations]  # the whole dataset, re-cut into batches
         if tr.from_pretrained_path is not None:
             if init is not None:
                 raise ConfigError(
@@ -120,6 +130,13 @@ class Trainer:
         chosen = tr.weight_grad_layout
         self._grad_layout: str | None = None if chosen == "auto" else chosen
         self._step_fn: Callable[..., Any] | None = None
+        resume_dir = tr.resume_from_checkpoint
+        if resume_dir not in (None, "auto") and not Path(resume_dir).expanduser().is_dir():
+            raise ConfigError(
+                f"cannot resume from {resume_dir}: no such directory (resume_from_checkpoint, "
+                "or checkpoint_path with --resume). Use --auto-resume to start a new run when "
+                "there is no checkpoint yet."
+            )
         self.checkpointer = (
             Checkpointer(tr.checkpoint_path, keep=tr.keep_checkpoints)
             if tr.checkpoint_path
@@ -133,6 +150,16 @@ class Trainer:
         self.logger: RunLogger | None = None
         self._progress: ProgressBar | None = None
         self._tmp_metrics: Path | None = None
+        self._finished = False
+        self._interrupt_requested: str | bool = False  # the signal's name once one arrived
+        try:
+            self._start(tr)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, tr: Any) -> None:
+        """Resume when asked to, and refuse to write among another run's checkpoints."""
         resume_from = tr.resume_from_checkpoint
         if resume_from == "auto":  # a restarted job: continue if there is anything to continue
             has_one = self.checkpointer.latest_step() is not None
@@ -145,6 +172,16 @@ class Trainer:
         if resume_from is not None:
             self.resume(resume_from)
         self._refuse_another_runs_checkpoints()
+        out = tr.output_path
+        self._done_output: Path | None = None
+        if tr.resume_from_checkpoint == "auto" and out and Path(out).exists():
+            if not tr.overwrite_output and self.steps_done < self.total_steps:
+                raise FileExistsError(
+                    f"output_path {out} already exists; choose another output_path or set "
+                    "overwrite_output (--overwrite) to replace it when training ends."
+                )
+            if self.steps_done >= self.total_steps and not tr.overwrite_output:
+                self._done_output = Path(out)  # a restarted job whose run had finished
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -309,8 +346,27 @@ class Trainer:
             )
 
     def _check_output_path(self) -> None:
-        out = self.config.training.output_path
-        if out and Path(out).exists() and not self.config.training.overwrite_output:
+        """Refuse, before any work, an output_path the end of the run could not write."""
+        tr = self.config.training
+        out = tr.output_path
+        if not out:
+            return
+        target = Path(out).expanduser().absolute()
+        if tr.checkpoint_path:
+            ckpt = Path(tr.checkpoint_path).expanduser().absolute()
+            if target == ckpt or ckpt in target.parents or target in ckpt.parents:
+                raise ConfigError(
+                    f"output_path {out} and checkpoint_path {tr.checkpoint_path} overlap: "
+                    "writing the output would replace (or land among) the checkpoints. Give "
+                    "them separate directories."
+                )
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(
+                f"output_path {out} is a file; the output is a directory. Choose another "
+                "output_path."
+            )
+        # --auto-resume of a finished run finds its output: checked after resuming (_start)
+        if target.exists() and not tr.overwrite_output and tr.resume_from_checkpoint != "auto":
             raise FileExistsError(
                 f"output_path {out} already exists; choose another output_path or set "
                 "overwrite_output (--overwrite) to replace it when training ends."
@@ -450,59 +506,135 @@ class Trainer:
     def fit(self) -> SAE:
         """Train to `training_tokens`, checkpointing and logging; return the final SAE."""
         tr, log = self.config.training, self.config.logging
+        if self._finished:
+            raise RuntimeError(
+                f"this Trainer has finished its run ({self.steps_done} steps); build a new "
+                "Trainer to train again (or resume its checkpoint with a larger training_tokens)."
+            )
+        if self._done_output is not None:
+            if jax.process_index() == 0:
+                print(
+                    f"jsae: this run had already finished (step {self.steps_done} of "
+                    f"{self.total_steps}); its SAE is in {self._done_output}.",
+                    file=sys.stderr,
+                )
+            from jsae.io import load_saelens
+
+            self._finished = True
+            return load_saelens(self._done_output)
         try:
             self.check_source()
         except StopIteration:
             raise ConfigError("the activation source is empty.") from None
         self._open_logs()
         try:
-            if self._scale_wanted():
-                self.scale = self._estimate_scale(tr.n_batches_for_norm_estimate)
-            # A step's metrics row is written after the next step is dispatched: reading them
-            # waits for their step, which would otherwise idle the host while the device works.
-            unlogged: tuple[int, dict[str, jax.Array], int] | None = None
-
-            def write_unlogged() -> None:
-                nonlocal unlogged
-                if unlogged is not None:
-                    row, unlogged = unlogged, None
-                    self._log_step(*row)
-
-            try:
-                while self.steps_done < self.total_steps:
-                    s = self.steps_done
-                    if s > 0 and s % tr.feature_sampling_window == 0:
-                        write_unlogged()
-                        self._log_sparsity(s)
-                    try:
-                        batch = self._next_batch()
-                    except StopIteration:
-                        self._warn_exhausted()
-                        break
-                    metrics = self.step(*batch)
-                    self._progress.update(self.batch_size)
-                    write_unlogged()
-                    if (s + 1) % log.wandb_log_frequency == 0:
-                        unlogged = (s, metrics, self.n_training_samples)
-                    if (s + 1) % (log.wandb_log_frequency * log.eval_every_n_wandb_logs) == 0:
-                        write_unlogged()
-                        self._log_evals(s)
-                    if self._checkpoint_due():
-                        self.save_checkpoint()
-                self._check_pending()
-            except NonFiniteError:
-                write_unlogged()  # the failed step's row (NaN -> null) is kept, as before
-                raise
-            write_unlogged()
-            s = self.steps_done
-            if s > 0 and s % tr.feature_sampling_window == 0:
-                self._log_sparsity(s)
-            wanted = self.checkpointer is not None and self._final_checkpoint_wanted()
-            if wanted and self._last_checkpoint != s:
-                self.save_checkpoint()
-            return self.finish()
+            with self._stop_on_interrupt():
+                return self._fit(tr, log)
         finally:
             self._close_logs()
+
+    def _fit(self, tr: Any, log: Any) -> SAE:
+        """fit() inside its interrupt handler and log files."""
+        if self._scale_wanted():
+            self.scale = self._estimate_scale(tr.n_batches_for_norm_estimate)
+        # A step's metrics row is written after the next step is dispatched: reading them
+        # waits for their step, which would otherwise idle the host while the device works.
+        unlogged: tuple[int, dict[str, jax.Array], int] | None = None
+
+        def write_unlogged() -> None:
+            nonlocal unlogged
+            if unlogged is not None:
+                row, unlogged = unlogged, None
+                self._log_step(*row)
+
+        try:
+            while self.steps_done < self.total_steps:
+                s = self.steps_done
+                if self._interrupt_requested:
+                    write_unlogged()
+                    self._stop_interrupted()
+                if s > 0 and s % tr.feature_sampling_window == 0:
+                    write_unlogged()
+                    self._log_sparsity(s)
+                try:
+                    batch = self._next_batch()
+                except StopIteration:
+                    if self.steps_done == 0:
+                        raise ConfigError(
+                            "the activation source ended before one batch of "
+                            f"train_batch_size_tokens={self.batch_size} rows (per process: "
+                            f"{self.local_rows}); nothing was trained and nothing is saved."
+                        ) from None
+                    self._warn_exhausted()
+                    break
+                metrics = self.step(*batch)
+                self._progress.update(self.batch_size)
+                write_unlogged()
+                if (s + 1) % log.wandb_log_frequency == 0:
+                    unlogged = (s, metrics, self.n_training_samples)
+                if (s + 1) % (log.wandb_log_frequency * log.eval_every_n_wandb_logs) == 0:
+                    write_unlogged()
+                    self._log_evals(s)
+                if self._checkpoint_due():
+                    self.save_checkpoint()
+            self._check_pending()
+        except NonFiniteError:
+            write_unlogged()  # the failed step's row (NaN -> null) is kept, as before
+            raise
+        write_unlogged()
+        s = self.steps_done
+        if s > 0 and s % tr.feature_sampling_window == 0:
+            self._log_sparsity(s)
+        wanted = self.checkpointer is not None and self._final_checkpoint_wanted()
+        if wanted and self._last_checkpoint != s:
+            self.save_checkpoint()
+        sae = self.finish()
+        self._finished = True
+        return sae
+
+    @contextlib.contextmanager
+    def _stop_on_interrupt(self) -> Iterator[None]:
+        """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption notice) during fit() stops the
+        run after the current step, with a checkpoint (when checkpointing) to resume from; a
+        second signal stops at once. One process only: with several, the processes would have
+        to agree on the step to stop at (a collective per step), so signals act as usual."""
+        if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+            yield  # signal handlers belong to the main thread
+            return
+        watched = (signal.SIGINT, signal.SIGTERM)
+        previous = {signum: signal.getsignal(signum) for signum in watched}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._interrupt_requested = signal.Signals(signum).name
+            for watched_signal, handler in previous.items():  # a second signal acts at once
+                signal.signal(watched_signal, handler)
+            save = ", checkpointing" if self.checkpointer is not None else ""
+            print(
+                f"\njsae: {signal.Signals(signum).name}; stopping after this step{save} (send it "
+                "again to stop at once).",
+                file=sys.stderr,
+            )
+
+        for signum in watched:
+            signal.signal(signum, request_stop)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._interrupt_requested = False
+
+    def _stop_interrupted(self) -> None:
+        """Checkpoint the steps done so far and raise `TrainingInterrupted`."""
+        self._check_pending()
+        step, where = self.steps_done, "no checkpoint (checkpoint_path is None)"
+        if self.checkpointer is not None:
+            if self._last_checkpoint != step:
+                self.save_checkpoint()
+            where = f"checkpointed in {self.checkpointer.directory}; continue with --resume"
+        raise TrainingInterrupted(
+            f"training interrupted ({self._interrupt_requested}) at step {step}: {where}."
+        )
 
     def _warn_exhausted(self) -> None:
         warnings.warn(
@@ -510,7 +642,7 @@ class Trainer:
             f"({self.n_training_samples} tokens) of the {self.total_steps} planned "
             f"(training_tokens={self.config.training.training_tokens}); saving the SAE trained "
             "so far.",
-            stacklevel=3,
+            stacklevel=4,
         )
 
     def _scale_wanted(self) -> bool:
@@ -519,8 +651,10 @@ class Trainer:
 
     def _estimate_scale(self, n_batches: int) -> float:
         """sqrt(d_in) / E||x|| over `n_batches` batches (consumed, as in SAELens)."""
-        total, count = 0.0, 0
-        for _ in range(n_batches):
+        total, count, used = 0.0, 0, 0
+        while used < n_batches:
+            if self._interrupt_requested:
+                raise TrainingInterrupted("interrupted while estimating the activation scale.")
             try:
                 x, _ = self._next_batch()  # checked by the feeder
             except StopIteration:
@@ -528,16 +662,26 @@ class Trainer:
             norms = np.linalg.norm(np.asarray(x, np.float32), axis=-1)
             total += float(norms.sum(dtype=np.float64))
             count += norms.size
-        if jax.process_count() > 1:
+            used += 1
+        short = float(used < n_batches)
+        if jax.process_count() > 1:  # every process decides alike
             from jax.experimental import multihost_utils
 
-            sums = multihost_utils.process_allgather(np.array([total, count], np.float64))
-            total, count = float(sums[:, 0].sum()), int(sums[:, 1].sum())
+            sums = multihost_utils.process_allgather(np.array([total, count, short], np.float64))
+            total, count, short = float(sums[:, 0].sum()), int(sums[:, 1].sum()), sums[:, 2].max()
         if count == 0 or total == 0:
             raise ConfigError(
                 "cannot estimate the activation scale: the source gave no activations."
             )
-        return _checked_scale(math.sqrt(self.cfg.d_in) / (total / count))
+        scale = _checked_scale(math.sqrt(self.cfg.d_in) / (total / count))  # finite first
+        if short:
+            raise ConfigError(
+                f"the activation source ended after {used} of the n_batches_for_norm_estimate="
+                f"{n_batches} batches that estimate the expected_average_only_in scale (they are "
+                "used up, as in SAELens), leaving nothing to train on; lower "
+                "n_batches_for_norm_estimate or give more activations."
+            )
+        return scale
 
     # ------------------------------------------------------------------ logging
 
@@ -577,7 +721,7 @@ class Trainer:
         if self.logger is not None:
             self.logger.log(s, row)
         shown = ("losses/overall_loss", "losses/mse_loss", "metrics/l0")
-        self._progress.describe(s, {k: float(row[k]) for k in shown if k in row})
+        self._progress.describe(s + 1, {k: float(row[k]) for k in shown if k in row})
 
     def _log_sparsity(self, s: int) -> None:
         """SAELens's sparsity log at the end of a feature_sampling_window (before the reset)."""
@@ -602,7 +746,15 @@ class Trainer:
         if self.logger is not None:
             self.logger.log_histograms(s, histograms)
         if self.evaluator is not None:
-            results = dict(self.evaluator(sae, s))
+            results = self.evaluator(sae, s)
+            if results is None:
+                results = {}
+            if not isinstance(results, Mapping):
+                raise TypeError(
+                    f"the evaluator must return a dict of metrics (or None), got "
+                    f"{type(results).__name__}."
+                )
+            results = dict(results)
             if self.logger is not None and results:
                 self.logger.log(s, results)
 
@@ -652,24 +804,32 @@ class Trainer:
             "feeder": position,
             "sae": self.config.to_dict()["sae"],
             "weight_grad_layout": self.grad_layout,
+            "train_batch_size_tokens": self.batch_size,
         }
         portable = self.feeder.position_is_global()
         self.checkpointer.save(step, self.state, host, arrays, portable=portable)
         self._last_checkpoint = step
         return step
 
-    def resume(self, directory: str | Path) -> int:
-        """Restore the newest checkpoint under `directory`; returns its step."""
-        checkpointer = (
-            self.checkpointer
-            if self.checkpointer is not None
-            and self.checkpointer.directory == Path(directory).expanduser().absolute()
-            else Checkpointer(directory)
+    def resume(self, directory: str | Path, *, source: bool = True) -> int:
+        """Restore the newest checkpoint under `directory`; returns its step. `source=False`
+        restores the SAE's training state only (to read it, not to continue the run)."""
+        own = self.checkpointer is not None and (
+            self.checkpointer.directory == Path(directory).expanduser().absolute()
         )
+        checkpointer = self.checkpointer if own else Checkpointer(directory)
+        try:
+            return self._resume_from(checkpointer, directory, source)
+        finally:
+            if not own:  # read from only: release its threads
+                checkpointer.close()
+
+    def _resume_from(self, checkpointer: Checkpointer, directory: str | Path, source: bool) -> int:
         step = checkpointer.latest_step()
         if step is None:
             raise ConfigError(f"no checkpoint to resume from in {directory}.")
         host, arrays = checkpointer.read_host(step)
+        self._check_resumable(directory, step, host)
         saved_sae = host.get("sae")
         current = self.config.to_dict()["sae"]
         speed_only = ("use_sparse_activations",)  # the same losses either way
@@ -691,6 +851,8 @@ class Trainer:
             self._grad_layout, self._step_fn = saved_layout, None  # rounds as before the stop
         self.n_training_samples = int(host["n_training_samples"])
         self.scale = host["scale"]
+        if not source:
+            return step
         how = self.feeder.restore(host["feeder"], arrays)
         written_by = int(host.get("process_count", 1))
         if written_by != jax.process_count():
@@ -708,6 +870,26 @@ class Trainer:
         if jax.process_index() == 0:
             print(f"jsae: resumed from step {step} in {directory} ({how}).", file=sys.stderr)
         return step
+
+    def _check_resumable(self, directory: str | Path, step: int, host: dict[str, Any]) -> None:
+        """The run's step counter is tokens seen / batch size: a checkpoint written with
+        another batch size, or past this config's training_tokens, cannot continue it."""
+        seen = int(host["n_training_samples"])
+        saved_batch = int(host.get("train_batch_size_tokens") or self.batch_size)
+        if saved_batch != self.batch_size or seen % self.batch_size:
+            raise ConfigError(
+                f"cannot resume from {directory}: its run trained with train_batch_size_tokens="
+                f"{saved_batch if saved_batch != self.batch_size else 'another value'} (step "
+                f"{step}, {seen} tokens), this config has {self.batch_size}; the steps, schedules "
+                "and checkpoints count batches, so resume with the run's batch size."
+            )
+        planned, tokens = self.total_steps * self.batch_size, self.config.training.training_tokens
+        if seen > planned:
+            raise ConfigError(
+                f"cannot resume from {directory}: its checkpoint is at step {step} ({seen} "
+                f"tokens), past this config's training_tokens={tokens} ({self.total_steps} "
+                "steps); raise training_tokens to train further."
+            )
 
     # ------------------------------------------------------------------ the result
 
@@ -730,6 +912,11 @@ class Trainer:
         )
         sae = SAE(sae.cfg.replace(metadata=meta), sae.params)
         return sae.to_inference()
+
+    def close(self) -> None:
+        """Release the checkpoint manager's threads (also done at interpreter exit)."""
+        if getattr(self, "checkpointer", None) is not None:
+            self.checkpointer.close()
 
     def finish(self) -> SAE:
         """Build the final SAE and write `output_path` (SAELens format + sparsity + config)."""
@@ -764,6 +951,43 @@ class Trainer:
                 )
 
 
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """Whether `path` is a jsae training run's checkpoint directory."""
+    path = Path(path)
+    return (path / "training_config.yaml").is_file() and (path / "state").is_dir()
+
+
+def load_checkpoint(directory: str | Path) -> SAE:
+    """The SAE at the newest checkpoint of a training run, in inference form (activation
+    scale and TopK decoder norms folded, BatchTopK as JumpReLU), as the run would have saved
+    it had it ended there. Reads on one device, whatever mesh or processes wrote it."""
+    directory = Path(directory).expanduser()
+    if not is_checkpoint_dir(directory):
+        raise ConfigError(
+            f"{directory} is not a jsae checkpoint directory (it needs training_config.yaml "
+            "and state/)."
+        )
+    config = TrainConfig.from_yaml(directory / "training_config.yaml").replace(
+        mesh=None,
+        coordinator_address=None,
+        num_processes=None,
+        process_id=None,
+        checkpoint_path=None,
+        resume_from_checkpoint=None,
+        n_checkpoints=0,
+        checkpoint_every_steps=None,
+        save_final_checkpoint=False,
+        keep_checkpoints=None,
+        output_path=None,
+        log_to_wandb=False,
+        progress_bar=False,
+        from_pretrained_path=None,
+    )
+    trainer = Trainer(config, [])
+    trainer.resume(directory, source=False)
+    return trainer.final_sae()
+
+
 def train(
     config: TrainConfig | Mapping[str, Any] | str | Path,
     activations: Iterable[Any] | None = None,
@@ -785,7 +1009,11 @@ def train(
         from jsae.activations.pipeline import train_language_model_sae
 
         return train_language_model_sae(config, init=init, log=None)[0]
-    return Trainer(config, activations, init=init, evaluator=evaluator).fit()
+    trainer = Trainer(config, activations, init=init, evaluator=evaluator)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -857,4 +1085,4 @@ def _to_host(tree: Any) -> Any:
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "is_checkpoint_dir", "load_checkpoint", "train"]
