@@ -120,6 +120,11 @@ class LanguageModelSettings:
                 f"step; integers or null), got {given!r}."
             )
         set_(self, "seqpos_slice", values)
+        if not isinstance(self.exclude_special_tokens, bool | list | tuple):
+            raise ConfigError(
+                f"exclude_special_tokens must be true, false or a list of token ids, got "
+                f"{self.exclude_special_tokens!r}."
+            )
         if isinstance(self.exclude_special_tokens, list | tuple):
             try:
                 tokens = tuple(_whole(t) for t in self.exclude_special_tokens)

@@ -1214,6 +1214,10 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     origins = [typing.get_origin(o) or o for o in options]
     if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         return None
+    if bool in origins and len(origins) > 1:  # a flag or something else (a list of ids)
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        return value  # the field's own check decides
     if bool in origins:
         if isinstance(value, bool | np.bool_):
             return bool(value)
