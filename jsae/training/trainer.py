@@ -176,11 +176,8 @@ class Trainer:
         self._done_output: Path | None = None
         if tr.resume_from_checkpoint == "auto" and out and Path(out).exists():
             if not tr.overwrite_output and self.steps_done < self.total_steps:
-                raise FileExistsError(
-                    f"output_path {out} already exists; choose another output_path or set "
-                    "overwrite_output (--overwrite) to replace it when training ends."
-                )
-            if self.steps_done >= self.total_steps and not tr.overwrite_output:
+                self._refuse_existing_output()
+            if not tr.overwrite_output:
                 self._done_output = Path(out)  # a restarted job whose run had finished
 
     # ------------------------------------------------------------------ construction helpers
@@ -367,10 +364,13 @@ class Trainer:
             )
         # --auto-resume of a finished run finds its output: checked after resuming (_start)
         if target.exists() and not tr.overwrite_output and tr.resume_from_checkpoint != "auto":
-            raise FileExistsError(
-                f"output_path {out} already exists; choose another output_path or set "
-                "overwrite_output (--overwrite) to replace it when training ends."
-            )
+            self._refuse_existing_output()
+
+    def _refuse_existing_output(self) -> None:
+        raise FileExistsError(
+            f"output_path {self.config.training.output_path} already exists; choose another "
+            "output_path or set overwrite_output (--overwrite) to replace it when training ends."
+        )
 
     def _checkpoint_thresholds(self) -> list[int]:
         """SAELens's n_checkpoints thresholds, in training samples."""
@@ -505,7 +505,6 @@ class Trainer:
 
     def fit(self) -> SAE:
         """Train to `training_tokens`, checkpointing and logging; return the final SAE."""
-        tr, log = self.config.training, self.config.logging
         if self._finished:
             raise RuntimeError(
                 f"this Trainer has finished its run ({self.steps_done} steps); build a new "
@@ -529,12 +528,13 @@ class Trainer:
         self._open_logs()
         try:
             with self._stop_on_interrupt():
-                return self._fit(tr, log)
+                return self._fit()
         finally:
             self._close_logs()
 
-    def _fit(self, tr: Any, log: Any) -> SAE:
+    def _fit(self) -> SAE:
         """fit() inside its interrupt handler and log files."""
+        tr, log = self.config.training, self.config.logging
         if self._scale_wanted():
             self.scale = self._estimate_scale(tr.n_batches_for_norm_estimate)
         # A step's metrics row is written after the next step is dispatched: reading them
