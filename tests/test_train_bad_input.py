@@ -184,7 +184,9 @@ def test_a_wrong_width_in_a_recut_item_names_the_step(tmp_path: Path) -> None:
     items = [np.ones((20, 8), np.float32) for _ in range(12)]
     items[3] = np.ones((20, 9), np.float32)  # 20-row items are re-cut into 16-row batches
     trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None), items)
-    with pytest.raises(jsae.ShapeError, match=r"step 3: .*item 4 has input shape \(20, 9\)"):
+    with pytest.raises(
+        jsae.ShapeError, match=r"step 3: .*item 4 \(counting from 1\) has input shape \(20, 9\)"
+    ):
         trainer.fit()
     items[3] = np.ones((20, 8), np.int32)
     trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None), items)
@@ -329,3 +331,12 @@ def test_from_pretrained_path_starts_from_a_saved_sae(tmp_path: Path) -> None:
     assert not np.array_equal(np.asarray(fresh.state.params["W_dec"]), saved.params["W_dec"])
     with pytest.raises(jsae.ConfigError, match="both init= and from_pretrained_path"):
         jsae.Trainer({**config, "from_pretrained_path": str(tmp_path / "out")}, [], init=saved)
+
+
+def test_python_lists_and_pairs_for_an_sae_are_told_apart(tmp_path: Path) -> None:
+    config = _config(tmp_path, checkpoint_path=None, output_path=None)
+    with pytest.raises(jsae.ShapeError, match=r"a Python list of 16 items; make each batch an arr"):
+        jsae.Trainer(config, [[[0.0] * 8] * 16]).fit()
+    pair = (np.zeros((16, 8), np.float32), np.zeros((16, 8), np.float32))
+    with pytest.raises(jsae.ShapeError, match=r"a 2-tuple \(pairs are for transcoders\)"):
+        jsae.Trainer(config, [pair]).fit()

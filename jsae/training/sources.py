@@ -302,7 +302,10 @@ class Feeder:
         for what, array, width in checks:
             problem = batch_problem(array, width, what)
             if problem:
-                raise ShapeError(f"the activation source's item {self.items_read} has {problem}.")
+                raise ShapeError(
+                    f"the activation source's item {self.items_read} (counting from 1) has "
+                    f"{problem}."
+                )
 
     def _split(self, item: Any) -> tuple[Any, Any]:
         if self.transcoder:
@@ -314,9 +317,14 @@ class Feeder:
             return item[0], item[1]
         if isinstance(item, tuple | list):
             if len(item) != 1:
+                arrays = all(hasattr(part, "shape") for part in item)
                 raise ShapeError(
                     f"an SAE's activation source must yield arrays [B, d_in], got a {len(item)}-"
                     "tuple (pairs are for transcoders)."
+                    if arrays and len(item) == 2
+                    else f"an SAE's activation source must yield arrays [B, d_in], got a Python "
+                    f"{type(item).__name__} of {len(item)} items; make each batch an array "
+                    "(np.asarray(batch, np.float32))."
                 )
             item = item[0]
         return item, item
