@@ -7,6 +7,7 @@ a checkpoint of a global-position source is resumed by another number of process
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -287,3 +288,88 @@ def test_a_mesh_that_does_not_split_batches_over_processes_is_refused(tmp_path: 
     finally:
         _kill(procs)
     assert not (tmp_path / "out").exists()
+
+
+# With STALL >= 0 each process waits after STALL source items until the test creates GO (the
+# test sends SIGTERM to one process during the wait); otherwise the run resumes its checkpoint.
+PREEMPT_WORKER = """
+import pathlib, sys, time, jax
+jax.config.update("jax_num_cpu_devices", 2)
+import jsae
+from jsae.errors import TrainingInterrupted
+from jsae.training.sources import make_source
+process_id, port, ckpt, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+stall = int(sys.argv[5])
+config = dict({config!r}, checkpoint_path=ckpt, output_path=out,
+              coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process_id)
+
+class Waiting:
+    def __init__(self, source, items):
+        self.source, self.items = source, items
+    def __iter__(self):
+        for i, batch in enumerate(self.source):
+            if i == self.items:
+                pathlib.Path(ckpt + f".waiting.p{{process_id}}").touch()
+                while not pathlib.Path(ckpt + ".go").exists():
+                    time.sleep(0.02)
+            yield batch
+    def state(self):
+        return self.source.state()
+    def restore(self, state):
+        self.source.restore(state)
+    position_is_global = property(lambda self: self.source.position_is_global)
+
+if stall >= 0:
+    jax.distributed.initialize(config["coordinator_address"], 2, process_id)
+    source = Waiting(make_source(jsae.TrainConfig.coerce(config), 32), stall)
+else:
+    config["resume_from_checkpoint"] = ckpt
+    source = None
+trainer = jsae.Trainer(config, source)
+try:
+    trainer.fit()
+except TrainingInterrupted as stop:
+    print(stop, file=sys.stderr)
+    jax.distributed.shutdown()
+    sys.exit(143)
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(tmp_path: Path) -> None:
+    """A preemption notice (SIGTERM) to one of two processes stops both after the same step,
+    through JAX's preemption sync, with a checkpoint of that step; two new processes resume it
+    and end where one uninterrupted process does."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    script = PREEMPT_WORKER.format(config=CKPT_CONFIG)
+    stopped = _launch(script, str(ckpt), str(out), str(3 + 15))  # scale estimate, 15 steps
+    markers = [Path(f"{ckpt}.waiting.p{i}") for i in range(2)]
+    deadline = time.time() + 240
+    try:
+        while not all(m.exists() for m in markers):
+            for proc in stopped:
+                assert proc.poll() is None, f"worker ended early:\n{proc.communicate()[1][-4000:]}"
+            assert time.time() < deadline, "the workers never reached step 15"
+            time.sleep(0.05)
+        stopped[1].send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the notice reaches the coordination service
+        Path(f"{ckpt}.go").touch()
+        errors = [proc.communicate(timeout=240)[1] for proc in stopped]
+    finally:
+        _kill(stopped)
+    assert [proc.returncode for proc in stopped] == [143, 143], (
+        errors[0][-3000:] + errors[1][-3000:]
+    )
+    steps = [int(re.search(r"interrupted \(SIGTERM\) at step (\d+)", e).group(1)) for e in errors]
+    assert steps[0] == steps[1] and 15 <= steps[0] < 40, steps
+    committed = sorted(int(p.name) for p in (ckpt / "state").iterdir() if p.name.isdigit())
+    assert committed == [10, steps[0]]
+    assert not out.exists()
+
+    _finish(_launch(script, str(ckpt), str(out), "-1"))
+    single = jsae.Trainer(dict(UNINTERRUPTED, output_path=None))
+    single.fit()
+    got = load_file(out / "sae_weights.safetensors")
+    for name, value in single.final_sae().params.items():
+        assert_close(got[name], value, atol=2e-5, rtol=2e-4, what=name)

@@ -550,7 +550,7 @@ class Trainer:
         try:
             while self.steps_done < self.total_steps:
                 s = self.steps_done
-                if self._interrupt_requested:
+                if self._interrupt_requested or self._preempted(s):
                     write_unlogged()
                     self._stop_interrupted()
                 if s > 0 and s % tr.feature_sampling_window == 0:
@@ -596,8 +596,8 @@ class Trainer:
     def _stop_on_interrupt(self) -> Iterator[None]:
         """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption notice) during fit() stops the
         run after the current step, with a checkpoint (when checkpointing) to resume from; a
-        second signal stops at once. One process only: with several, the processes would have
-        to agree on the step to stop at (a collective per step), so signals act as usual."""
+        second signal stops at once. One process only: with several, SIGTERM goes through JAX's
+        preemption sync (`_preempted`), and Ctrl-C acts as usual."""
         if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
             yield  # signal handlers belong to the main thread
             return
@@ -623,6 +623,20 @@ class Trainer:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._interrupt_requested = False
+
+    def _preempted(self, step: int) -> bool:
+        """Several processes: whether a SIGTERM (a scheduler's preemption notice) reached any
+        of them, answered at the same step on every process by JAX's preemption sync (which
+        must be asked at every step), so all stop and checkpoint together."""
+        if jax.process_count() == 1:
+            return False
+        try:
+            if not multihost_utils.reached_preemption_sync_point(step):
+                return False
+        except RuntimeError:  # jax_enable_preemption_service turned off: SIGTERM acts as usual
+            return False
+        self._interrupt_requested = "SIGTERM"
+        return True
 
     def _stop_interrupted(self) -> None:
         """Checkpoint the steps done so far and raise `TrainingInterrupted`."""
