@@ -18,6 +18,7 @@ import yaml
 from safetensors.numpy import load_file
 
 import jsae
+from jsae.errors import TrainingInterrupted
 
 B = 64
 
@@ -217,17 +218,17 @@ def test_auto_resume_starts_or_continues(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_sigint_or_sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one(
+def test_sigterm_checkpoints_and_the_resumed_cli_run_ends_as_an_uninterrupted_one(
     tmp_path: Path,
 ) -> None:
-    """Ctrl-C (SIGINT) or a scheduler's SIGTERM stops `jsae train` after the current step with
-    a checkpoint of that step and a one-line message (exit 130 / 143, no traceback); --resume
-    then ends bit for bit where a run that was never interrupted does."""
+    """A scheduler's SIGTERM stops `jsae train` after the current step with a checkpoint of that
+    step and a one-line message (exit 143, no traceback); --resume then ends bit for bit where a
+    run that was never interrupted does. (Ctrl-C takes the same path: the next test.)"""
     reference = _jsae_train(
         "--config", str(_run_config(tmp_path, "ref", checkpoint_every_steps=100))
     )
-    runs = (signal.SIGINT, signal.SIGTERM)
-    for sig in runs:  # one after the other: each is signalled a little after its first checkpoint
+    runs = (signal.SIGTERM,)
+    for sig in runs:  # signalled a little after its first checkpoint
         config = _run_config(tmp_path, sig.name, checkpoint_every_steps=100)
         proc = _jsae_train("--config", str(config))
         state_dir = tmp_path / f"{sig.name}-ckpt" / "state"
@@ -255,6 +256,42 @@ def test_sigint_or_sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrup
         got = load_file(tmp_path / f"{sig.name}-out" / "sae_weights.safetensors")
         for name in want:
             assert np.array_equal(got[name], want[name]), f"{name} differs after {sig.name}"
+
+
+class _Interrupting:
+    """A list of batches that sends this process SIGINT (as Ctrl-C does) while it yields item
+    `at`; resumable as a plain list is (fast-forwarded)."""
+
+    def __init__(self, batches: list, at: int):
+        self.batches, self.at = batches, at
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            if i == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+
+def test_ctrl_c_stops_after_the_step_with_its_checkpoint(tmp_path: Path) -> None:
+    """SIGINT during fit(): the step whose batch was being read completes, then the run stops
+    with a checkpoint of the steps done and `TrainingInterrupted` (a KeyboardInterrupt); the
+    handler is removed again, and the resumed run ends where an uninterrupted one does."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    before = signal.getsignal(signal.SIGINT)
+    trainer = jsae.Trainer(_list_config(tmp_path), _Interrupting(chunks, 6))
+    with pytest.raises(TrainingInterrupted, match=r"\(SIGINT\) at step 7: checkpointed in .*ckpt"):
+        trainer.fit()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert trainer.checkpointer.steps() == [7] and trainer.steps_done == 7
+    resumed = jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")),
+                           chunks)  # fmt: skip
+    assert resumed.steps_done == 7
+    resumed.fit()
+    plain = jsae.Trainer(_list_config(tmp_path, checkpoint_path=None), chunks)
+    plain.fit()
+    for name, value in plain.sae.params.items():
+        assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
 
 
 def test_resume_refuses_another_batch_size_or_a_checkpoint_past_the_end(tmp_path: Path) -> None:
