@@ -126,12 +126,14 @@ UNINTERRUPTED = {  # the same run without checkpoints, to compare with
 
 # Both processes get the same configuration (one output_path, one shared checkpoint_path), as
 # from one YAML file. With STALL >= 0 the source stops answering after STALL items (3 for the
-# scale estimate, then one per step: checkpoints 10 and 20 are on disk, steps 21-25 are not),
-# so the run can be killed at a known point; otherwise the run resumes from the checkpoint.
+# scale estimate, then one per step: checkpoints 10 and 20 are on disk, steps 21-25 are not)
+# until the test creates <ckpt>.go, so the run can be killed or signalled at a known point;
+# otherwise the run resumes from the checkpoint. A run stopped by SIGTERM exits with 143.
 CKPT_WORKER = """
 import pathlib, sys, time, jax
 jax.config.update("jax_num_cpu_devices", 2)
 import jsae
+from jsae.errors import TrainingInterrupted
 from jsae.training.sources import make_source
 process_id, port, ckpt, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 stall = int(sys.argv[5])
@@ -145,7 +147,8 @@ class Stalling:
         for i, batch in enumerate(self.source):
             if i == self.items:
                 pathlib.Path(ckpt + f".stalled.p{{process_id}}").touch()
-                time.sleep(3600)
+                while not pathlib.Path(ckpt + ".go").exists():
+                    time.sleep(0.02)
             yield batch
     def state(self):
         return self.source.state()
@@ -160,7 +163,12 @@ else:
     config["resume_from_checkpoint"] = ckpt
     source = None
 trainer = jsae.Trainer(config, source)
-trainer.fit()
+try:
+    trainer.fit()
+except TrainingInterrupted as stop:
+    print(stop, file=sys.stderr)
+    jax.distributed.shutdown()
+    sys.exit(143)
 jax.distributed.shutdown()
 """
 
@@ -290,61 +298,15 @@ def test_a_mesh_that_does_not_split_batches_over_processes_is_refused(tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
-# With STALL >= 0 each process waits after STALL source items until the test creates GO (the
-# test sends SIGTERM to one process during the wait); otherwise the run resumes its checkpoint.
-PREEMPT_WORKER = """
-import pathlib, sys, time, jax
-jax.config.update("jax_num_cpu_devices", 2)
-import jsae
-from jsae.errors import TrainingInterrupted
-from jsae.training.sources import make_source
-process_id, port, ckpt, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-stall = int(sys.argv[5])
-config = dict({config!r}, checkpoint_path=ckpt, output_path=out,
-              coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process_id)
-
-class Waiting:
-    def __init__(self, source, items):
-        self.source, self.items = source, items
-    def __iter__(self):
-        for i, batch in enumerate(self.source):
-            if i == self.items:
-                pathlib.Path(ckpt + f".waiting.p{{process_id}}").touch()
-                while not pathlib.Path(ckpt + ".go").exists():
-                    time.sleep(0.02)
-            yield batch
-    def state(self):
-        return self.source.state()
-    def restore(self, state):
-        self.source.restore(state)
-    position_is_global = property(lambda self: self.source.position_is_global)
-
-if stall >= 0:
-    jax.distributed.initialize(config["coordinator_address"], 2, process_id)
-    source = Waiting(make_source(jsae.TrainConfig.coerce(config), 32), stall)
-else:
-    config["resume_from_checkpoint"] = ckpt
-    source = None
-trainer = jsae.Trainer(config, source)
-try:
-    trainer.fit()
-except TrainingInterrupted as stop:
-    print(stop, file=sys.stderr)
-    jax.distributed.shutdown()
-    sys.exit(143)
-jax.distributed.shutdown()
-"""
-
-
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(tmp_path: Path) -> None:
     """A preemption notice (SIGTERM) to one of two processes stops both after the same step,
     through JAX's preemption sync, with a checkpoint of that step; two new processes resume it
     and end where one uninterrupted process does."""
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
-    script = PREEMPT_WORKER.format(config=CKPT_CONFIG)
+    script = CKPT_WORKER.format(config=CKPT_CONFIG)
     stopped = _launch(script, str(ckpt), str(out), str(3 + 15))  # scale estimate, 15 steps
-    markers = [Path(f"{ckpt}.waiting.p{i}") for i in range(2)]
+    markers = [Path(f"{ckpt}.stalled.p{i}") for i in range(2)]
     deadline = time.time() + 240
     try:
         while not all(m.exists() for m in markers):

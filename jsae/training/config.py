@@ -947,9 +947,7 @@ class TrainConfig:
             else:
                 put(key, value)
         for key, target in SAELENS_AUTOCAST_KEYS.items():  # SAELens's bfloat16 autocast
-            on = _coerce(key, bool, autocast.get(key, False))
-            if not isinstance(on, bool):
-                raise ConfigError(f"{key} must be true or false, got {autocast[key]!r}.")
+            on = _coerce(key, bool, autocast.get(key, False))  # refuses a non-boolean
             section = index[target]
             if on and per_section[section].get(target) is None:
                 per_section[section][target] = "bfloat16"
