@@ -128,7 +128,8 @@ UNINTERRUPTED = {  # the same run without checkpoints, to compare with
 # from one YAML file. With STALL >= 0 the source stops answering after STALL items (3 for the
 # scale estimate, then one per step: checkpoints 10 and 20 are on disk, steps 21-25 are not)
 # until the test creates <ckpt>.go, so the run can be killed or signalled at a known point;
-# otherwise the run resumes from the checkpoint. A run stopped by SIGTERM exits with 143.
+# otherwise the run resumes from the checkpoint. A run stopped by a signal exits as the CLI
+# does: 130 for SIGINT, 143 for SIGTERM.
 CKPT_WORKER = """
 import pathlib, sys, time, jax
 jax.config.update("jax_num_cpu_devices", 2)
@@ -168,7 +169,7 @@ try:
 except TrainingInterrupted as stop:
     print(stop, file=sys.stderr)
     jax.distributed.shutdown()
-    sys.exit(143)
+    sys.exit(130 if "(SIGINT)" in str(stop) else 143)
 jax.distributed.shutdown()
 """
 
@@ -299,10 +300,13 @@ def test_a_mesh_that_does_not_split_batches_over_processes_is_refused(tmp_path: 
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(tmp_path: Path) -> None:
-    """A preemption notice (SIGTERM) to one of two processes stops both after the same step,
-    through JAX's preemption sync, with a checkpoint of that step; two new processes resume it
-    and end where one uninterrupted process does."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_one_process_stops_both_at_one_step_and_they_resume(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A preemption notice (SIGTERM), or a Ctrl-C (SIGINT, sent on as one), to one of two
+    processes stops both after the same step, through JAX's preemption sync, with a checkpoint
+    of that step; two new processes resume it and end where one uninterrupted process does."""
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     script = CKPT_WORKER.format(config=CKPT_CONFIG)
     stopped = _launch(script, str(ckpt), str(out), str(3 + 15))  # scale estimate, 15 steps
@@ -314,19 +318,26 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(tmp_path:
                 assert proc.poll() is None, f"worker ended early:\n{proc.communicate()[1][-4000:]}"
             assert time.time() < deadline, "the workers never reached step 15"
             time.sleep(0.05)
-        stopped[1].send_signal(signal.SIGTERM)
+        stopped[1].send_signal(signum)
         time.sleep(0.5)  # the notice reaches the coordination service
         Path(f"{ckpt}.go").touch()
         errors = [proc.communicate(timeout=240)[1] for proc in stopped]
     finally:
         _kill(stopped)
-    assert [proc.returncode for proc in stopped] == [143, 143], (
-        errors[0][-3000:] + errors[1][-3000:]
-    )
-    steps = [int(re.search(r"interrupted \(SIGTERM\) at step (\d+)", e).group(1)) for e in errors]
+    # The signalled process names its signal; its peer got a preemption notice.
+    expected = {signal.SIGTERM: ["SIGTERM", "SIGTERM"], signal.SIGINT: ["SIGTERM", "SIGINT"]}
+    names = expected[signum]
+    assert [proc.returncode for proc in stopped] == [
+        143 if n == "SIGTERM" else 130 for n in names
+    ], errors[0][-3000:] + errors[1][-3000:]
+    steps = [
+        int(re.search(rf"interrupted \({name}\) at step (\d+)", err).group(1))
+        for name, err in zip(names, errors, strict=True)
+    ]
     assert steps[0] == steps[1] and 15 <= steps[0] < 40, steps
+    assert "Traceback" not in errors[0] + errors[1]
     committed = sorted(int(p.name) for p in (ckpt / "state").iterdir() if p.name.isdigit())
-    assert committed == [10, steps[0]]
+    assert committed == sorted({*range(10, steps[0] + 1, 10), steps[0]})  # every 10, and the stop
     assert not out.exists()
 
     _finish(_launch(script, str(ckpt), str(out), "-1"))

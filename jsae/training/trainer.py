@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -59,6 +60,15 @@ from jsae.training.state import TrainState, init_state, state_shardings
 from jsae.training.step import make_step
 
 Evaluator = Callable[[SAE, int], Mapping[str, float]]
+
+
+def _preemption_sync_available() -> bool:
+    """Whether jax.distributed runs JAX's preemption sync (it catches SIGTERM when it does)."""
+    try:
+        from jax._src import distributed  # no public accessor for the sync manager
+    except ImportError:  # a JAX that moved it: Ctrl-C then acts as usual
+        return False
+    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
 
 
 class Trainer:
@@ -152,6 +162,7 @@ class Trainer:
         self._tmp_metrics: Path | None = None
         self._finished = False
         self._interrupt_requested: str | bool = False  # the signal's name once one arrived
+        self._forwarded_signal: str | None = None  # a Ctrl-C sent on as a preemption notice
         try:
             self._start(tr)
         except BaseException:
@@ -596,10 +607,14 @@ class Trainer:
     def _stop_on_interrupt(self) -> Iterator[None]:
         """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption notice) during fit() stops the
         run after the current step, with a checkpoint (when checkpointing) to resume from; a
-        second signal stops at once. One process only: with several, SIGTERM goes through JAX's
-        preemption sync (`_preempted`), and Ctrl-C acts as usual."""
-        if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+        second signal stops at once. With several processes, both go through JAX's preemption
+        sync (`_preempted`) so that every process stops after the same step."""
+        if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers belong to the main thread
+            return
+        if jax.process_count() > 1:
+            with self._forward_sigint_as_preemption():
+                yield
             return
         watched = (signal.SIGINT, signal.SIGTERM)
         previous = {signum: signal.getsignal(signum) for signum in watched}
@@ -624,10 +639,39 @@ class Trainer:
                 signal.signal(signum, handler)
             self._interrupt_requested = False
 
+    @contextlib.contextmanager
+    def _forward_sigint_as_preemption(self) -> Iterator[None]:
+        """Several processes: Ctrl-C becomes a preemption notice (a SIGTERM to this process,
+        which JAX's notifier catches and shares), so all processes stop after one step. A
+        process that stopped on its own would leave the others waiting in a collective."""
+        if not _preemption_sync_available():
+            yield  # without the sync, Ctrl-C acts as usual
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def forward(signum: int, frame: Any) -> None:
+            self._forwarded_signal = "SIGINT"
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C acts at once
+            print(
+                f"\njsae: SIGINT; all {jax.process_count()} processes stop after the same step"
+                f"{', checkpointing' if self.checkpointer is not None else ''} (send it again "
+                "to stop this process at once).",
+                file=sys.stderr,
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGINT, forward)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self._forwarded_signal = None
+
     def _preempted(self, step: int) -> bool:
-        """Several processes: whether a SIGTERM (a scheduler's preemption notice) reached any
-        of them, answered at the same step on every process by JAX's preemption sync (which
-        must be asked at every step), so all stop and checkpoint together."""
+        """Several processes: whether a SIGTERM (a scheduler's preemption notice, or a Ctrl-C
+        forwarded as one) reached any of them, answered at the same step on every process by
+        JAX's preemption sync (which must be asked at every step), so all stop and checkpoint
+        together."""
         if jax.process_count() == 1:
             return False
         try:
@@ -635,7 +679,7 @@ class Trainer:
                 return False
         except RuntimeError:  # jax_enable_preemption_service turned off: SIGTERM acts as usual
             return False
-        self._interrupt_requested = "SIGTERM"
+        self._interrupt_requested = self._forwarded_signal or "SIGTERM"
         return True
 
     def _stop_interrupted(self) -> None:
