@@ -65,6 +65,76 @@ def test_scale_is_estimated_applied_and_folded(tmp_path: Path, arch: dict) -> No
     assert meta["l0"] > 0 and meta["num_dead_features"] is not None
 
 
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"architecture": "batchtopk", "k": 4},
+        {"architecture": "batchtopk", "k": 4, "rescale_acts_by_decoder_norm": True},
+        {"architecture": "matryoshka_batchtopk", "k": 4, "matryoshka_widths": [12, 48]},
+    ],
+    ids=["batchtopk", "batchtopk-rescaled", "matryoshka"],
+)
+def test_a_saved_batchtopk_sae_starts_a_batchtopk_run(tmp_path: Path, arch: dict) -> None:
+    """A BatchTopK run saves a JumpReLU with one threshold for every latent; fine-tuning it as
+    BatchTopK takes that threshold back as `topk_threshold` and the weights as they are, so the
+    run's inference form before its first step is the saved SAE again."""
+    jsae.train(_config(tmp_path, "out", **arch), _batches(30))
+    saved = jsae.load(tmp_path / "out")
+    assert saved.cfg.architecture == "jumprelu"
+    config = _config(tmp_path, "again", **arch)
+    trainer = jsae.Trainer({**config, "from_pretrained_path": str(tmp_path / "out")}, [])
+    threshold = np.asarray(saved.params["threshold"])
+    assert float(trainer.state.buffers["topk_threshold"]) == threshold[0] > 0
+    start = trainer.final_sae()
+    assert start.cfg.architecture == "jumprelu"
+    for name, value in saved.params.items():
+        assert_close(start.params[name], value, atol=1e-6, rtol=1e-6, what=name)
+    # Fine-tuning goes on from the saved SAE: after 30 more batches it reconstructs better
+    # than the saved one did, and better than 30 batches from a fresh start.
+    x = np.concatenate(_batches(30))
+    tuned = jsae.train({**config, "output_path": None}, _batches(30), init=saved)
+    fresh = jsae.train({**config, "output_path": None}, _batches(30))
+    errors = [float(np.mean((np.asarray(sae(x)) - x) ** 2)) for sae in (tuned, saved, fresh)]
+    assert errors[0] < min(errors[1:]), errors
+    assert np.unique(np.asarray(tuned.params["threshold"])).size == 1
+
+    varied = jsae.SAE.from_params(
+        saved.cfg, {**saved.params, "threshold": threshold * 1.5 ** np.arange(48)}
+    )
+    with pytest.raises(
+        jsae.ConfigError, match=r"thresholds differ across latents.*architecture: jumprelu"
+    ):
+        jsae.Trainer(config, [], init=varied)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"architecture": "standard"},
+        {"architecture": "gated"},
+        {"architecture": "jumprelu", "l1_coefficient": 1.0},
+        {"architecture": "batchtopk", "k": 4, "topk_threshold_lr": 1e-7},
+    ],
+    ids=lambda a: a["architecture"],
+)
+def test_fine_tuning_with_an_estimated_scale_starts_from_the_saved_function(
+    tmp_path: Path, arch: dict
+) -> None:
+    """A saved SAE acts on raw activations (its scale folded in). A run that starts from it and
+    estimates a scale of its own first unfolds that scale, so one step at a tiny learning rate
+    leaves the same function. (Starting from the folded weights as they are, as SAELens's
+    `from_pretrained_path` does, feeds them `scale * x`: the pre-activations come out scaled.)"""
+    jsae.train(_config(tmp_path, "out", **arch), _batches(30))
+    saved = jsae.load(tmp_path / "out")
+    config = _config(tmp_path, "again", **arch, lr=1e-7, training_tokens=64, output_path=None)
+    trainer = jsae.Trainer(config, _batches(5, scale=3.0), init=saved)
+    tuned = trainer.fit()
+    assert trainer.steps_done == 1 and abs(trainer.scale - 1) > 0.5
+    x = np.concatenate(_batches(4))
+    assert_close(tuned(x), saved(x), atol=1e-3, rtol=1e-3)
+    assert np.array_equal(np.asarray(tuned.encode(x)) > 0, np.asarray(saved.encode(x)) > 0)
+
+
 def test_stepping_by_hand_scales_like_fit(tmp_path: Path) -> None:
     """Trainer.step() estimates the scale before its first step, as fit() does: from the
     source's first n_batches_for_norm_estimate batches, or from the batch it is given."""

@@ -388,6 +388,12 @@ class Architecture:
         """The architecture an SAE is saved and served as (batchtopk -> jumprelu, ...)."""
         return cfg, params
 
+    @classmethod
+    def from_inference(cls, cfg: SAEConfig, saved: SAEConfig, params: Params) -> Params | None:
+        """Training parameters for `cfg` from an SAE saved as `saved` (the inverse of
+        `to_inference`, for fine-tuning), or None when this architecture cannot start there."""
+        return params if saved.architecture == cfg.architecture else None
+
     # ---------------------------------------------------------------- training
 
     @classmethod

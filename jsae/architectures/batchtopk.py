@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jsae.architectures.base import (
     ForwardPass,
@@ -108,6 +109,25 @@ class BatchTopK(TopK):
         threshold = jnp.asarray(params["topk_threshold"], jnp.float32)
         p["threshold"] = jnp.full((cfg.d_sae,), threshold, jnp.float32)
         return cfg.replace(architecture="jumprelu", k=None, rescale_acts_by_decoder_norm=False), p
+
+    @classmethod
+    def from_inference(cls, cfg: SAEConfig, saved: SAEConfig, params: Params) -> Params | None:
+        """A saved BatchTopK SAE (a JumpReLU with one threshold for every latent) starts a
+        BatchTopK run: the threshold becomes `topk_threshold`. Its decoder rows are unit norm
+        after `to_inference`'s fold, so decoder-norm-aware selection ranks the same values."""
+        if saved.architecture != "jumprelu":
+            return super().from_inference(cfg, saved, params)
+        threshold = np.asarray(params["threshold"], np.float32)  # [d_sae]
+        if not np.all(threshold == threshold[0]):
+            raise ConfigError(
+                f"the initial SAE is a JumpReLU whose thresholds differ across latents "
+                f"({threshold.min():.4g} to {threshold.max():.4g}), so it was not saved from a "
+                f"{cfg.architecture} run, whose export has one threshold for every latent; "
+                "fine-tune it with architecture: jumprelu."
+            )
+        p = {k: v for k, v in params.items() if k != "threshold"}
+        p["topk_threshold"] = jnp.asarray(threshold[0], jnp.float32)
+        return p
 
     # ------------------------------------------------------------------ training
 

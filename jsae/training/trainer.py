@@ -23,6 +23,7 @@ the training configuration and the metrics; `fit` returns that inference-form SA
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -134,6 +135,9 @@ class Trainer:
         self.scale: float | None = None  # expected_average_only_in factor
         self._scale_on_device: tuple[float | None, jax.Array] | None = None  # (scale, its array)
         self.state, self.shardings = self._initial_state(init)
+        # A starting SAE acts on raw activations; with an estimated scale it is first put into
+        # the scaled units the run trains in (the inverse of the fold at the end).
+        self._init_in_raw_units = init is not None
         self._batch_sharding = self._make_batch_sharding()
         # The weight gradients' orientation: the config's, else the resumed checkpoint's, else
         # timed at the first step (`grad_layout`); the step is compiled once it is known.
@@ -196,26 +200,18 @@ class Trainer:
     def _initial_state(self, init: SAE | None) -> tuple[TrainState, Any]:
         buffer_names = self.arch.buffer_names()
         if init is not None:
-            if init.cfg.architecture != self.cfg.architecture or (
-                (init.cfg.d_in, init.cfg.d_sae) != (self.cfg.d_in, self.cfg.d_sae)
-            ):
-                saved_form = (
-                    " A BatchTopK run saves its SAE as a JumpReLU; to train it further, resume "
-                    "from the run's checkpoint (--resume), or fine-tune it with architecture: "
-                    "jumprelu."
-                    if init.cfg.architecture == "jumprelu"
-                    and self.cfg.architecture in ("batchtopk", "matryoshka_batchtopk")
-                    else ""
-                )
+            same_shape = (init.cfg.d_in, init.cfg.d_sae) == (self.cfg.d_in, self.cfg.d_sae)
+            start = same_shape and self.arch.from_inference(self.cfg, init.cfg, init.params)
+            if not start:
                 raise ConfigError(
                     f"the initial SAE ({init.cfg.architecture}, d_in={init.cfg.d_in}, "
                     f"d_sae={init.cfg.d_sae}) does not match the config ({self.cfg.architecture}, "
-                    f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}).{saved_form}"
+                    f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae})."
                 )
             fresh = jax.eval_shape(
                 lambda: self.arch.train_init_params(self.cfg, self.settings, jax.random.key(0))
             )
-            given = {k: jnp.asarray(v) for k, v in init.params.items()}
+            given = {k: jnp.asarray(v) for k, v in start.items()}
             for name, want in fresh.items():
                 got = given.get(name)
                 if got is None or got.shape != want.shape:
@@ -442,10 +438,12 @@ class Trainer:
         """
         if self._scale_wanted():
             if x is None:
-                self.scale = self._estimate_scale(self.config.training.n_batches_for_norm_estimate)
+                self._set_scale(
+                    self._estimate_scale(self.config.training.n_batches_for_norm_estimate)
+                )
             else:
                 self._check_batch(x, self.cfg.d_in, "input")
-                self.scale = _activation_scale(x, self.cfg.d_in)
+                self._set_scale(_activation_scale(x, self.cfg.d_in))
         if x is None:
             try:
                 x, y = self._next_batch()
@@ -547,7 +545,7 @@ class Trainer:
         """fit() inside its interrupt handler and log files."""
         tr, log = self.config.training, self.config.logging
         if self._scale_wanted():
-            self.scale = self._estimate_scale(tr.n_batches_for_norm_estimate)
+            self._set_scale(self._estimate_scale(tr.n_batches_for_norm_estimate))
         # A step's metrics row is written after the next step is dispatched: reading them
         # waits for their step, which would otherwise idle the host while the device works.
         unlogged: tuple[int, dict[str, jax.Array], int] | None = None
@@ -702,6 +700,26 @@ class Trainer:
             "so far.",
             stacklevel=4,
         )
+
+    def _set_scale(self, scale: float) -> None:
+        """Record the estimated activation scale. A starting SAE (`init`, which acts on raw
+        activations) is unfolded into `scale * x` units first, so the run starts from the same
+        function it was given and the fold at the end gives raw units again."""
+        if self._init_in_raw_units and self.steps_done == 0:
+            arch, cfg = self.arch, self.cfg
+
+            def unfold(state: TrainState) -> TrainState:
+                both = {**state.params, **state.buffers}
+                _, p = arch.fold_activation_norm_scaling_factor(cfg, both, 1.0 / scale)
+                return dataclasses.replace(
+                    state,
+                    params={k: p[k] for k in state.params},
+                    buffers={k: p[k] for k in state.buffers},
+                )
+
+            self.state = jax.jit(unfold, out_shardings=self.shardings)(self.state)
+        self._init_in_raw_units = False
+        self.scale = scale
 
     def _scale_wanted(self) -> bool:
         """The activation scale is to be estimated (it is, once, before the first step)."""
@@ -909,6 +927,7 @@ class Trainer:
             self._grad_layout, self._step_fn = saved_layout, None  # rounds as before the stop
         self.n_training_samples = int(host["n_training_samples"])
         self.scale = host["scale"]
+        self._init_in_raw_units = False  # the checkpoint's weights are in the run's units
         if not source:
             return step
         how = self.feeder.restore(host["feeder"], arrays)
