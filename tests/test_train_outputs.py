@@ -122,8 +122,8 @@ def test_fine_tuning_with_an_estimated_scale_starts_from_the_saved_function(
 ) -> None:
     """A saved SAE acts on raw activations (its scale folded in). A run that starts from it and
     estimates a scale of its own first unfolds that scale, so one step at a tiny learning rate
-    leaves the same function. (Starting from the folded weights as they are, as SAELens's
-    `from_pretrained_path` does, feeds them `scale * x`: the pre-activations come out scaled.)"""
+    leaves the same function. (Feeding the folded weights `scale * x` would scale the
+    pre-activations.)"""
     jsae.train(_config(tmp_path, "out", **arch), _batches(30))
     saved = jsae.load(tmp_path / "out")
     config = _config(tmp_path, "again", **arch, lr=1e-7, training_tokens=64, output_path=None)
