@@ -111,6 +111,38 @@ jsae.train({{"architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_si
     assert (tmp_path / "out" / "sae_weights.safetensors").exists()
 
 
+def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path: Path) -> None:
+    """The wandb run id goes into every checkpoint; a resumed run goes on in that run (offline
+    here: each session writes `offline-run-<time>-<id>`, and `wandb sync` joins them)."""
+    script = f"""
+import json, numpy as np, jsae
+rng = np.random.default_rng(0)
+batches = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(12)]
+config = {{"architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_size_tokens": 32,
+          "training_tokens": 32 * 6, "wandb_log_frequency": 2, "log_to_wandb": True,
+          "wandb_project": "jsae-test",
+          "checkpoint_path": {str(tmp_path / "ckpt")!r}, "checkpoint_every_steps": 3,
+          "output_path": None, "progress_bar": False}}
+jsae.train(config, batches[:6])
+jsae.train(dict(config, training_tokens=32 * 12, resume_from_checkpoint=config["checkpoint_path"]),
+           batches)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XLA_"))}
+    env.update(WANDB_DIR=str(tmp_path), WANDB_MODE="offline", WANDB_BASE_URL="http://127.0.0.1:9")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from step 6" in proc.stderr
+    ids = {
+        step: json.loads((tmp_path / "ckpt" / "host" / f"{step}.p0.json").read_text())["wandb_id"]
+        for step in (3, 6, 9, 12)
+    }
+    assert len(set(ids.values())) == 1 and ids[3], ids
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(run.name.endswith("-" + ids[3]) for run in runs), runs
+
+
 def test_sparsity_thresholds_compare_the_frequencies_themselves() -> None:
     """A latent firing exactly once in 1e5 tokens is at 1e-5, not below it (SAELens compares
     count / tokens < 1e-5); recovering the frequency from the float32 log put it below."""

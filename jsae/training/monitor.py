@@ -41,7 +41,14 @@ def wandb_credentials_available() -> bool:
 class RunLogger:
     """JSONL + wandb sink for metric rows; the progress bar lives in `ProgressBar`."""
 
-    def __init__(self, config: Any, metrics_path: Path, *, resume_step: int | None = None):
+    def __init__(
+        self,
+        config: Any,
+        metrics_path: Path,
+        *,
+        resume_step: int | None = None,
+        wandb_id: str | None = None,
+    ):
         self.config = config
         self.metrics_path = Path(metrics_path)
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,9 +60,11 @@ class RunLogger:
         self.wandb = None
         logging = config.logging
         if logging.log_to_wandb:
-            self.wandb = self._start_wandb(resume=resume_step is not None)
+            self.wandb = self._start_wandb(resume=resume_step is not None, run_id=wandb_id)
 
-    def _start_wandb(self, *, resume: bool) -> Any:
+    def _start_wandb(self, *, resume: bool, run_id: str | None) -> Any:
+        """A wandb run: `wandb_id` from the config, else the resumed checkpoint's run (so a
+        resumed run goes on in the same wandb run), else a new one."""
         import wandb
 
         logging = self.config.logging
@@ -73,12 +82,12 @@ class RunLogger:
         return wandb.init(
             project=logging.wandb_project,
             entity=logging.wandb_entity,
-            id=logging.wandb_id,
+            id=logging.wandb_id or run_id,
             name=self.config.run_name,
             config=self.config.to_dict(flat=True),
             dir=logging.wandb_dir,
             mode=mode,
-            resume="allow" if resume or logging.wandb_id else None,
+            resume="allow" if resume or logging.wandb_id or run_id else None,
         )
 
     def log(self, step: int, row: dict[str, Any]) -> None:

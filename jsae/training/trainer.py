@@ -160,6 +160,7 @@ class Trainer:
         self._pending: tuple[int, dict[str, jax.Array]] | None = None  # last step, unchecked
         self._last_checkpoint: int | None = None
         self._resumed_from: int | None = None
+        self._wandb_id: str | None = None  # the wandb run a resumed run goes on logging to
         self._resumed_dir: Path | None = None
         self.logger: RunLogger | None = None
         self._progress: ProgressBar | None = None
@@ -774,7 +775,10 @@ class Trainer:
     def _open_logs(self) -> None:
         if jax.process_index() == 0 and self.logger is None:
             self.logger = RunLogger(
-                self.config, self._metrics_path(), resume_step=self._resumed_from
+                self.config,
+                self._metrics_path(),
+                resume_step=self._resumed_from,
+                wandb_id=self._wandb_id,
             )
             if self.checkpointer is not None:
                 self.config.save_yaml(self.checkpointer.directory / "training_config.yaml")
@@ -881,11 +885,17 @@ class Trainer:
             "sae": self.config.to_dict()["sae"],
             "weight_grad_layout": self.grad_layout,
             "train_batch_size_tokens": self.batch_size,
+            "wandb_id": self._current_wandb_id(),
         }
         portable = self.feeder.position_is_global()
         self.checkpointer.save(step, self.state, host, arrays, portable=portable)
         self._last_checkpoint = step
         return step
+
+    def _current_wandb_id(self) -> str | None:
+        """The wandb run this run logs to (None without wandb), kept in checkpoints."""
+        run = self.logger.wandb if self.logger is not None else None
+        return run.id if run is not None else self._wandb_id
 
     def resume(self, directory: str | Path, *, source: bool = True) -> int:
         """Restore the newest checkpoint under `directory`; returns its step. `source=False`
@@ -943,6 +953,7 @@ class Trainer:
         self._last_checkpoint = step if same_directory else None  # else it is not in ours
         self._resumed_from = step
         self._resumed_dir = checkpointer.directory
+        self._wandb_id = host.get("wandb_id")  # the same wandb run goes on (None: a new one)
         self._pending = None
         if jax.process_index() == 0:
             print(f"jsae: resumed from step {step} in {directory} ({how}).", file=sys.stderr)
