@@ -142,6 +142,19 @@ CASES = {
     },
     "layer_norm": {"architecture": "batchtopk", "k": 4, "normalize_activations": "layer_norm"},
     "matryoshka": {"architecture": "matryoshka_batchtopk", "k": 5, "matryoshka_widths": [8, 40]},
+    "matryoshka, AuxK per level": {
+        "architecture": "matryoshka_batchtopk",
+        "k": 5,
+        "matryoshka_widths": [8, 40],
+        "use_matryoshka_aux_loss": True,
+    },
+    "matryoshka, AuxK per level, no rescale": {
+        "architecture": "matryoshka_batchtopk",
+        "k": 4,
+        "matryoshka_widths": [4, 16, 64],
+        "use_matryoshka_aux_loss": True,
+        "rescale_acts_by_decoder_norm": False,
+    },
     "few positives": {"architecture": "batchtopk", "k": 40, "bias": -0.6},
 }
 
@@ -234,9 +247,7 @@ def test_sparse_batchtopk_is_chosen_where_it_applies() -> None:
     assert not chosen(parallel.make_mesh(2, 1), d_sae=8192)  # the batch is split: dense
     matryoshka = {"architecture": "matryoshka_batchtopk", "matryoshka_widths": [16, 64]}
     assert chosen(d_sae=64, use_sparse_activations=True, **matryoshka)
-    assert not chosen(
-        d_sae=64, use_sparse_activations=True, use_matryoshka_aux_loss=True, **matryoshka
-    )
+    assert chosen(d_sae=64, use_sparse_activations=True, use_matryoshka_aux_loss=True, **matryoshka)
 
 
 def test_sparse_paths_are_the_default_on_cpu_only() -> None:

@@ -311,15 +311,38 @@ def matryoshka_aux_loss(
     return coefficient * total
 
 
+def sparse_matryoshka_aux_loss(
+    cfg: SAEConfig,
+    ctx: TrainContext,
+    params: Params,
+    enc: SparseEncoder,
+    target: jax.Array,
+    outputs: list[jax.Array],
+    dead: jax.Array,
+) -> jax.Array:
+    """`matryoshka_aux_loss` on compacted dead columns: each level's dead latents (AuxK with
+    their columns gathered, `dead_latent_auxk`) reconstruct that level's residual. outputs:
+    each level's prefix reconstruction [B, d_out], normalised back."""
+    k_aux = max(target.shape[-1] // 2, 1)
+    latent = jnp.arange(cfg.d_sae)
+    total = jnp.zeros((), jnp.float32)
+    prev = 0
+    for width, out in zip(ctx.settings.matryoshka_widths, outputs, strict=True):
+        level_dead = dead & (latent >= prev) & (latent < width)  # [d_sae]
+        k = min(k_aux, width - prev)
+        total = total + dead_latent_auxk(
+            cfg, ctx, params, enc.x_norm, target, out, enc.scores, level_dead, k
+        )
+        prev = width
+    return total
+
+
 def uses_sparse_batch_training(cfg: SAEConfig, ctx: TrainContext, n_tokens: int) -> bool:
     """Whether BatchTopK training runs on (row, column, value) pairs (`use_sparse_activations`).
 
     Only on one device: the selection is a top-k over the whole batch, which a mesh splits.
-    Matryoshka's per-level AuxK ranks each level's dead latents densely, so it stays dense too.
     """
     if ctx.mesh is not None and ctx.mesh.size > 1:
-        return False
-    if cfg.architecture == "matryoshka_batchtopk" and ctx.settings.use_matryoshka_aux_loss:
         return False
     if int(cfg.k * n_tokens) < 1:
         return False
@@ -374,12 +397,14 @@ def sparse_batch_train_forward(
         return normalize_out(cfg.normalize_activations, decoded, enc.stats)
 
     x_hat = output(prefixes[:, -1])  # [B, d_out]
-    losses = {
-        "mse_loss": mean_sq_error(x_hat, target),
-        "auxiliary_reconstruction_loss": dead_latent_auxk(
+    if matryoshka and ctx.settings.use_matryoshka_aux_loss:
+        outputs = [output(prefixes[:, i]) for i in range(n_levels)]
+        aux = sparse_matryoshka_aux_loss(cfg, ctx, params, enc, target, outputs, inputs.dead_mask)
+    else:
+        aux = dead_latent_auxk(
             cfg, ctx, params, enc.x_norm, target, x_hat, enc.scores, inputs.dead_mask
-        ),
-    }
+        )
+    losses = {"mse_loss": mean_sq_error(x_hat, target), "auxiliary_reconstruction_loss": aux}
     for i, width in enumerate(widths[:-1]):
         losses[f"inner_mse_loss_{width}"] = mean_sq_error(output(prefixes[:, i]), target)
 

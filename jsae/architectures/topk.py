@@ -247,11 +247,13 @@ def dead_latent_auxk(
     x_hat: jax.Array,
     hidden_pre: jax.Array,
     dead: jax.Array,
+    k: int | None = None,
 ) -> jax.Array:
     """AuxK with the dead latents' columns compacted (`jsae.architectures.auxk`), scaled by
     min(n_dead / k_aux, 1) and the coefficient. x_norm [B, d_in]: the normalised input;
     hidden_pre [B, d_sae]: the forward pass's pre-activation (rescaled by the decoder norms
-    with `rescale_acts_by_decoder_norm`), whose values AuxK ranks and decodes."""
+    with `rescale_acts_by_decoder_norm`), whose values AuxK ranks and decodes. Each token
+    takes its `k` (default min(k_aux, d_sae)) largest dead latents."""
     coefficient = ctx.settings.aux_loss_coefficient
     if not coefficient:
         return jnp.zeros((), jnp.float32)  # losses are float32 (see mean_sq_error)
@@ -270,7 +272,7 @@ def dead_latent_auxk(
     residual = jax.lax.stop_gradient(target - x_hat)  # [B, d_out]
     value = auxk_loss(
         dead,
-        min(k_aux, cfg.d_sae),
+        min(k_aux, cfg.d_sae) if k is None else k,
         residual,
         differentiated,
         x_norm,
