@@ -266,8 +266,8 @@ class SAESettings:
         "standard: the same on the active (token, latent) pairs in every step where at most "
         "B·d_sae/96 pre-activations are positive (the dense step otherwise); None picks it on "
         "CPU when d_sae >= 4096 and, for topk, latents are not split over the mesh's model "
-        "axis; for the batch-wide selections and standard, on one device without per-level "
-        "AuxK (on GPUs and TPUs, where it is not yet measured, None keeps the dense path)",
+        "axis; for the batch-wide selections and standard, on one device (on GPUs and TPUs, "
+        "where it is not yet measured, None keeps the dense path)",
     )
     metadata: dict = field(
         default_factory=dict,
