@@ -352,13 +352,20 @@ def steps_with_dead_latents(steps: int) -> None:
     print(f"\nsteps with dead latents (AuxK, k_aux {D_IN // 2}), d_sae {D_SAE}, batch {BATCH}; "
           "ratio = step time / the same step with no dead latent:")  # fmt: skip
     counts = tuple(round(f * D_SAE) for f in DEAD_FRACTIONS)
-    for label in ("topk (dense)", "topk (sparse)", "batchtopk (dense)", "batchtopk (sparse)"):
-        times = trainer_step_time(ARCHS[label], steps, dead=counts)
+    per_level = {"use_matryoshka_aux_loss": True}  # Matryoshka's AuxK within each level
+    archs = {
+        **{label: ARCHS[label] for label in ("topk (dense)", "topk (sparse)")},
+        **{label: ARCHS[label] for label in ("batchtopk (dense)", "batchtopk (sparse)")},
+        "matryoshka, AuxK per level (dense)": {**ARCHS["matryoshka (dense)"], **per_level},
+        "matryoshka, AuxK per level (sparse)": {**ARCHS["matryoshka (sparse)"], **per_level},
+    }
+    for label, arch in archs.items():
+        times = trainer_step_time(arch, steps, dead=counts)
         cells = [
             f"{n:5d} dead {t:5.2f} s ({t / times[0]:4.2f})"
             for n, t in zip(counts, times, strict=True)
         ]
-        print(f"  {label:19s} " + " | ".join(cells))
+        print(f"  {label:36s} " + " | ".join(cells))
 
 
 def main() -> None:
