@@ -193,6 +193,39 @@ def test_transcoder_reads_one_hook_and_writes_another(model, tokens):
         model.run_with_saes(tokens, backwards)
 
 
+def _gemma2():
+    from transformers import Gemma2Config
+
+    cfg = Gemma2Config(
+        vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32,
+    )  # fmt: skip
+    return jsae.HookedModel.from_config(cfg, seed=1)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+@pytest.mark.parametrize("src", ["ln2.hook_normalized", "mlp.hook_in", "hook_mlp_in"])
+def test_transcoders_on_the_mlp_input_hooks(model, tokens, family, src):
+    """The hooks transcoders read (Gemma Scope's `ln2.hook_normalized`, circuit-tracer's
+    `mlp.hook_in`, `hook_mlp_in`) splice like any other: the pre-MLP norm's output, and the
+    residual it normalises. (Their values are checked against PyTorch in test_models.py.)"""
+    model = model if family == "gpt2" else _gemma2()
+    src, dst = f"blocks.1.{src}", "blocks.1.hook_mlp_out"
+    _, cache = model.run_with_cache(tokens, [src, "blocks.1.hook_resid_mid"])
+    if src.endswith("hook_mlp_in"):
+        assert_close(cache[src], cache["blocks.1.hook_resid_mid"], 0, 0)
+    tc = make_sae(architecture="transcoder", hook=src, d_out=64, metadata={"hook_name_out": dst})
+    out = tc.forward(cache[src])
+    by_hand = model.run_with_hooks(tokens, {dst: lambda y: out})
+    assert np.abs(np.asarray(by_hand) - np.asarray(model(tokens))).max() > 1e-3
+    assert_close(model.run_with_saes(tokens, tc), by_hand, atol=1e-5, rtol=1e-5)
+    assert_close(model.run_with_saes(tokens, tc, use_error_term=True), model(tokens), 1e-5, 0)
+    sae = make_sae(hook=src)  # an SAE there replaces what the MLP (or its norm) reads
+    assert_close(
+        model.run_with_saes(tokens, sae), replaced(model, tokens, src, sae.forward), 1e-5, 1e-5
+    )
+
+
 def test_compiled_once_for_new_weights(model, tokens):
     model.run_with_saes(tokens, make_sae(0))
     compiled = len(model._jitted)

@@ -9,6 +9,11 @@ Semantics (TransformerLens's): `hook_resid_pre` = the block's input; `hook_attn_
 `hook_resid_mid` = `resid_pre + attn_out`; `hook_resid_post` = the block's output (not the
 final-norm'd last hidden state); `attn.hook_z` = the input of the attention output projection,
 `[..., n_heads, d_head]`; `mlp.hook_post` = the input of the MLP's output projection.
+`mlp.hook_in` = what the MLP reads (the pre-MLP norm's output); in a block with a
+`hook_resid_mid` the same value is also `ln2.hook_normalized`, and `hook_mlp_in` is the
+residual the norm reads (= `hook_resid_mid`). These are the input hooks of transcoders. Unlike
+TransformerLens's RMSNorm, whose `hook_normalized` comes before the norm's gain, jsae's is the
+norm's whole output, the value the MLP (and Gemma Scope's transcoders) read.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class Family:
     z: ModulePath  # input = attn.hook_z
     mlp_out: ModulePath  # output = hook_mlp_out
     mlp_post: ModulePath  # input = mlp.hook_post
+    mlp_in: ModulePath = ("mlp",)  # input = mlp.hook_in (the pre-MLP norm's output)
     resid_mid: str | ModulePath | None = "sum"  # "sum": resid_pre + attn_out; a path: its output
     embed: ModulePath | None = None  # absolute; None: hook_embed is block 0's input
     embed_scale: Callable[[Any], float | None] = lambda config: None
@@ -79,6 +85,11 @@ def hook_sites(family: Family, config: Any) -> dict[str, Site]:
         elif family.resid_mid is not None:
             sites[f"blocks.{layer}.hook_resid_mid"] = Site((*b, *family.resid_mid))
         flat = family.flat_mlp
+        if family.resid_mid is not None:  # a pre-MLP norm reads resid_mid
+            sites[f"blocks.{layer}.hook_mlp_in"] = sites[f"blocks.{layer}.hook_resid_mid"]
+            mlp_in = Site((*b, *family.mlp_in), "in", flat=flat)
+            sites[f"blocks.{layer}.ln2.hook_normalized"] = mlp_in
+        sites[f"blocks.{layer}.mlp.hook_in"] = Site((*b, *family.mlp_in), "in", flat=flat)
         sites[f"blocks.{layer}.mlp.hook_post"] = Site((*b, *family.mlp_post), "in", flat=flat)
         sites[f"blocks.{layer}.hook_mlp_out"] = Site((*b, *family.mlp_out), flat=flat)
         sites[f"blocks.{layer}.hook_resid_post"] = Site(b)
@@ -233,6 +244,7 @@ FAMILIES: tuple[Family, ...] = (
         z=("self_attn", "out_proj"),
         mlp_out=("fc2",),
         mlp_post=("fc2",),
+        mlp_in=("fc1",),
         pos_embed=("model", "decoder", "embed_positions"),
         flat_mlp=True,
         positions="cumsum",
@@ -264,6 +276,7 @@ FAMILIES: tuple[Family, ...] = (
         z=("self_attn", "out_proj"),
         mlp_out=("fc2",),
         mlp_post=("fc2",),
+        mlp_in=("fc1",),
         embed=("model", "embed_tokens"),
         embed_scale=_xglm_scale,
     ),
