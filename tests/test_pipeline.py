@@ -150,6 +150,14 @@ def test_train_from_a_jsae_cache(assets, tmp_path) -> None:
     with pytest.raises(jsae.ConfigError, match=r"context_size=32 \(the cache's: 16\)"):
         jsae.train({**cfg, "context_size": 32, "output_path": None})
 
+    # What `jsae train` runs takes the same dict as jsae.train does.
+    from jsae.activations.pipeline import train_language_model_sae
+
+    sae, results = train_language_model_sae(
+        {**cfg, "output_path": None, "training_tokens": 64}, final_evals=False, log=None
+    )
+    assert sae.cfg.d_sae == 64 and results is None
+
 
 def test_several_saes_from_one_forward(assets, tmp_path) -> None:
     from jsae.activations.config import LanguageModelSettings

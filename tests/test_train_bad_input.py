@@ -315,6 +315,18 @@ def test_a_batch_passed_to_step_names_the_row_count_it_needs(tmp_path: Path) -> 
     trainer = jsae.Trainer(_config(tmp_path, checkpoint_path=None), [])
     with pytest.raises(jsae.ShapeError, match="takes \\[16, 8\\] batches; a batch passed to Tr"):
         trainer.step(np.zeros((10, 8), np.float32))
+    # With an estimated scale, a refused batch leaves it unset: the next batch sets it.
+    config = _config(
+        tmp_path, checkpoint_path=None, normalize_activations="expected_average_only_in"
+    )
+    trainer = jsae.Trainer(config, [])
+    with pytest.raises(jsae.ShapeError, match="takes \\[16, 8\\] batches"):
+        trainer.step(10 * _batches(1)[0][:10])
+    assert trainer.scale is None and trainer.steps_done == 0
+    trainer.step(_batches(1)[0])
+    assert trainer.scale == pytest.approx(
+        np.sqrt(8) / np.linalg.norm(_batches(1)[0], axis=1).mean()
+    )
 
 
 def test_from_pretrained_path_starts_from_a_saved_sae(tmp_path: Path) -> None:

@@ -379,6 +379,14 @@ def test_cli_print_config_and_list_options(tmp_path: Path, capsys) -> None:
     assert "jumprelu_bandwidth" in listing and "[training]" in listing
     assert main(["train", "--config", str(path), "lr_scheduler_name=cosine"]) == 2
     assert "unknown lr_scheduler_name" in capsys.readouterr().err
+    # `python -m jsae` is the same command
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "jsae", "train", "--list-options"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout == listing, proc.stderr[-2000:]
 
 
 def test_cli_trains_from_npy_activations(tmp_path: Path, capsys) -> None:

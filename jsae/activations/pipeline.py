@@ -370,17 +370,19 @@ def train_language_model_sae(
 ) -> tuple[Any, dict[str, Any] | None]:
     """model -> activations -> training -> evals -> save: what `jsae train` runs for a model.
 
-    `config` is a `TrainConfig` whose `model` concern names the model, hook and dataset (or a
-    cache with `use_cached_activations`). Returns the trained SAE and the final eval metrics
-    (written next to the SAE as `eval_results.json` when `output_path` is set). `init` starts
-    from an existing SAE (fine-tuning).
+    `config` is a `TrainConfig` (or a dict / YAML path, as `jsae.train` takes) whose `model`
+    concern names the model, hook and dataset (or a cache with `use_cached_activations`).
+    Returns the trained SAE and the final eval metrics (written next to the SAE as
+    `eval_results.json` when `output_path` is set). `init` starts from an existing SAE
+    (fine-tuning).
     """
     import jax
 
     from jsae import evals
     from jsae.training import Trainer
+    from jsae.training.config import TrainConfig
 
-    config = with_cache_settings(config).with_model_metadata()
+    config = with_cache_settings(TrainConfig.coerce(config)).with_model_metadata()
     lm, tr = config.model, config.training
     if model is None and lm.model_name is not None:
         model = load_model_for(lm)

@@ -442,8 +442,8 @@ class Trainer:
                 self._set_scale(
                     self._estimate_scale(self.config.training.n_batches_for_norm_estimate)
                 )
-            else:
-                self._check_batch(x, self.cfg.d_in, "input")
+            else:  # a batch refused below must not set the scale
+                self._check_batch(x, self.cfg.d_in, "input", self.local_rows)
                 self._set_scale(_activation_scale(x, self.cfg.d_in))
         if x is None:
             try:
