@@ -135,6 +135,34 @@ def test_fine_tuning_with_an_estimated_scale_starts_from_the_saved_function(
     assert np.array_equal(np.asarray(tuned.encode(x)) > 0, np.asarray(saved.encode(x)) > 0)
 
 
+def test_an_initial_sae_that_handles_its_input_differently_is_refused(tmp_path: Path) -> None:
+    """The config would change how the starting SAE reads its input: refused, naming the
+    setting, instead of silently training another function."""
+    config = _config(tmp_path, "again", output_path=None)
+    sae = jsae.SAE.init(jsae.TrainConfig.from_dict(config).sae_config(), 0)
+    for setting, value in [
+        ("apply_b_dec_to_input", False),
+        ("normalize_activations", "layer_norm"),
+    ]:
+        other = jsae.SAE.from_params(sae.cfg.replace(**{setting: value}), sae.params)
+        with pytest.raises(jsae.ConfigError, match=f"{setting}: the SAE has {value}"):
+            jsae.Trainer(config, [], init=other)
+    # A TopK-family SAE trained without decoder-norm-aware selection has decoder rows of other
+    # norms: ranking by pre-activation x norm would pick other latents.
+    for arch in ({"architecture": "topk", "k": 4}, {"architecture": "batchtopk", "k": 4}):
+        plain = _config(tmp_path, "plain", **arch, rescale_acts_by_decoder_norm=False)
+        jsae.train({**plain, "overwrite_output": True}, _batches(30))
+        saved = jsae.load(tmp_path / "plain")
+        norms = np.linalg.norm(np.asarray(saved.params["W_dec"]), axis=-1)
+        assert np.abs(norms - 1).max() > 0.1
+        rescaled = _config(tmp_path, "again", **arch, rescale_acts_by_decoder_norm=True)
+        with pytest.raises(jsae.ConfigError, match="rescale_acts_by_decoder_norm: the SAE has F"):
+            jsae.Trainer(rescaled, [], init=saved)
+        as_trained = jsae.Trainer({**plain, "output_path": None}, [], init=saved)
+        x = np.concatenate(_batches(4))
+        assert_close(as_trained.final_sae()(x), saved(x), atol=1e-6, rtol=1e-5)
+
+
 def test_stepping_by_hand_scales_like_fit(tmp_path: Path) -> None:
     """Trainer.step() estimates the scale before its first step, as fit() does: from the
     source's first n_batches_for_norm_estimate batches, or from the batch it is given."""

@@ -351,3 +351,27 @@ def test_a_checkpoint_directory_loads_as_the_sae_at_its_newest_step(tmp_path: Pa
     assert jsae.training.is_checkpoint_dir(tmp_path / "ckpt")
     with pytest.raises(jsae.ConfigError, match="not a jsae checkpoint directory"):
         jsae.training.load_checkpoint(tmp_path / "out")
+
+
+def test_a_fine_tune_checkpointed_before_its_first_step_resumes_exactly(tmp_path: Path) -> None:
+    """The starting SAE is unfolded by the run's scale when the scale is estimated; a
+    checkpoint written before that keeps the unfold to come, so the resumed run still matches."""
+    rng = np.random.default_rng(0)
+    data = [(5 * rng.normal(0.3, 1.0, (32, 8))).astype(np.float32) for _ in range(20)]
+    config = {
+        "architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_size_tokens": 32,
+        "training_tokens": 32 * 10, "normalize_activations": "expected_average_only_in",
+        "n_batches_for_norm_estimate": 4, "log_to_wandb": False, "progress_bar": False,
+        "output_path": None, "checkpoint_path": None,
+    }  # fmt: skip
+    init = jsae.train(config, data)
+    straight = jsae.train(config, data, init=init)
+    ckpt = str(tmp_path / "ckpt")
+    cut = jsae.Trainer({**config, "checkpoint_path": ckpt}, data, init=init)
+    cut.save_checkpoint()
+    cut.close()
+    resumed = jsae.train(
+        {**config, "checkpoint_path": ckpt, "resume_from_checkpoint": ckpt}, data, init=init
+    )
+    for name, value in straight.params.items():
+        assert np.array_equal(np.asarray(resumed.params[name]), np.asarray(value)), name

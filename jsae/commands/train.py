@@ -72,8 +72,12 @@ def run(args: argparse.Namespace) -> int:
         TrainConfig.from_yaml(args.config, overrides) if args.config else _from_overrides(overrides)
     )
     if args.resume:  # the newest checkpoint in the run's checkpoint_path
-        where = config.training.checkpoint_path or "checkpoints"
-        config = config.replace(resume_from_checkpoint=where)
+        if config.training.checkpoint_path is None:
+            raise ConfigError(
+                "--resume continues from checkpoint_path, which is null; set checkpoint_path to "
+                "the run's checkpoint directory (or resume_from_checkpoint=DIR)."
+            )
+        config = config.replace(resume_from_checkpoint=config.training.checkpoint_path)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
@@ -92,8 +96,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         trainer.close()  # the checkpoint manager's threads, before the interpreter exits
     out = config.training.output_path
+    trained = config.sae.architecture
+    if trained != sae.cfg.architecture:  # BatchTopK is saved as JumpReLU
+        trained += f" (saved as {sae.cfg.architecture})"
     print(
-        f"trained {sae.cfg.architecture} SAE (d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) for "
+        f"trained {trained} SAE (d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) for "
         f"{trainer.steps_done} steps / {trainer.n_training_samples} tokens"
         + (f"; saved to {out}" if out else ""),
         file=sys.stderr,

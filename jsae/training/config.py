@@ -1249,6 +1249,12 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if not all(_is_integral(v) for v in numbers_):
             raise ConfigError(f"{key} must be a list of integers, got {value!r}.")
         return tuple(int(v) for v in numbers_)
+    if origins == [str] and not isinstance(value, str):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
+            return str(value)  # output_path=2024 on the command line: YAML read a number
+        raise ConfigError(
+            f"{key} must be a string, got {type(value).__name__} {value!r} (quote it in YAML)."
+        )
     if dict in origins and not isinstance(value, Mapping):
         example = "{data: 2, model: 4}" if key == "mesh" else "{name: value}"
         quote = f" (on the command line, quote the whole override: '{key}={example}')"

@@ -209,6 +209,7 @@ class Trainer:
                     f"d_sae={init.cfg.d_sae}) does not match the config ({self.cfg.architecture}, "
                     f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae})."
                 )
+            self._check_init_settings(init)
             fresh = jax.eval_shape(
                 lambda: self.arch.train_init_params(self.cfg, self.settings, jax.random.key(0))
             )
@@ -246,6 +247,37 @@ class Trainer:
             one = SingleDeviceSharding(jax.local_devices()[0])
             shardings = jax.tree.map(lambda _: one, abstract)
         return jax.jit(build, out_shardings=shardings)(params), shardings
+
+    def _check_init_settings(self, init: SAE) -> None:
+        """Refuse a starting SAE whose input handling the config would change: the run would
+        not start from the function it was given (a ConfigError naming each difference)."""
+        got, want = init.cfg, self.cfg
+        differ = []
+        if got.apply_b_dec_to_input != want.apply_b_dec_to_input:
+            differ.append(("apply_b_dec_to_input", got.apply_b_dec_to_input))
+        scale_free = ("none", "expected_average_only_in")  # a dataset-wide scale is unfolded
+        modes = (got.normalize_activations, want.normalize_activations)
+        if modes[0] != modes[1] and not (modes[0] in scale_free and modes[1] in scale_free):
+            differ.append(("normalize_activations", modes[0]))
+        ranks_by_norm = want.architecture in ("topk", "batchtopk", "matryoshka_batchtopk")
+        if ranks_by_norm and got.rescale_acts_by_decoder_norm != want.rescale_acts_by_decoder_norm:
+            norms = np.linalg.norm(np.asarray(init.params["W_dec"], np.float32), axis=-1)
+            if not np.allclose(norms, 1.0, atol=1e-2):  # unit rows rank the same either way
+                why = (
+                    f"{got.rescale_acts_by_decoder_norm} (its decoder rows have norms "
+                    f"{norms.min():.3g} to {norms.max():.3g}, not 1, so ranking by "
+                    "pre-activation x decoder norm would pick other latents)"
+                )
+                differ.append(("rescale_acts_by_decoder_norm", why))
+        if differ:
+            listed = "; ".join(
+                f"{k}: the SAE has {v}, the config {getattr(want, k)!r}" for k, v in differ
+            )
+            raise ConfigError(
+                f"the initial SAE handles its input differently from the config ({listed}), so "
+                "the run would not start from the SAE it was given; set these in the config as "
+                "the SAE has them."
+            )
 
     def _make_batch_sharding(self) -> Any:
         if self.mesh is None:
@@ -731,7 +763,11 @@ class Trainer:
         total, count, used = 0.0, 0, 0
         while used < n_batches:
             if self._interrupt_requested:
-                raise TrainingInterrupted("interrupted while estimating the activation scale.")
+                raise TrainingInterrupted(
+                    f"training interrupted ({self._interrupt_requested}) while estimating the "
+                    f"activation scale, before step {self.steps_done + 1}: nothing was "
+                    "checkpointed; run it again to start over."
+                )
             try:
                 x, _ = self._next_batch()  # checked by the feeder
             except StopIteration:
@@ -886,6 +922,7 @@ class Trainer:
             "weight_grad_layout": self.grad_layout,
             "train_batch_size_tokens": self.batch_size,
             "wandb_id": self._current_wandb_id(),
+            "init_in_raw_units": self._init_in_raw_units,  # a fine-tune checkpointed at step 0
         }
         portable = self.feeder.position_is_global()
         self.checkpointer.save(step, self.state, host, arrays, portable=portable)
@@ -937,7 +974,9 @@ class Trainer:
             self._grad_layout, self._step_fn = saved_layout, None  # rounds as before the stop
         self.n_training_samples = int(host["n_training_samples"])
         self.scale = host["scale"]
-        self._init_in_raw_units = False  # the checkpoint's weights are in the run's units
+        # the checkpoint's weights are in the run's units, unless a fine-tune was checkpointed
+        # before its scale was estimated (the unfold is still to come)
+        self._init_in_raw_units = bool(host.get("init_in_raw_units", False))
         if not source:
             return step
         how = self.feeder.restore(host["feeder"], arrays)
