@@ -379,6 +379,14 @@ def test_cli_print_config_and_list_options(tmp_path: Path, capsys) -> None:
     assert "jumprelu_bandwidth" in listing and "[training]" in listing
     assert main(["train", "--config", str(path), "lr_scheduler_name=cosine"]) == 2
     assert "unknown lr_scheduler_name" in capsys.readouterr().err
+    # --resume continues from checkpoint_path: without one there is nothing to resume
+    assert main(["train", "--config", str(path), "checkpoint_path=null", "--resume"]) == 2
+    assert "--resume continues from checkpoint_path, which is null" in capsys.readouterr().err
+    # a path YAML reads as a number is a directory name; other types are refused
+    numbered = TrainConfig.from_dict({**BASE, "output_path": 2024, "checkpoint_path": 7})
+    assert (numbered.training.output_path, numbered.training.checkpoint_path) == ("2024", "7")
+    with pytest.raises(jsae.ConfigError, match="output_path must be a string, got list"):
+        TrainConfig.from_dict({**BASE, "output_path": ["a"]})
     # `python -m jsae` is the same command
     import subprocess
     import sys
