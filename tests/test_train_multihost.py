@@ -174,19 +174,24 @@ jax.distributed.shutdown()
 """
 
 
+def _wait_until_stalled(procs: list[subprocess.Popen], ckpt: Path, step: int) -> None:
+    """Wait until both CKPT_WORKER processes stall after `step` steps (their marker files)."""
+    markers = [Path(f"{ckpt}.stalled.p{i}") for i in range(2)]
+    deadline = time.time() + 240
+    while not all(m.exists() for m in markers):
+        for proc in procs:
+            assert proc.poll() is None, f"worker ended early:\n{proc.communicate()[1][-4000:]}"
+        assert time.time() < deadline, f"the workers never reached step {step}"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_two_processes_killed_and_resumed_train_like_one(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     script = CKPT_WORKER.format(config=CKPT_CONFIG)
     killed = _launch(script, str(ckpt), str(out), str(3 + 25))
-    markers = [Path(f"{ckpt}.stalled.p{i}") for i in range(2)]
-    deadline = time.time() + 240
     try:
-        while not all(m.exists() for m in markers):
-            for proc in killed:
-                assert proc.poll() is None, f"worker ended early:\n{proc.communicate()[1][-4000:]}"
-            assert time.time() < deadline, "the workers never reached step 25"
-            time.sleep(0.05)
+        _wait_until_stalled(killed, ckpt, 25)
     finally:
         _kill(killed)
     assert [proc.returncode for proc in killed] == [-signal.SIGKILL] * 2
@@ -310,14 +315,8 @@ def test_a_signal_to_one_process_stops_both_at_one_step_and_they_resume(
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     script = CKPT_WORKER.format(config=CKPT_CONFIG)
     stopped = _launch(script, str(ckpt), str(out), str(3 + 15))  # scale estimate, 15 steps
-    markers = [Path(f"{ckpt}.stalled.p{i}") for i in range(2)]
-    deadline = time.time() + 240
     try:
-        while not all(m.exists() for m in markers):
-            for proc in stopped:
-                assert proc.poll() is None, f"worker ended early:\n{proc.communicate()[1][-4000:]}"
-            assert time.time() < deadline, "the workers never reached step 15"
-            time.sleep(0.05)
+        _wait_until_stalled(stopped, ckpt, 15)
         stopped[1].send_signal(signum)
         time.sleep(0.5)  # the notice reaches the coordination service
         Path(f"{ckpt}.go").touch()
