@@ -137,7 +137,7 @@ class Trainer:
         self.state, self.shardings = self._initial_state(init)
         # A starting SAE acts on raw activations; with an estimated scale it is first put into
         # the scaled units the run trains in (the inverse of the fold at the end).
-        self._init_in_raw_units = init is not None
+        self._init_in_raw_units = init is not None and self._scale_wanted()
         self._batch_sharding = self._make_batch_sharding()
         # The weight gradients' orientation: the config's, else the resumed checkpoint's, else
         # timed at the first step (`grad_layout`); the step is compiled once it is known.
