@@ -85,11 +85,11 @@ def hook_sites(family: Family, config: Any) -> dict[str, Site]:
         elif family.resid_mid is not None:
             sites[f"blocks.{layer}.hook_resid_mid"] = Site((*b, *family.resid_mid))
         flat = family.flat_mlp
+        mlp_in = Site((*b, *family.mlp_in), "in", flat=flat)
         if family.resid_mid is not None:  # a pre-MLP norm reads resid_mid
             sites[f"blocks.{layer}.hook_mlp_in"] = sites[f"blocks.{layer}.hook_resid_mid"]
-            mlp_in = Site((*b, *family.mlp_in), "in", flat=flat)
             sites[f"blocks.{layer}.ln2.hook_normalized"] = mlp_in
-        sites[f"blocks.{layer}.mlp.hook_in"] = Site((*b, *family.mlp_in), "in", flat=flat)
+        sites[f"blocks.{layer}.mlp.hook_in"] = mlp_in
         sites[f"blocks.{layer}.mlp.hook_post"] = Site((*b, *family.mlp_post), "in", flat=flat)
         sites[f"blocks.{layer}.hook_mlp_out"] = Site((*b, *family.mlp_out), flat=flat)
         sites[f"blocks.{layer}.hook_resid_post"] = Site(b)

@@ -53,7 +53,7 @@ from jsae.io import log_feature_sparsity
 from jsae.parallel import make_mesh
 from jsae.sae import SAE
 from jsae.training.checkpoint import Checkpointer
-from jsae.training.config import MODEL_SOURCES, TrainConfig
+from jsae.training.config import ARCHITECTURE_SETTINGS, MODEL_SOURCES, TrainConfig
 from jsae.training.monitor import ProgressBar, RunLogger
 from jsae.training.optimizer import make_optimizer
 from jsae.training.sources import Feeder, batch_problem, make_source
@@ -259,7 +259,7 @@ class Trainer:
         modes = (got.normalize_activations, want.normalize_activations)
         if modes[0] != modes[1] and not (modes[0] in scale_free and modes[1] in scale_free):
             differ.append(("normalize_activations", modes[0]))
-        ranks_by_norm = want.architecture in ("topk", "batchtopk", "matryoshka_batchtopk")
+        ranks_by_norm = want.architecture in ARCHITECTURE_SETTINGS["rescale_acts_by_decoder_norm"]
         if ranks_by_norm and got.rescale_acts_by_decoder_norm != want.rescale_acts_by_decoder_norm:
             norms = np.linalg.norm(np.asarray(init.params["W_dec"], np.float32), axis=-1)
             if not np.allclose(norms, 1.0, atol=1e-2):  # unit rows rank the same either way
