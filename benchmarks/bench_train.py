@@ -66,7 +66,9 @@ from jsae import host_memory
 from jsae.architectures.relu_pairs import pair_capacity
 from jsae.sparse import gather_decode
 
-D_IN, D_SAE, BATCH = 768, 16384, 4096
+D_IN, D_SAE, BATCH = 768, 16384, 4096  # --d-in, --d-sae, --batch change them
+COMPUTE_DTYPE = "float32"  # --compute-dtype: jsae's compute_dtype, SAELens's autocast
+PRECISION: str | None = None  # --matmul-precision: float32 matmuls on both sides
 ARCHS = {
     "standard": {"l1_coefficient": 5.0},
     "gated": {"l1_coefficient": 5.0},
@@ -84,17 +86,23 @@ ARCHS = {
         "use_sparse_activations": True,
     },
 }  # fmt: skip
+
+
 # Matmul work each step needs, in units of B·d_in·d_sae multiply-adds (2 FLOPs each): a dense
 # SAE needs 5 (encoder, decoder, decoder-weight, latent and encoder-weight gradients); gated adds
 # the gate path and its auxiliary reconstruction (4 more plus a second encoder-weight gradient);
 # Matryoshka decodes its latents in bands whose cumulative sums are its levels (one decoder);
 # the sparse (value, index) paths need the dense encoder forward (1) and O(k/d_sae) for the rest.
-SPARSE = 1 + 4 * 32 / D_SAE
-MATMULS = {
-    "standard": 5, "gated": 10, "jumprelu": 5, "topk (dense)": 5, "topk (sparse)": SPARSE,
-    "batchtopk (dense)": 5, "batchtopk (sparse)": SPARSE,
-    "matryoshka (dense)": 5, "matryoshka (sparse)": SPARSE,
-}  # fmt: skip
+def matmuls(label: str) -> float:
+    """Matmul work of one step of `label`, in units of B·d_in·d_sae multiply-adds."""
+    sparse = 1 + 4 * 32 / D_SAE
+    dense = {"standard": 5, "gated": 10, "jumprelu": 5}
+    return dense.get(label, sparse if "(sparse)" in label else 5)
+
+
+def dur(seconds: float) -> str:
+    """A duration for the tables: seconds on a CPU, milliseconds on an accelerator."""
+    return f"{seconds:5.2f} s" if seconds >= 1 else f"{seconds * 1e3:6.2f} ms"
 
 
 def timed(fn, steps: int) -> list[float]:
@@ -131,6 +139,8 @@ def trainer_step_time(
         "checkpoint_path": None, "output_path": None, "progress_bar": False,
         "dead_feature_window": 1000, **arch, "architecture": name,
     }  # fmt: skip
+    if COMPUTE_DTYPE != "float32":
+        config["compute_dtype"] = COMPUTE_DTYPE
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.standard_normal((batch, D_IN), dtype=np.float32))
     trainer = jsae.Trainer(config, [])
@@ -153,38 +163,49 @@ def trainer_step_time(
 SAELENS_STEP = r"""
 import ctypes, importlib, json, sys, time
 d_in, d_sae, batch, steps = map(int, sys.argv[1:5])
-spec = json.loads(sys.argv[5])  # {"module", "name", "kwargs", "b_enc", "mallopt"}
+spec = json.loads(sys.argv[5])  # {"module", "name", "kwargs", "b_enc", "mallopt", "autocast",
+                                #  "precision"}
 if spec["mallopt"]:  # the glibc malloc settings jsae applies (jsae.host_memory.SETTINGS)
     libc = ctypes.CDLL("libc.so.6")
     assert all(libc.mallopt(p, v) == 1 for p, v in spec["mallopt"])
 import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
+device = "cuda" if torch.cuda.is_available() else "cpu"
+if spec["precision"]:  # float32 matmuls: "highest" = IEEE float32, "high" = TF32 on NVIDIA
+    torch.set_float32_matmul_precision(spec["precision"])
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 module = importlib.import_module("sae_lens.saes." + spec["module"])
 torch.manual_seed(0)
 config = getattr(module, spec["name"] + "TrainingSAEConfig")(d_in=d_in, d_sae=d_sae,
-                                                             **spec["kwargs"])
+                                                             device=device, **spec["kwargs"])
 sae = getattr(module, spec["name"] + "TrainingSAE")(config)
 if spec["b_enc"]:
     with torch.no_grad():
         sae.b_enc.fill_(spec["b_enc"])
-x = torch.randn(batch, d_in)
+x = torch.randn(batch, d_in, device=device)
 with torch.no_grad():
     l0 = (sae.encode(x) > 0).sum(-1).float().mean().item()
-cfg = SAETrainerConfig(total_training_samples=batch * (steps + 1), train_batch_size_samples=batch,
-                       lr_end=3e-5, logger=LoggingConfig(log_to_wandb=False))
+cfg = SAETrainerConfig(total_training_samples=batch * (steps + 2), train_batch_size_samples=batch,
+                       lr_end=3e-5, device=device, autocast=spec["autocast"],
+                       logger=LoggingConfig(log_to_wandb=False))
 trainer = SAETrainer(cfg, sae, iter([]))
+trainer.step(x)
 trainer.step(x)
 times = []
 for _ in range(steps):
-    t0 = time.perf_counter(); trainer.step(x); times.append(time.perf_counter() - t0)
-a, b = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
+    sync(); t0 = time.perf_counter(); trainer.step(x); sync()
+    times.append(time.perf_counter() - t0)
+dtype = torch.bfloat16 if spec["autocast"] else torch.float32
+a = torch.randn(batch, d_in, device=device, dtype=dtype)
+b = torch.randn(d_in, d_sae, device=device, dtype=dtype)
 a @ b
 mm = []
-for _ in range(5):
-    t0 = time.perf_counter(); a @ b; mm.append(time.perf_counter() - t0)
+for _ in range(10):
+    sync(); t0 = time.perf_counter(); a @ b; sync(); mm.append(time.perf_counter() - t0)
+name = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} threads"
 print(json.dumps({"seconds": min(times), "matmul_flops": 2 * batch * d_in * d_sae / min(mm),
-                  "l0": l0, "threads": torch.get_num_threads(), "torch": torch.__version__}))
+                  "l0": l0, "threads": name, "torch": torch.__version__}))
 """
 # SAELens's training SAEs for the `saelens-archs` part: (module, class prefix, config kwargs),
 # each against the jsae configuration of the same name in ARCHS (jsae's default path).
@@ -210,6 +231,11 @@ JSAE_DEFAULT = {
 }  # fmt: skip
 
 
+# jax_default_matmul_precision -> torch.set_float32_matmul_precision (float32 matmuls)
+TORCH_PRECISION = {"highest": "highest", "float32": "highest", "tensorfloat32": "high",
+                   "high": "high", "bfloat16": "medium"}  # fmt: skip
+
+
 def saelens_step_time(
     steps: int,
     b_enc: float = 0.0,
@@ -222,7 +248,8 @@ def saelens_step_time(
     module, name, kwargs = sae
     spec = json.dumps(
         {"module": module, "name": name, "kwargs": kwargs, "b_enc": b_enc,
-         "mallopt": host_memory.SETTINGS if keep_freed_memory else []}
+         "mallopt": host_memory.SETTINGS if keep_freed_memory else [],
+         "autocast": COMPUTE_DTYPE == "bfloat16", "precision": TORCH_PRECISION.get(PRECISION)}
     )  # fmt: skip
     args = [str(D_IN), str(D_SAE), str(BATCH), str(steps), spec]
     proc = subprocess.run(
@@ -244,7 +271,7 @@ def saelens_by_architecture(steps: int, rounds: int, names: list[str]) -> None:
         for _ in range(rounds):
             theirs.append(saelens_step_time(steps, sae=SAELENS_ARCHS[name])["seconds"])
             ours.extend(trainer_step_time(JSAE_DEFAULT[name], steps))
-        print(f"  {name:11s} SAELens {min(theirs):5.2f} s, jsae {min(ours):5.2f} s "
+        print(f"  {name:11s} SAELens {dur(min(theirs))}, jsae {dur(min(ours))} "
               f"-> jsae/SAELens step rate {min(theirs) / min(ours):.2f}x", flush=True)  # fmt: skip
 
 
@@ -295,8 +322,8 @@ def batch_selection(reps: int) -> None:
         same = bool(jnp.array_equal(cut_mask(scores), top_k_mask(scores)))
         t_cut = min(timed(lambda s=scores: jax.block_until_ready(cut_mask(s)), reps))
         t_top = min(timed(lambda s=scores: jax.block_until_ready(top_k_mask(s)), reps))
-        print(f"  {dtype:9s} counting cut {t_cut * 1e3:7.0f} ms ({int(passes(scores))} passes) "
-              f"vs flat top-k {t_top * 1e3:7.0f} ms -> {t_top / t_cut:5.1f}x; "
+        print(f"  {dtype:9s} counting cut {dur(t_cut)} ({int(passes(scores))} passes) "
+              f"vs flat top-k {dur(t_top)} -> {t_top / t_cut:5.1f}x; "
               f"same selection: {same}")  # fmt: skip
 
 
@@ -338,11 +365,11 @@ def standard_steps_at_sparsity(steps: int) -> None:
                 jax.block_until_ready((trainer.state.params, metrics))
                 runs.append(time.perf_counter() - t0)
             times[label] = min(runs[1:])
-            cells.append(f"{label} {times[label]:5.2f} s")
+            cells.append(f"{label} {dur(times[label])}")
         l0 = float(metrics["metrics/l0"])
         line = f"  L0 {l0:7.1f}: " + ", ".join(cells)
         ref = saelens_step_time(steps, b_enc)
-        line += (f", SAELens {ref['seconds']:5.2f} s (L0 {ref['l0']:.1f}) -> jsae/SAELens "
+        line += (f", SAELens {dur(ref['seconds'])} (L0 {ref['l0']:.1f}) -> jsae/SAELens "
                  f"step rate {ref['seconds'] / times['jsae (default)']:.2f}x")  # fmt: skip
         print(line, flush=True)
 
@@ -362,13 +389,14 @@ def steps_with_dead_latents(steps: int) -> None:
     for label, arch in archs.items():
         times = trainer_step_time(arch, steps, dead=counts)
         cells = [
-            f"{n:5d} dead {t:5.2f} s ({t / times[0]:4.2f})"
+            f"{n:5d} dead {dur(t)} ({t / times[0]:4.2f})"
             for n, t in zip(counts, times, strict=True)
         ]
         print(f"  {label:36s} " + " | ".join(cells))
 
 
 def main() -> None:
+    global D_IN, D_SAE, BATCH, COMPUTE_DTYPE, PRECISION
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="peak,archs,saelens,saelens-archs,l0,select,dead,sparse")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
@@ -376,19 +404,34 @@ def main() -> None:
     parser.add_argument("--saelens-archs", default=",".join(SAELENS_ARCHS))
     parser.add_argument("--sparse-batch", type=int, default=BATCH)
     parser.add_argument("--rounds", type=int, default=2, help="alternations with SAELens")
+    parser.add_argument("--d-in", type=int, default=D_IN)
+    parser.add_argument("--d-sae", type=int, default=D_SAE)
+    parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument(
         "--compute-dtype",
         default="float32",
-        help="archs part: the step's compute dtype (bfloat16 = mixed precision with float32 "
-        "masters); the peak is then measured in that dtype too",
+        help="the steps' compute dtype (bfloat16 = mixed precision with float32 masters; "
+        "SAELens then runs under its `autocast`); the peak is measured in that dtype too",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        default=None,
+        help="float32 matmul precision on both sides (highest = IEEE float32, tensorfloat32 = "
+        "TF32 on NVIDIA GPUs); default: each library's own default",
     )
     args = parser.parse_args()
+    D_IN, D_SAE, BATCH = args.d_in, args.d_sae, args.batch
+    COMPUTE_DTYPE, PRECISION = args.compute_dtype, args.matmul_precision
+    if PRECISION is not None:
+        jax.config.update("jax_default_matmul_precision", PRECISION)
+    on_cpu = jax.default_backend() == "cpu"
     parts = set(args.parts.split(","))
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/bench_train.py {' '.join(sys.argv[1:])}")
     compute = args.compute_dtype
     peak = matmul_peak(5, compute)
-    print(f"matmul peak ({compute} [{BATCH},{D_IN}]@[{D_IN},{D_SAE}]): {peak / 1e9:.1f} GFLOP/s")
+    print(f"matmul peak ({compute} [{BATCH},{D_IN}]@[{D_IN},{D_SAE}], precision "
+          f"{PRECISION or 'default'}): {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
     needed = 10 * BATCH * D_IN * D_SAE
     jsae_standard = None
     if "archs" in parts:
@@ -400,21 +443,19 @@ def main() -> None:
         for label in args.archs.split(","):
             arch = dict(ARCHS[label])
             arch.setdefault("architecture", label)
-            if compute != "float32":
-                arch["compute_dtype"] = compute
             local_peak = matmul_peak(3, compute)
             (seconds,) = trainer_step_time(arch, args.steps)
             if label == "standard":
                 jsae_standard = seconds
             step_seconds[label] = seconds
-            rate = MATMULS[label] * needed / 5 / seconds
-            line = (f"  {label:22s} {seconds:6.2f} s/step  {BATCH / seconds:8.0f} tok/s  "
-                    f"{MATMULS[label]:5.2f} matmuls  {rate / 1e9:6.1f} GFLOP/s = "
+            rate = matmuls(label) * needed / 5 / seconds
+            line = (f"  {label:22s} {dur(seconds)}/step  {BATCH / seconds:9.0f} tok/s  "
+                    f"{matmuls(label):5.2f} matmuls  {rate / 1e9:7.1f} GFLOP/s = "
                     f"{rate / local_peak:5.1%} of peak ({local_peak / 1e9:.0f})")  # fmt: skip
             dense_label = label.replace("(sparse)", "(dense)")
             if dense_label != label and dense_label in step_seconds:
                 line += f"; {step_seconds[dense_label] / seconds:.2f}x its dense path"
-            print(line)
+            print(line, flush=True)
     if "saelens" in parts:
         # Alternate the two, `rounds` times, and keep each one's fastest step: on a shared
         # machine this compares both at their least disturbed.
@@ -422,26 +463,29 @@ def main() -> None:
         ours, theirs, theirs_reusing, peaks = [], [], [], []
         for _ in range(args.rounds):
             theirs.append(saelens_step_time(args.steps))
-            theirs_reusing.append(saelens_step_time(args.steps, keep_freed_memory=True))
-            peaks.append(matmul_peak(3))
+            if on_cpu:
+                theirs_reusing.append(saelens_step_time(args.steps, keep_freed_memory=True))
+            peaks.append(matmul_peak(3, compute))
             ours.extend(trainer_step_time(standard, args.steps))
         ref = min(theirs, key=lambda r: r["seconds"])
-        ref_reusing = min(theirs_reusing, key=lambda r: r["seconds"])
         jsae_standard = min(ours)
         torch_peak = max(r["matmul_flops"] for r in theirs)
         peak = max(peaks)
         print(
             f"\nSAELens SAETrainer.step, standard, same config (torch {ref['torch']}, "
-            f"{ref['threads']} threads, torch matmul {torch_peak / 1e9:.0f} GFLOP/s): "
-            f"{ref['seconds']:.2f} s/step; jsae {jsae_standard:.2f} s/step "
-            f"-> jsae/SAELens step rate = {ref['seconds'] / jsae_standard:.2f}x"
+            f"{ref['threads']}, autocast {COMPUTE_DTYPE == 'bfloat16'}, torch matmul "
+            f"{torch_peak / 1e9:.0f} GFLOP/s): {dur(ref['seconds'])}/step; jsae "
+            f"{dur(jsae_standard)}/step -> jsae/SAELens step rate = "
+            f"{ref['seconds'] / jsae_standard:.2f}x"
         )
-        print(
-            f"  SAELens with jsae's glibc malloc settings in its process too "
-            f"(`jsae.host_memory`; torch matmul {ref_reusing['matmul_flops'] / 1e9:.0f} "
-            f"GFLOP/s): {ref_reusing['seconds']:.2f} s/step "
-            f"-> jsae/SAELens step rate = {ref_reusing['seconds'] / jsae_standard:.2f}x"
-        )
+        if theirs_reusing:
+            ref_reusing = min(theirs_reusing, key=lambda r: r["seconds"])
+            print(
+                f"  SAELens with jsae's glibc malloc settings in its process too "
+                f"(`jsae.host_memory`; torch matmul {ref_reusing['matmul_flops'] / 1e9:.0f} "
+                f"GFLOP/s): {dur(ref_reusing['seconds'])}/step "
+                f"-> jsae/SAELens step rate = {ref_reusing['seconds'] / jsae_standard:.2f}x"
+            )
         unit = 2 * BATCH * D_IN * D_SAE  # FLOPs of one encoder-sized matmul
         print(
             f"  the same step in units of each library's own matmul time: SAELens "
@@ -460,7 +504,7 @@ def main() -> None:
         k, d_sae, batch = 32, 65536, args.sparse_batch
         t_sparse, t_dense, err = decode_fwd_bwd(k, d_sae, batch, args.steps)
         print(f"\nTopK k {k}, d_sae {d_sae}, batch {batch}: decoder forward+backward "
-              f"gather/scatter-add {t_sparse * 1e3:.0f} ms vs dense {t_dense * 1e3:.0f} ms "
+              f"gather/scatter-add {dur(t_sparse)} vs dense {dur(t_dense)} "
               f"-> {t_dense / t_sparse:.1f}x (max grad difference {err:.1e})")  # fmt: skip
         (sparse_step,) = trainer_step_time(
             {"architecture": "topk", "k": k, "use_sparse_activations": True},
@@ -474,8 +518,8 @@ def main() -> None:
             d_sae,
             batch,
         )
-        print(f"  whole training step: sparse {sparse_step:.2f} s vs dense {dense_step:.2f} s "
-              f"-> {dense_step / sparse_step:.1f}x")  # fmt: skip
+        print(f"  whole training step: sparse {dur(sparse_step)} vs dense {dur(dense_step)} "
+              f"-> {dense_step / sparse_step:.1f}x", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -33,7 +33,13 @@ ARCHS: dict[str, dict] = {
     "topk (dense)": {"architecture": "topk", "k": 8, "use_sparse_activations": False},
     "batchtopk (sparse)": {"architecture": "batchtopk", "k": 8, "use_sparse_activations": True},
     "batchtopk (dense)": {"architecture": "batchtopk", "k": 8, "use_sparse_activations": False},
-    "matryoshka": {
+    "matryoshka (sparse)": {
+        "architecture": "matryoshka_batchtopk",
+        "k": 8,
+        "matryoshka_widths": [64, 256],
+        "use_sparse_activations": True,
+    },
+    "matryoshka (dense)": {
         "architecture": "matryoshka_batchtopk",
         "k": 8,
         "matryoshka_widths": [64, 256],
@@ -47,31 +53,34 @@ import jax
 import numpy as np
 jax.config.update("jax_default_matmul_precision", sys.argv[3])
 import jsae
-config = json.loads(sys.argv[1])
-rng = np.random.default_rng(0)
-batches = [rng.standard_normal((config["train_batch_size_tokens"], config["d_in"]),
-                               dtype=np.float32) for _ in range(config["steps"])]
-config.pop("steps")
-trainer = jsae.Trainer(config, [])
-losses = [float(trainer.step(x)["losses/overall_loss"]) for x in batches]
-params = {k: np.asarray(v, np.float32) for k, v in trainer.state.params.items()}
-np.savez(sys.argv[2], **params)
+configs, results = json.loads(sys.argv[1]), {}
+for label, config in configs.items():
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((config["train_batch_size_tokens"], config["d_in"]),
+                                   dtype=np.float32) for _ in range(config.pop("steps"))]
+    trainer = jsae.Trainer(config, [])
+    losses = [float(trainer.step(x)["losses/overall_loss"]) for x in batches]
+    params = {k: np.asarray(v, np.float32) for k, v in trainer.state.params.items()}
+    np.savez(f"{sys.argv[2]}/{len(results)}.npz", **params)
+    results[label] = losses
 print(json.dumps({"platform": jax.devices()[0].platform, "device": jax.devices()[0].device_kind,
-                  "losses": losses}))
+                  "losses": results}))
 """
 
 
-def run(config: dict, out: Path, precision: str, env: dict) -> dict:
-    """Train in a fresh process (so JAX_PLATFORMS takes effect); its final params go to `out`."""
+def run(configs: dict[str, dict], out: Path, precision: str, env: dict) -> dict:
+    """Train each config in one fresh process (so JAX_PLATFORMS takes effect); the i-th
+    config's final params go to `out/i.npz`."""
+    out.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", WORKER, json.dumps(config), str(out), precision],
+        [sys.executable, "-c", WORKER, json.dumps(configs), str(out), precision],
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"worker failed for {config['architecture']}:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"worker failed ({precision}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -91,33 +100,37 @@ def main() -> None:
     }
     cpu_env = {**base_env, "JAX_PLATFORMS": "cpu"}
     print(f"command: python benchmarks/device_check.py {' '.join(sys.argv[1:])}")
+    labels = args.archs.split(",")
+    configs = {
+        label: {
+            "d_in": args.d_in, "d_sae": args.d_sae, "train_batch_size_tokens": args.batch,
+            "training_tokens": args.batch * args.steps, "steps": args.steps, "lr": 1e-3,
+            "log_to_wandb": False, "checkpoint_path": None, "output_path": None,
+            "progress_bar": False, **ARCHS[label],
+        }
+        for label in labels
+    }  # fmt: skip
+    bf16_configs = {label: {**c, "compute_dtype": "bfloat16"} for label, c in configs.items()}
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label in args.archs.split(","):
-            config = {
-                "d_in": args.d_in, "d_sae": args.d_sae, "train_batch_size_tokens": args.batch,
-                "training_tokens": args.batch * args.steps, "steps": args.steps, "lr": 1e-3,
-                "log_to_wandb": False, "checkpoint_path": None, "output_path": None,
-                "progress_bar": False, **ARCHS[label],
-            }  # fmt: skip
-            acc = run(config, Path(tmp) / "acc.npz", "highest", base_env)
-            cpu = run(config, Path(tmp) / "cpu.npz", "highest", cpu_env)
-            bf16 = run(
-                {**config, "compute_dtype": "bfloat16"}, Path(tmp) / "b.npz", "default", base_env
-            )
-            a, c = np.load(Path(tmp) / "acc.npz"), np.load(Path(tmp) / "cpu.npz")
+        acc = run(configs, Path(tmp) / "acc", "highest", base_env)
+        cpu = run(configs, Path(tmp) / "cpu", "highest", cpu_env)
+        bf16 = run(bf16_configs, Path(tmp) / "bf16", "default", base_env)
+        for i, label in enumerate(labels):
+            a, c = np.load(Path(tmp) / "acc" / f"{i}.npz"), np.load(Path(tmp) / "cpu" / f"{i}.npz")
             worst = max(
                 float(np.max(np.abs(a[k] - c[k])) / (np.max(np.abs(c[k])) + 1e-12)) for k in c.files
             )
-            finite = bool(np.all(np.isfinite(bf16["losses"])))
+            finite = bool(np.all(np.isfinite(bf16["losses"][label])))
             ok = worst <= args.tolerance and finite
             if not ok:
                 failures.append(label)
             print(
                 f"{label:20s} {acc['platform']} ({acc['device']}) vs cpu: largest relative "
-                f"parameter difference {worst:.1e}; final loss {acc['losses'][-1]:.4g} vs "
-                f"{cpu['losses'][-1]:.4g}; bf16 losses finite: {finite}  "
-                f"{'ok' if ok else 'MISMATCH'}"
+                f"parameter difference {worst:.1e}; final loss {acc['losses'][label][-1]:.4g} vs "
+                f"{cpu['losses'][label][-1]:.4g}; bf16 losses finite: {finite} (final "
+                f"{bf16['losses'][label][-1]:.4g})  {'ok' if ok else 'MISMATCH'}",
+                flush=True,
             )
     if failures:
         sys.exit(f"mismatches: {', '.join(failures)}")
