@@ -34,6 +34,9 @@ All parts run in one process and print ratios measured in that same run:
 * select:  BatchTopK's selection of the batch's k·B largest pre-activations (k 32, same sizes),
            float32 and bfloat16: the cut found by counting passes (`jsae.training.cut`, what
            training uses) against `lax.top_k` over the flat batch (what it used before).
+* topk:    the per-row top-k of TopK (k 32, d_sae 16384 and 65536) and AuxK (k d_in/2):
+           `lax.top_k` against the two-stage `jsae.ranking.blocked_top_k` by block width,
+           and torch.topk on the same device (when the reference environment is there).
 * dead:    TopK and BatchTopK steps (dense and sparse) with 0, 1%, 10% and 60% of the latents
            dead, so AuxK runs (on the dead latents' columns, `jsae.architectures.auxk`),
            against the same step with no dead latent.
@@ -62,8 +65,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, reference_python
 
 import jsae
-from jsae import host_memory
+from jsae import host_memory, ranking
 from jsae.architectures.relu_pairs import pair_capacity
+from jsae.ranking import top_k
 from jsae.sparse import gather_decode
 
 D_IN, D_SAE, BATCH = 768, 16384, 4096  # --d-in, --d-sae, --batch change them
@@ -327,6 +331,59 @@ def batch_selection(reps: int) -> None:
               f"same selection: {same}")  # fmt: skip
 
 
+TORCH_TOPK = r"""
+import json, sys, time, torch
+shapes, reps = json.loads(sys.argv[1]), int(sys.argv[2])
+device = "cuda" if torch.cuda.is_available() else "cpu"
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+out = []
+for rows, width, k, dtype in shapes:
+    x = torch.randn(rows, width, device=device).to(getattr(torch, dtype))
+    torch.topk(x, k)
+    times = []
+    for _ in range(reps):
+        sync(); t0 = time.perf_counter(); torch.topk(x, k); sync()
+        times.append(time.perf_counter() - t0)
+    out.append(min(times))
+print(json.dumps(out))
+"""
+TOPK_BLOCKS = (0, 128, 256, 512, 1024, 2048, 4096)
+
+
+def per_row_top_k(reps: int) -> None:
+    """Print the per-row top-k that TopK and AuxK rank with: `lax.top_k` against the
+    two-stage `jsae.ranking.blocked_top_k` at several block widths, and torch.topk on the
+    same device when the reference environment is there."""
+    shapes = [(BATCH, D_SAE, 32), (BATCH, 65536, 32), (BATCH, D_SAE, D_IN // 2)]
+    cases = [(*shape, dtype) for dtype in ("float32", "bfloat16") for shape in shapes]
+    try:
+        proc = subprocess.run(
+            [reference_python(), "-c", TORCH_TOPK, json.dumps(cases), str(reps)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        torch_times = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (SystemExit, subprocess.CalledProcessError):
+        torch_times = [None] * len(cases)
+    print("\nper-row top-k (TopK's selection, AuxK's at k = d_in / 2), jsae.ranking.top_k:")
+    rng = np.random.default_rng(0)
+    for (rows, width, k, dtype), torch_t in zip(cases, torch_times, strict=True):
+        x = jnp.asarray(rng.standard_normal((rows, width), dtype=np.float32), dtype)
+        cells, reference = [], None
+        for block in TOPK_BLOCKS:
+            if block and not (k <= block < width):
+                continue
+            fn = jax.jit(lambda x, k=k, block=block: top_k(x, k, block))
+            out = jax.block_until_ready(fn(x))
+            reference = out if reference is None else reference
+            same = all(bool(jnp.array_equal(a, b)) for a, b in zip(out, reference, strict=True))
+            t = min(timed(lambda fn=fn, x=x: jax.block_until_ready(fn(x)), reps))
+            cells.append(f"{block or 'one stage'} {dur(t)}{'' if same else ' (DIFFERS)'}")
+        line = f"  top-{k} of [{rows}, {width}] {dtype}: " + ", ".join(cells)
+        if torch_t is not None:
+            line += f"; torch.topk {dur(torch_t)}"
+        print(line, flush=True)
+
+
 DEAD_FRACTIONS = (0.0, 0.01, 0.1, 0.6)
 
 
@@ -404,6 +461,13 @@ def main() -> None:
     parser.add_argument("--saelens-archs", default=",".join(SAELENS_ARCHS))
     parser.add_argument("--sparse-batch", type=int, default=BATCH)
     parser.add_argument("--rounds", type=int, default=2, help="alternations with SAELens")
+    parser.add_argument(
+        "--topk-block",
+        type=int,
+        default=None,
+        help="the per-row top-k's block width on this platform (jsae.ranking.BLOCK_BY_PLATFORM; "
+        "0 = one stage); default: jsae's",
+    )
     parser.add_argument("--d-in", type=int, default=D_IN)
     parser.add_argument("--d-sae", type=int, default=D_SAE)
     parser.add_argument("--batch", type=int, default=BATCH)
@@ -425,9 +489,13 @@ def main() -> None:
     if PRECISION is not None:
         jax.config.update("jax_default_matmul_precision", PRECISION)
     on_cpu = jax.default_backend() == "cpu"
+    if args.topk_block is not None:
+        ranking.BLOCK_BY_PLATFORM[jax.default_backend()] = args.topk_block
     parts = set(args.parts.split(","))
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/bench_train.py {' '.join(sys.argv[1:])}")
+    block = ranking.BLOCK_BY_PLATFORM.get(jax.default_backend(), 0)
+    print(f"per-row top-k: {f'two stages, blocks of {block}' if block else 'one stage'}")
     compute = args.compute_dtype
     peak = matmul_peak(5, compute)
     print(f"matmul peak ({compute} [{BATCH},{D_IN}]@[{D_IN},{D_SAE}], precision "
@@ -496,6 +564,8 @@ def main() -> None:
         saelens_by_architecture(args.steps, args.rounds, args.saelens_archs.split(","))
     if "select" in parts:
         batch_selection(args.steps)
+    if "topk" in parts:
+        per_row_top_k(args.steps)
     if "dead" in parts:
         steps_with_dead_latents(args.steps)
     if "l0" in parts:

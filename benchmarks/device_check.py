@@ -74,6 +74,7 @@ def run(configs: dict[str, dict], out: Path, precision: str, env: dict) -> dict:
     out.mkdir()
     proc = subprocess.run(
         [sys.executable, "-c", WORKER, json.dumps(configs), str(out), precision],
+        cwd=out,  # the installed jsae, not a checkout's (whose converters/ is not jsae's yet)
         env=env,
         capture_output=True,
         text=True,
@@ -93,11 +94,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--tolerance", type=float, default=1e-3)
     args = parser.parse_args()
-    repo = str(Path(__file__).resolve().parents[1])
-    base_env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
-    }
+    base_env = dict(os.environ)  # jsae must be installed (pip install -e .)
     cpu_env = {**base_env, "JAX_PLATFORMS": "cpu"}
     print(f"command: python benchmarks/device_check.py {' '.join(sys.argv[1:])}")
     labels = args.archs.split(",")

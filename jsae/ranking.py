@@ -11,16 +11,42 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# Block width of the two-stage top-k by platform (`jax.default_backend()`), where it was
+# measured faster than one stage (`benchmarks/bench_train.py --parts topk`); elsewhere one stage.
+BLOCK_BY_PLATFORM: dict[str, int] = {}
 
-def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+
+def top_k(x: jax.Array, k: int, block: int | None = None) -> tuple[jax.Array, jax.Array]:
     """`jax.lax.top_k` along the last axis, ranked in float32 when `x` is a narrower float.
 
+    `block`: rank in two stages of this width (`blocked_top_k`), with the same values,
+    indices and order; 0 ranks in one stage; None takes the platform's `BLOCK_BY_PLATFORM`.
     Returns (values in x's dtype, int32 indices), each [..., k].
     """
+    if block is None:
+        block = BLOCK_BY_PLATFORM.get(jax.default_backend(), 0)
     if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
-        vals, idx = jax.lax.top_k(x.astype(jnp.float32), k)
+        vals, idx = top_k(x.astype(jnp.float32), k, block)
         return vals.astype(x.dtype), idx
+    if k <= block < x.shape[-1] and x.shape[-1] % block == 0:
+        return blocked_top_k(x, k, block)
     return jax.lax.top_k(x, k)
 
 
-__all__ = ["top_k"]
+def blocked_top_k(x: jax.Array, k: int, block: int) -> tuple[jax.Array, jax.Array]:
+    """`lax.top_k` in two stages: the k largest of each `block` consecutive entries, then the
+    k largest of those candidates.
+
+    Exact: the row's k largest are among its blocks' k largest. Ties keep `lax.top_k`'s order
+    (lower index first): candidates are laid out by block, then by rank within the block. Two
+    short top-ks replace one over the whole row, which XLA:GPU lowers to a sort of the row.
+    """
+    *lead, n = x.shape
+    n_blocks = n // block
+    vals, idx = jax.lax.top_k(x.reshape(*lead, n_blocks, block), k)  # [..., n_blocks, k]
+    idx = idx + (jnp.arange(n_blocks, dtype=idx.dtype) * block)[:, None]
+    top, pos = jax.lax.top_k(vals.reshape(*lead, n_blocks * k), k)  # [..., k]
+    return top, jnp.take_along_axis(idx.reshape(*lead, n_blocks * k), pos, axis=-1)
+
+
+__all__ = ["blocked_top_k", "top_k"]
