@@ -130,13 +130,18 @@ def matmul_peak(reps: int, dtype: str = "float32") -> float:
 
 
 def trainer_step_time(
-    arch: dict, steps: int, d_sae: int = D_SAE, batch: int = BATCH, dead: tuple[int, ...] = (0,)
+    arch: dict,
+    steps: int,
+    d_sae: int | None = None,
+    batch: int | None = None,
+    dead: tuple[int, ...] = (0,),
 ) -> list[float]:
     """Fastest of `steps` Trainer.steps on a device-resident batch, after one compiling step
     (the minimum is the least disturbed by other processes on a shared machine), for each
     count of dead latents in `dead` (the first that many latents are marked as not having
     fired for longer than `dead_feature_window` before every step)."""
     name = arch.get("architecture")
+    d_sae, batch = d_sae or D_SAE, batch or BATCH
     config = {
         "d_in": D_IN, "d_sae": d_sae, "train_batch_size_tokens": batch,
         "training_tokens": batch * (len(dead) * steps + 2), "log_to_wandb": False,
@@ -402,6 +407,8 @@ def standard_steps_at_sparsity(steps: int) -> None:
         "log_to_wandb": False, "checkpoint_path": None, "output_path": None,
         "progress_bar": False,
     }  # fmt: skip
+    if COMPUTE_DTYPE != "float32":
+        base["compute_dtype"] = COMPUTE_DTYPE
     trainers = {
         "jsae (default)": jsae.Trainer({**base, "use_sparse_activations": None}, []),
         "jsae (dense)": jsae.Trainer({**base, "use_sparse_activations": False}, []),
@@ -459,7 +466,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--saelens-archs", default=",".join(SAELENS_ARCHS))
-    parser.add_argument("--sparse-batch", type=int, default=BATCH)
+    parser.add_argument("--sparse-batch", type=int, default=None, help="default: --batch")
     parser.add_argument("--rounds", type=int, default=2, help="alternations with SAELens")
     parser.add_argument(
         "--topk-block",
@@ -571,7 +578,7 @@ def main() -> None:
     if "l0" in parts:
         standard_steps_at_sparsity(args.steps)
     if "sparse" in parts:
-        k, d_sae, batch = 32, 65536, args.sparse_batch
+        k, d_sae, batch = 32, 65536, args.sparse_batch or BATCH
         t_sparse, t_dense, err = decode_fwd_bwd(k, d_sae, batch, args.steps)
         print(f"\nTopK k {k}, d_sae {d_sae}, batch {batch}: decoder forward+backward "
               f"gather/scatter-add {dur(t_sparse)} vs dense {dur(t_dense)} "
