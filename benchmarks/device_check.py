@@ -1,15 +1,17 @@
-"""Does training on an accelerator end where training on the CPU does? One run per architecture.
+"""Does training on an accelerator end where training on the CPU does? Every architecture.
 
     python benchmarks/device_check.py                 # the default backend (a GPU or TPU) vs CPU
-    python benchmarks/device_check.py --steps 50 --archs topk,batchtopk
+    python benchmarks/device_check.py --steps 50 --archs "topk (sparse),batchtopk (dense)"
 
-Each architecture trains `--steps` steps on the same synthetic batches twice, in two fresh
-processes: once on JAX's default backend and once with `JAX_PLATFORMS=cpu`. Matmuls run at
-"highest" precision in both (XLA otherwise uses TF32 for float32 matmuls on recent GPUs), so
-the final parameters should agree to float32 rounding amplified by the steps: the script
-prints each architecture's largest parameter difference relative to the parameter's scale and
-flags any above `--tolerance`. A bfloat16 mixed-precision run on the accelerator is checked
-for finite losses. Nothing here is timed: speed is `bench_train.py`'s job.
+Every architecture trains `--steps` steps on the same synthetic batches twice: once on JAX's
+default backend and once with `JAX_PLATFORMS=cpu` (one fresh process per platform, since
+JAX_PLATFORMS takes effect at start-up). Matmuls run at "highest" precision in both (XLA
+otherwise uses TF32 for float32 matmuls on recent GPUs), so the final parameters should agree
+to float32 rounding amplified by the steps: the script prints each architecture's largest
+parameter difference relative to the parameter's scale and flags any above `--tolerance`. A
+third process trains each in bfloat16 mixed precision on the accelerator and checks that its
+losses stay finite. jsae must be installed (`pip install -e .`). Nothing here is timed: speed
+is `bench_train.py`'s job.
 """
 
 from __future__ import annotations
