@@ -8,7 +8,8 @@ default backend and once with `JAX_PLATFORMS=cpu` (one fresh process per platfor
 JAX_PLATFORMS takes effect at start-up). Matmuls run at "highest" precision in both (XLA
 otherwise uses TF32 for float32 matmuls on recent GPUs), so the final parameters should agree
 to float32 rounding amplified by the steps: the script prints each architecture's largest
-parameter difference relative to the parameter's scale and flags any above `--tolerance`. A
+parameter difference relative to the parameter's scale and flags any above `--tolerance`
+(latents unfired for 5 steps count as dead, so the TopK family's AuxK runs too). A
 third process trains each in bfloat16 mixed precision on the accelerator and checks that its
 losses stay finite. jsae must be installed (`pip install -e .`). Nothing here is timed: speed
 is `bench_train.py`'s job.
@@ -105,7 +106,7 @@ def main() -> None:
             "d_in": args.d_in, "d_sae": args.d_sae, "train_batch_size_tokens": args.batch,
             "training_tokens": args.batch * args.steps, "steps": args.steps, "lr": 1e-3,
             "log_to_wandb": False, "checkpoint_path": None, "output_path": None,
-            "progress_bar": False, **ARCHS[label],
+            "progress_bar": False, "dead_feature_window": 5, **ARCHS[label],
         }
         for label in labels
     }  # fmt: skip
