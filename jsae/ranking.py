@@ -1,9 +1,11 @@
-"""`top_k` that ranks narrow floats in float32: the same result, without XLA CPU's slow path.
+"""`top_k` as TopK and AuxK rank latents: `lax.top_k`'s exact result, on each backend's fast path.
 
 XLA's CPU backend has a fast top-k for float32 only; on bfloat16 it falls back to a sort
 that took 11.7 s instead of 0.18 s for the per-row top-32 of a [4096, 16384] batch on a 2-core
-CPU (`benchmarks/bench_train.py --parts select` shows the flat case). Widening is exact and keeps
-every order and tie, so values and indices equal `lax.top_k`'s on every backend.
+CPU (`benchmarks/bench_train.py --parts select` shows the flat case), so narrow floats are
+ranked in float32. XLA:GPU sorts a whole row to take its top k, so on GPUs the row is ranked
+in two stages (`blocked_top_k`). Widening and blocking are exact and keep every order and
+tie, so values and indices equal `lax.top_k`'s on every backend.
 """
 
 from __future__ import annotations
