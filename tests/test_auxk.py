@@ -77,14 +77,17 @@ def _jsae(x, params, dead, residual, rescale: bool, ran: list[int]) -> jax.Array
     return auxk_loss(dead, K, residual, params, x, pre, encode_at, rescale)
 
 
-@pytest.mark.parametrize("column_sum", ["scatter", "dense"])
-@pytest.mark.parametrize("rescale", [True, False], ids=["rescaled", "plain"])
+@pytest.mark.parametrize(
+    ("rescale", "column_sum"),
+    [(True, "scatter"), (False, "scatter"), (True, "dense")],
+    ids=["rescaled", "plain", "rescaled-dense-sum"],
+)
 @pytest.mark.parametrize("n_dead", [0, 1, 2, 200, 256, 257, 1024, 1025, 2048])
 def test_compacted_auxk_equals_the_full_width_loss(
     n_dead: int, rescale: bool, column_sum: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`column_sum`: the decoder-norm gradient's sum as CPUs run it (a scatter-add) and as
-    GPUs and TPUs do (a dense column sum)."""
+    """`column_sum`: the rescaled decoder-norm gradient's sum as CPUs run it (a scatter-add)
+    and as GPUs and TPUs do (a dense column sum)."""
     platforms = (jax.default_backend(),) if column_sum == "scatter" else ()
     monkeypatch.setattr(auxk, "SCATTER_SUM_PLATFORMS", platforms)
     x, params, dead, residual = _problem(n_dead, rescale)

@@ -80,9 +80,8 @@ def test_the_platform_block_widens_to_4k(monkeypatch: pytest.MonkeyPatch) -> Non
     [
         {"architecture": "topk", "use_sparse_activations": False},
         {"architecture": "topk", "use_sparse_activations": True},
-        {"architecture": "batchtopk", "use_sparse_activations": False},
     ],
-    ids=["topk-dense", "topk-sparse", "batchtopk-dense"],
+    ids=["topk-dense", "topk-sparse"],
 )
 def test_training_with_the_two_stage_top_k_is_bit_identical(
     monkeypatch: pytest.MonkeyPatch, arch: dict
