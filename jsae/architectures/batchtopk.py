@@ -281,10 +281,23 @@ def prefix_decodes(
 def matryoshka_aux_loss(
     cfg: SAEConfig, ctx: TrainContext, params: Params, fwd: ForwardPass, dead_mask: jax.Array
 ) -> jax.Array:
-    """AuxK per level: each level's top dead latents reconstruct that level's residual."""
-    from jsae.normalization import normalize_out
-    from jsae.training.selection import topk_mask
+    """AuxK per level: each level's top dead latents reconstruct that level's residual.
 
+    On one device or a data-parallel mesh each level's dead columns are compacted first
+    (`compacted_matryoshka_aux_loss`); with latents split over `model` every latent takes part,
+    with a two-stage top-k.
+    """
+    from jsae.normalization import normalize_out
+    from jsae.training.selection import model_axis_size, topk_mask
+
+    if model_axis_size(ctx.mesh) == 1:
+        outputs = [
+            normalize_out(cfg.normalize_activations, partial, fwd.stats)
+            for partial in fwd.encoded["prefixes"]
+        ]
+        return compacted_matryoshka_aux_loss(
+            cfg, ctx, params, fwd.x_norm, fwd.target, outputs, fwd.hidden_pre, dead_mask
+        )
     coefficient = ctx.settings.aux_loss_coefficient
     if not coefficient:
         return jnp.zeros((), jnp.float32)
@@ -311,18 +324,22 @@ def matryoshka_aux_loss(
     return coefficient * total
 
 
-def sparse_matryoshka_aux_loss(
+def compacted_matryoshka_aux_loss(
     cfg: SAEConfig,
     ctx: TrainContext,
     params: Params,
-    enc: SparseEncoder,
+    x_norm: jax.Array,
     target: jax.Array,
     outputs: list[jax.Array],
+    scores: jax.Array,
     dead: jax.Array,
 ) -> jax.Array:
     """`matryoshka_aux_loss` on compacted dead columns: each level's dead latents (AuxK with
     their columns gathered, `dead_latent_auxk`) reconstruct that level's residual. outputs:
-    each level's prefix reconstruction [B, d_out], normalised back."""
+    each level's prefix reconstruction [B, d_out], normalised back; scores [B, d_sae]: the
+    pre-activations as ranked. With no dead latent a level costs nothing (AuxK's empty
+    branch), where the full-width loss takes a top-k over every latent and a decode per level.
+    """
     k_aux = max(target.shape[-1] // 2, 1)
     latent = jnp.arange(cfg.d_sae)
     total = jnp.zeros((), jnp.float32)
@@ -331,7 +348,7 @@ def sparse_matryoshka_aux_loss(
         level_dead = dead & (latent >= prev) & (latent < width)  # [d_sae]
         k = min(k_aux, width - prev)
         total = total + dead_latent_auxk(
-            cfg, ctx, params, enc.x_norm, target, out, enc.scores, level_dead, k
+            cfg, ctx, params, x_norm, target, out, scores, level_dead, k
         )
         prev = width
     return total
@@ -399,7 +416,9 @@ def sparse_batch_train_forward(
     x_hat = output(prefixes[:, -1])  # [B, d_out]
     if matryoshka and ctx.settings.use_matryoshka_aux_loss:
         outputs = [output(prefixes[:, i]) for i in range(n_levels)]
-        aux = sparse_matryoshka_aux_loss(cfg, ctx, params, enc, target, outputs, inputs.dead_mask)
+        aux = compacted_matryoshka_aux_loss(
+            cfg, ctx, params, enc.x_norm, target, outputs, enc.scores, inputs.dead_mask
+        )
     else:
         aux = dead_latent_auxk(
             cfg, ctx, params, enc.x_norm, target, x_hat, enc.scores, inputs.dead_mask
