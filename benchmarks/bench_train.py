@@ -502,7 +502,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/bench_train.py {' '.join(sys.argv[1:])}")
     block = ranking.BLOCK_BY_PLATFORM.get(jax.default_backend(), 0)
-    print(f"per-row top-k: {f'two stages, blocks of {block}' if block else 'one stage'}")
+    print(f"per-row top-k: {f'two stages, blocks of max({block}, 4k)' if block else 'one stage'}")
     compute = args.compute_dtype
     peak = matmul_peak(5, compute)
     print(f"matmul peak ({compute} [{BATCH},{D_IN}]@[{D_IN},{D_SAE}], precision "
