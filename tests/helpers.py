@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import selectors
+import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,24 +32,103 @@ def reference_python() -> str:
     return path
 
 
-def run_reference(script: str, *args: str | Path, timeout: int = 900) -> str:
-    """Run tests/reference/<script> in the reference environment; return its stdout."""
+def _reference_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "PYTHONPATH"))}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="2")
-    proc = subprocess.run(
-        [reference_python(), str(REFERENCE_SCRIPTS / script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=REPO,
-    )
-    if proc.returncode != 0:
+    return env
+
+
+def run_reference(script: str, *args: str | Path, timeout: int = 900, fresh: bool = False) -> str:
+    """Run tests/reference/<script> in the reference environment; return its stdout.
+
+    Scripts run through one fork server per test process (tests/reference/serve.py), which
+    pays the reference libraries' ~9 s import once. `fresh` (or JSAE_REFERENCE_SERVER=0)
+    starts a new interpreter instead: for a script that sets environment variables before
+    the imports that read them.
+    """
+    argv = [str(REFERENCE_SCRIPTS / script), *map(str, args)]
+    with tempfile.TemporaryDirectory(prefix="jsae-reference-") as tmp:
+        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+        if fresh or os.environ.get("JSAE_REFERENCE_SERVER", "1") == "0":
+            with out.open("w") as stdout, err.open("w") as stderr:
+                code = subprocess.run(
+                    [reference_python(), *argv], stdout=stdout, stderr=stderr,
+                    env=_reference_env(), timeout=timeout, cwd=REPO,
+                ).returncode  # fmt: skip
+        else:
+            code = _SERVER.run(argv, out, err, timeout)
+        stdout_text, stderr_text = out.read_text(), err.read_text()
+    if code != 0:
         pytest.fail(
             f"reference script {script} {' '.join(map(str, args))} failed "
-            f"(exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+            f"(exit {code}):\n{stdout_text[-4000:]}\n{stderr_text[-8000:]}"
         )
-    return proc.stdout
+    return stdout_text
+
+
+class _ReferenceServer:
+    """The reference environment's fork server (tests/reference/serve.py), started on first use
+    and stopped with the test process."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.pending = b""  # reply bytes read but not yet parsed
+        self.log = Path(tempfile.gettempdir()) / f"jsae-reference-server-{os.getpid()}.log"
+
+    def run(self, argv: list[str], stdout: Path, stderr: Path, timeout: float) -> int:
+        """Run one script in a fresh fork; its exit status. A script that outlives `timeout`
+        is killed, and so is the server (the next call starts another)."""
+        proc = self._started()
+        request = {"argv": argv, "cwd": str(REPO), "stdout": str(stdout), "stderr": str(stderr)}
+        proc.stdin.write(json.dumps(request).encode() + b"\n")
+        proc.stdin.flush()
+        pid = self._reply(timeout=120)["pid"]
+        try:
+            return self._reply(timeout)["rc"]
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            self.stop()
+            pytest.fail(f"reference script {argv[0]} ran past its {timeout} s limit")
+
+    def _started(self) -> subprocess.Popen:
+        if self.proc is None or self.proc.poll() is not None:
+            with self.log.open("w") as log:  # its own messages (imports' warnings)
+                self.proc = subprocess.Popen(
+                    [reference_python(), str(REFERENCE_SCRIPTS / "serve.py")],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, bufsize=0,
+                    env=_reference_env(), cwd=REPO,
+                )  # fmt: skip
+            self.pending = b""
+            atexit.register(self.stop)
+        return self.proc
+
+    def _reply(self, timeout: float) -> dict:
+        """The server's next reply line, waiting at most `timeout` seconds for it."""
+        fd = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self.pending:
+                if not selector.select(timeout):
+                    raise TimeoutError
+                chunk = os.read(fd, 65536)
+                if not chunk:  # the server died: say why
+                    self.proc.wait()
+                    log = self.log.read_text()[-8000:]
+                    self.proc = None
+                    pytest.fail(f"the reference server stopped:\n{log}")
+                self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self.log.unlink(missing_ok=True)
+
+
+_SERVER = _ReferenceServer()
 
 
 def assert_close(actual, expected, atol: float = 1e-5, rtol: float = 1e-5, what: str = "") -> None:

@@ -280,7 +280,8 @@ def test_saelens_releases_fold_the_registry_norm_scaling_factor(tmp_path: Path, 
         json.dumps([{"name": n, "release": r, "sae_id": i} for n, (r, i, _) in cases.items()])
     )
     save_file({"x": x}, tmp_path / "inputs.safetensors")
-    run_reference("converter_fixtures.py", "from_pretrained", tmp_path)
+    # fresh: the script points HF_HUB_CACHE at tmp_path before huggingface_hub is imported
+    run_reference("converter_fixtures.py", "from_pretrained", tmp_path, fresh=True)
 
     factor = registry.get_sae("gpt2-small-mlp-tm", "blocks.0.hook_mlp_out")[1].norm_scaling_factor
     assert factor is not None and abs(factor - 1) > 0.01  # folding it changes the outputs

@@ -1,4 +1,5 @@
-"""`jsae.ranking.top_k` equals `lax.top_k` (values, indices, ties) while ranking in float32."""
+"""`jsae.ranking.top_k` equals `lax.top_k` (values, indices, ties) while ranking in float32, in
+one stage or two; `top_k_mask` marks exactly its entries, whether from its indices or counted."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from jsae import ranking
-from jsae.ranking import blocked_top_k, top_k
+from jsae.ranking import blocked_top_k, counting_top_k_mask, top_k, top_k_mask
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
@@ -75,6 +76,59 @@ def test_the_platform_block_widens_to_4k(monkeypatch: pytest.MonkeyPatch) -> Non
     assert _top_k_calls(lambda x: top_k(x, 8192), x) == 1  # no block holds 4k: one stage
 
 
+def _lax_mask(x: jax.Array, k: int) -> np.ndarray:
+    """The entries `lax.top_k` picks (ranked in float32, as jsae ranks), as a numpy mask."""
+    _, idx = jax.lax.top_k(jnp.asarray(x, jnp.float32), k)
+    mask = np.zeros(x.shape, bool)
+    np.put_along_axis(mask, np.asarray(idx), True, axis=-1)
+    return mask
+
+
+def _mask_cases() -> np.ndarray:
+    """Five value patterns, each [2, 3, 1000]: normal, heavy ties, all equal, signed zeros and
+    infinities, tiny and huge (infinite in float16). [5, 2, 3, 1000]"""
+    rng = np.random.default_rng(4)
+    normal = rng.standard_normal((2, 3, 1000))
+    extremes = [-np.inf, -1.0, -0.0, 0.0, 2.0, np.inf]
+    return np.stack([
+        normal,
+        rng.integers(-20, 21, normal.shape) / 8,
+        np.full(normal.shape, 0.25),
+        rng.choice(extremes, normal.shape),
+        normal * 1e-30 + (normal > 2) * 1e30,  # bfloat16 holds these
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])  # 16- and 32-bit keys
+def test_counting_mask_marks_exactly_the_top_k(dtype: str) -> None:
+    """Every digit width, k from 1 to the whole row, and value patterns with ties, signed
+    zeros and infinities: the counted mask is `lax.top_k`'s selection, ties taken by lowest
+    index (rows of 1000 entries: the index search ends on a partial digit)."""
+    x = jnp.asarray(_mask_cases(), dtype)
+    count = jax.jit(counting_top_k_mask, static_argnums=(1, 2))
+    for k, radix_bits in [(1, 2), (7, 1), (64, 2), (64, 3), (64, 4), (999, 2), (1000, 2)]:
+        want = _lax_mask(x, k)
+        assert np.array_equal(np.asarray(count(x, k, radix_bits)), want), (k, radix_bits)
+    assert np.array_equal(np.asarray(top_k_mask(x, 64, counting=False)), _lax_mask(x, 64))
+
+
+def test_counting_mask_refuses_what_it_cannot_count() -> None:
+    with pytest.raises(ValueError, match="16- or 32-bit floats"):
+        counting_top_k_mask(jnp.zeros((2, 8), jnp.int32), 3)
+    with pytest.raises(ValueError, match=r"k must be in 1\.\.8"):
+        counting_top_k_mask(jnp.zeros((2, 8)), 9)
+    x = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)  # top_k_mask ranks what it cannot count
+    assert np.array_equal(np.asarray(top_k_mask(x, 3, counting=True)), _lax_mask(x, 3))
+
+
+def test_the_platform_chooses_how_the_mask_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = jnp.zeros((2, 1024), jnp.float32)
+    assert _top_k_calls(lambda x: top_k_mask(x, 32), x) == 1  # CPUs rank by default
+    monkeypatch.setattr(ranking, "COUNTING_MASK_PLATFORMS", (jax.default_backend(),))
+    assert _top_k_calls(lambda x: top_k_mask(x, 32), x) == 0
+    assert _top_k_calls(lambda x: top_k_mask(x, 32, counting=False), x) == 1
+
+
 @pytest.mark.parametrize(
     "arch",
     [
@@ -86,7 +140,8 @@ def test_the_platform_block_widens_to_4k(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_training_with_the_two_stage_top_k_is_bit_identical(
     monkeypatch: pytest.MonkeyPatch, arch: dict
 ) -> None:
-    """What GPUs run (two stages) trains exactly as one stage does, AuxK on dead latents too."""
+    """What GPUs run (two stages) trains exactly as one stage does, AuxK on dead latents too;
+    so does the dense path with its mask counted."""
     import jsae
 
     config = {
@@ -109,3 +164,9 @@ def test_training_with_the_two_stage_top_k_is_bit_identical(
     assert aux_two == aux
     for name, value in one_stage.items():
         assert np.array_equal(two_stages[name], value), name
+    if not arch["use_sparse_activations"]:  # the dense path's mask, counted
+        monkeypatch.setattr(ranking, "COUNTING_MASK_PLATFORMS", (jax.default_backend(),))
+        counted, aux_counted = train()
+        assert aux_counted == aux
+        for name, value in one_stage.items():
+            assert np.array_equal(counted[name], value), name

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jsae.errors import ConfigError
-from jsae.ranking import top_k
+from jsae.ranking import top_k, top_k_mask
 from jsae.training.cut import first_ties_mask, kept_positions, nth_largest, settled_float32
 
 
@@ -34,8 +34,7 @@ def topk_mask(scores: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Array:
     """Mask of the k largest scores of each row. scores [B, d_sae] -> bool [B, d_sae]."""
     scores = jax.lax.stop_gradient(scores)
     if mesh is None or mesh.shape["model"] == 1:
-        _, idx = top_k(scores, k)  # [B, k]
-        return _mask_from_indices(scores.shape, idx)
+        return top_k_mask(scores, k)
 
     def local(s: jax.Array) -> jax.Array:
         rows, width = s.shape
@@ -181,11 +180,6 @@ def _top_positions_in_flat_order(
         return jax.lax.sort((group, rows, cols, order), num_keys=3)[-1][:n_keep]
 
     return jax.lax.cond(straddles, in_flat_order, lambda _: pos, None)
-
-
-def _mask_from_indices(shape: tuple[int, ...], idx: jax.Array) -> jax.Array:
-    rows = jnp.broadcast_to(jnp.arange(shape[0])[:, None], idx.shape)
-    return jnp.zeros(shape, bool).at[rows, idx].set(True)
 
 
 def model_axis_size(mesh: Mesh | None) -> int:
