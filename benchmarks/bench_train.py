@@ -36,7 +36,10 @@ All parts run in one process and print ratios measured in that same run:
            training uses) against `lax.top_k` over the flat batch (what it used before).
 * topk:    the per-row top-k of TopK (k 32, d_sae 16384 and 65536) and AuxK (k d_in/2):
            `lax.top_k` against the two-stage `jsae.ranking.blocked_top_k` by block width,
-           and torch.topk on the same device (when the reference environment is there).
+           and torch.topk on the same device (when the reference environment is there);
+           then the mask of TopK's selection (what its dense path needs) from those indices
+           against `jsae.ranking.counting_top_k_mask` (radix select, 1-4 bits per pass).
+           `--counting-mask` makes the dense TopK steps of every part count their mask.
 * dead:    TopK and BatchTopK steps (dense and sparse) with 0, 1%, 10% and 60% of the latents
            dead, so AuxK runs (on the dead latents' columns, `jsae.architectures.auxk`),
            against the same step with no dead latent.
@@ -67,7 +70,7 @@ from common import machine, reference_python
 import jsae
 from jsae import host_memory, ranking
 from jsae.architectures.relu_pairs import pair_capacity
-from jsae.ranking import top_k
+from jsae.ranking import counting_top_k_mask, top_k, top_k_mask
 from jsae.sparse import gather_decode
 
 D_IN, D_SAE, BATCH = 768, 16384, 4096  # --d-in, --d-sae, --batch change them
@@ -387,6 +390,22 @@ def per_row_top_k(reps: int) -> None:
         if torch_t is not None:
             line += f"; torch.topk {dur(torch_t)}"
         print(line, flush=True)
+    print("\nmask of the per-row top-k (TopK's dense path), jsae.ranking.top_k_mask:")
+    for rows, width, k, dtype in cases:
+        if k > 128:
+            continue
+        x = jnp.asarray(rng.standard_normal((rows, width), dtype=np.float32), dtype)
+        ranked = jax.jit(lambda x, k=k: top_k_mask(x, k, counting=False))
+        want = jax.block_until_ready(ranked(x))
+        t = min(timed(lambda ranked=ranked, x=x: ranked(x).block_until_ready(), reps))
+        cells = [f"from top_k's indices {dur(t)}"]
+        for bits in (1, 2, 3, 4):
+            counted = jax.jit(lambda x, k=k, bits=bits: counting_top_k_mask(x, k, bits))
+            same = bool(jnp.array_equal(counted(x), want))
+            t = min(timed(lambda counted=counted, x=x: counted(x).block_until_ready(), reps))
+            cells.append(f"counted {bits} bit{'s' if bits > 1 else ''}/pass {dur(t)}"
+                         f"{'' if same else ' (DIFFERS)'}")  # fmt: skip
+        print(f"  top-{k} of [{rows}, {width}] {dtype}: " + ", ".join(cells), flush=True)
 
 
 DEAD_FRACTIONS = (0.0, 0.01, 0.1, 0.6)
@@ -475,6 +494,12 @@ def main() -> None:
         help="the per-row top-k's block width on this platform (jsae.ranking.BLOCK_BY_PLATFORM; "
         "0 = one stage); default: jsae's",
     )
+    parser.add_argument(
+        "--counting-mask",
+        action="store_true",
+        help="TopK's dense path counts its mask (jsae.ranking.COUNTING_MASK_PLATFORMS gets "
+        "this platform); default: jsae's choice",
+    )
     parser.add_argument("--d-in", type=int, default=D_IN)
     parser.add_argument("--d-sae", type=int, default=D_SAE)
     parser.add_argument("--batch", type=int, default=BATCH)
@@ -498,11 +523,15 @@ def main() -> None:
     on_cpu = jax.default_backend() == "cpu"
     if args.topk_block is not None:
         ranking.BLOCK_BY_PLATFORM[jax.default_backend()] = args.topk_block
+    if args.counting_mask:
+        ranking.COUNTING_MASK_PLATFORMS = (jax.default_backend(),)
     parts = set(args.parts.split(","))
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/bench_train.py {' '.join(sys.argv[1:])}")
     block = ranking.BLOCK_BY_PLATFORM.get(jax.default_backend(), 0)
-    print(f"per-row top-k: {f'two stages, blocks of max({block}, 4k)' if block else 'one stage'}")
+    counted = jax.default_backend() in ranking.COUNTING_MASK_PLATFORMS
+    print(f"per-row top-k: {f'two stages, blocks of max({block}, 4k)' if block else 'one stage'}"
+          f"; TopK's dense mask {'counted' if counted else 'from its indices'}")  # fmt: skip
     compute = args.compute_dtype
     peak = matmul_peak(5, compute)
     print(f"matmul peak ({compute} [{BATCH},{D_IN}]@[{D_IN},{D_SAE}], precision "

@@ -79,6 +79,35 @@ def test_jsonl_metrics_use_saelens_keys(tmp_path: Path, arch: dict, extra_keys: 
     ).read_text()
 
 
+def test_a_run_without_a_checkpoint_directory_leaves_no_temporary_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its metrics.jsonl lives in a temporary directory until the output holds a copy; the
+    directory goes with the trainer (a notebook's hundredth run must not leave 100 behind)."""
+    import gc
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    config = {
+        "architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_size_tokens": 32,
+        "training_tokens": 32 * 4, "wandb_log_frequency": 1, "log_to_wandb": False,
+        "checkpoint_path": None, "output_path": str(tmp_path / "out"), "progress_bar": False,
+    }  # fmt: skip
+    trainer = jsae.Trainer(config, _batches(4))
+    trainer.fit()
+    (temporary,) = scratch.iterdir()  # the run's metrics, while the trainer lives
+    rows = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [0, 1, 2, 3]
+    del trainer
+    gc.collect()
+    assert not temporary.exists()
+    jsae.train(config | {"overwrite_output": True}, _batches(4))
+    gc.collect()
+    assert list(scratch.iterdir()) == []
+
+
 def test_wandb_without_credentials_logs_offline_and_says_so(tmp_path: Path) -> None:
     """A real wandb run in a clean environment: no API key, no netrc, no WANDB_MODE; the
     defaults otherwise, so the final SAE is logged as an artifact named from the default run

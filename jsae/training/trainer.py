@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -804,8 +805,10 @@ class Trainer:
             return Path(logging.metrics_path)
         if tr.checkpoint_path:
             return Path(tr.checkpoint_path) / "metrics.jsonl"
-        if self._tmp_metrics is None:
-            self._tmp_metrics = Path(tempfile.mkdtemp(prefix="jsae-metrics-")) / "metrics.jsonl"
+        if self._tmp_metrics is None:  # kept until the output copies it; gone with the trainer
+            directory = tempfile.mkdtemp(prefix="jsae-metrics-")
+            weakref.finalize(self, shutil.rmtree, directory, True)
+            self._tmp_metrics = Path(directory) / "metrics.jsonl"
         return self._tmp_metrics
 
     def _open_logs(self) -> None:
