@@ -27,9 +27,9 @@ BLOCK_BY_PLATFORM: dict[str, int] = {"gpu": 512}
 
 # Platforms whose `top_k_mask` counts (`counting_top_k_mask`) rather than ranks; elsewhere the
 # mask comes from `top_k`'s indices. Empty until a platform measures it faster
-# (`benchmarks/bench_train.py --parts topk`): on CPUs counting is 3-30x slower than ranking
-# (two bits per pass; [16, 16384] to [16, 65536] rows, k 32 and 128), and it has not yet run
-# on a GPU.
+# (`benchmarks/bench_train.py --parts topk`): on a 2-core CPU the top-32 mask of a float32
+# [4096, 16384] batch took 1.12-3.47 s counted (1-4 bits per pass) against 169 ms from the
+# indices, and counting has not yet run on a GPU.
 COUNTING_MASK_PLATFORMS: tuple[str, ...] = ()
 RADIX_BITS = 2  # bits of the k-th largest value settled per counting pass
 
