@@ -74,6 +74,7 @@ class _ReferenceServer:
         self.proc: subprocess.Popen | None = None
         self.pending = b""  # reply bytes read but not yet parsed
         self.log = Path(tempfile.gettempdir()) / f"jsae-reference-server-{os.getpid()}.log"
+        atexit.register(self.stop)
 
     def run(self, argv: list[str], stdout: Path, stderr: Path, timeout: float) -> int:
         """Run one script in a fresh fork; its exit status. A script that outlives `timeout`
@@ -99,7 +100,6 @@ class _ReferenceServer:
                     env=_reference_env(), cwd=REPO,
                 )  # fmt: skip
             self.pending = b""
-            atexit.register(self.stop)
         return self.proc
 
     def _reply(self, timeout: float) -> dict:

@@ -46,10 +46,12 @@ def run_child(request: dict) -> None:
         try:
             runpy.run_path(script, run_name="__main__")
             code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-            if not isinstance(exit_.code, int | None):
+        except SystemExit as exit_:  # as the interpreter treats sys.exit(code)
+            if exit_.code is None or isinstance(exit_.code, int):
+                code = exit_.code or 0
+            else:
                 print(exit_.code, file=sys.stderr)
+                code = 1
         except BaseException:
             traceback.print_exc()
             code = 1
