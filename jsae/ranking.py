@@ -4,8 +4,9 @@ XLA's CPU backend has a fast top-k for float32 only; on bfloat16 it falls back t
 that took 11.7 s instead of 0.18 s for the per-row top-32 of a [4096, 16384] batch on a 2-core
 CPU (`benchmarks/bench_train.py --parts select` shows the flat case), so narrow floats are
 ranked in float32. XLA:GPU sorts a whole row to take its top k, so on GPUs the row is ranked
-in two stages (`blocked_top_k`). Widening and blocking are exact and keep every order and
-tie, so values and indices equal `lax.top_k`'s on every backend.
+in two stages (`blocked_top_k`), or, where `PEEL_BY_PLATFORM` says so, in passes of a top-k
+narrow enough for the backend's own kernel (`peeled_top_k`). Widening, blocking and peeling are
+exact and keep every order and tie, so values and indices equal `lax.top_k`'s on every backend.
 
 TopK's dense path needs only the mask of those k entries, not their order: `top_k_mask` can
 find it by counting instead (`counting_top_k_mask`, a radix select of each row's k-th largest
@@ -25,6 +26,14 @@ import jax.numpy as jnp
 # row); on CPUs one stage is fastest (136 ms against 273 ms and more).
 BLOCK_BY_PLATFORM: dict[str, int] = {"gpu": 512}
 
+# Widest top-k pass by platform, where `top_k` of a larger k takes several such passes
+# (`peeled_top_k`); elsewhere none. XLA:GPU has its own top-k kernel for small k (at most 16 in
+# recent XLA) and sorts the whole row above that. Empty until measured faster
+# (`benchmarks/bench_train.py --parts topk`): on a 2-core CPU two top-16 passes took longer than
+# one top-32, and peeling has not yet run on a GPU.
+PEEL_BY_PLATFORM: dict[str, int] = {}
+MAX_PEELS = 4  # a top-k needing more passes than this ranks in one stage or blocks
+
 # Platforms whose `top_k_mask` counts (`counting_top_k_mask`) rather than ranks; elsewhere the
 # mask comes from `top_k`'s indices. Empty until a platform measures it faster
 # (`benchmarks/bench_train.py --parts topk`): on a 2-core CPU the top-32 mask of a float32
@@ -38,14 +47,22 @@ def top_k(x: jax.Array, k: int, block: int | None = None) -> tuple[jax.Array, ja
     """`jax.lax.top_k` along the last axis, ranked in float32 when `x` is a narrower float.
 
     `block`: rank in two stages of this width (`blocked_top_k`), with the same values,
-    indices and order; 0 ranks in one stage; None takes the platform's `BLOCK_BY_PLATFORM`.
+    indices and order; 0 ranks in one stage; None takes the platform's choice: passes of
+    `PEEL_BY_PLATFORM`'s width (`peeled_top_k`; one pass when k fits) where that takes at most
+    `MAX_PEELS`, else blocks of `BLOCK_BY_PLATFORM`'s.
     Returns (values in x's dtype, int32 indices), each [..., k].
     """
+    peel = 0
     if block is None:
-        block = _platform_block(k)
+        peel = PEEL_BY_PLATFORM.get(jax.default_backend(), 0)
+        peel = peel if k <= MAX_PEELS * peel and jnp.issubdtype(x.dtype, jnp.floating) else 0
+        block = 0 if peel else _platform_block(k)
     if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
-        vals, idx = top_k(x.astype(jnp.float32), k, block)
+        wide = x.astype(jnp.float32)
+        vals, idx = peeled_top_k(wide, k, peel) if peel else top_k(wide, k, block)
         return vals.astype(x.dtype), idx
+    if peel:
+        return peeled_top_k(x, k, peel)
     if k <= block < x.shape[-1] and x.shape[-1] % block == 0:
         return blocked_top_k(x, k, block)
     return jax.lax.top_k(x, k)
@@ -72,6 +89,32 @@ def blocked_top_k(x: jax.Array, k: int, block: int) -> tuple[jax.Array, jax.Arra
     idx = idx + (jnp.arange(n_blocks, dtype=idx.dtype) * block)[:, None]
     top, pos = jax.lax.top_k(vals.reshape(*lead, n_blocks * k), k)  # [..., k]
     return top, jnp.take_along_axis(idx.reshape(*lead, n_blocks * k), pos, axis=-1)
+
+
+def peeled_top_k(x: jax.Array, k: int, width: int) -> tuple[jax.Array, jax.Array]:
+    """`lax.top_k` in passes of at most `width`: each pass takes the next largest after the
+    entries already taken are set to -inf.
+
+    Exact whenever every entry a later pass takes is above -inf, as the k largest of a row of
+    trained pre-activations are; a row whose later passes reach -inf or NaN (where a taken
+    entry could tie) is ranked in one stage instead, for the whole batch (`lax.cond`). Ties keep
+    `lax.top_k`'s order: each pass takes the lower index first. For backends whose own top-k
+    kernel serves only small k (XLA:GPU, k <= 16) and sorts each row above it.
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"peeled_top_k takes floats, not {x.dtype}")
+    if k <= width:
+        return jax.lax.top_k(x, k)
+    rest, vals, idx = x, [], []
+    for start in range(0, k, width):
+        v, i = jax.lax.top_k(rest, min(width, k - start))  # [..., <= width]
+        vals.append(v)
+        idx.append(i)
+        if start + width < k:
+            rest = jnp.put_along_axis(rest, i, -jnp.inf, axis=-1, inplace=False)
+    vals, idx = jnp.concatenate(vals, axis=-1), jnp.concatenate(idx, axis=-1)  # [..., k]
+    exact = jnp.all(vals[..., width:] > -jnp.inf)  # False on NaN too
+    return jax.lax.cond(exact, lambda: (vals, idx), lambda: tuple(jax.lax.top_k(x, k)))
 
 
 def top_k_mask(x: jax.Array, k: int, counting: bool | None = None) -> jax.Array:
@@ -170,4 +213,4 @@ def counting_top_k_mask(x: jax.Array, k: int, radix_bits: int = RADIX_BITS) -> j
     return above | jax.lax.cond(every_tie, lambda: ties, first_ties)
 
 
-__all__ = ["blocked_top_k", "counting_top_k_mask", "top_k", "top_k_mask"]
+__all__ = ["blocked_top_k", "counting_top_k_mask", "peeled_top_k", "top_k", "top_k_mask"]

@@ -1,5 +1,6 @@
 """`jsae.ranking.top_k` equals `lax.top_k` (values, indices, ties) while ranking in float32, in
-one stage or two; `top_k_mask` marks exactly its entries, whether from its indices or counted."""
+one stage, two or several narrow passes; `top_k_mask` marks exactly its entries, whether from its
+indices or counted."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from jsae import ranking
-from jsae.ranking import blocked_top_k, counting_top_k_mask, top_k, top_k_mask
+from jsae.ranking import blocked_top_k, counting_top_k_mask, peeled_top_k, top_k, top_k_mask
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
@@ -74,6 +75,68 @@ def test_the_platform_block_widens_to_4k(monkeypatch: pytest.MonkeyPatch) -> Non
     assert _top_k_calls(lambda x: top_k(x, 32), x) == 2
     assert _top_k_calls(lambda x: top_k(x, 32, 0), x) == 1  # 0: one stage, whatever the platform
     assert _top_k_calls(lambda x: top_k(x, 8192), x) == 1  # no block holds 4k: one stage
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_peeled_top_k_equals_lax_top_k_ties_included(
+    monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    """Passes of at most 16 (through `top_k`, as a platform in `PEEL_BY_PLATFORM` runs them),
+    k a multiple of the pass width or not, up to `MAX_PEELS` passes."""
+    monkeypatch.setitem(ranking.PEEL_BY_PLATFORM, jax.default_backend(), 16)
+    x = _tied_rows((3, 5, 1000), dtype)
+    for k in (1, 16, 17, 32, 40, 64):
+        got_vals, got_idx = jax.jit(top_k, static_argnums=1)(x, k)
+        want_vals, want_idx = jax.lax.top_k(x.astype(jnp.float32), k)
+        assert got_vals.dtype == x.dtype
+        assert np.array_equal(np.asarray(got_idx), np.asarray(want_idx)), k
+        assert np.array_equal(np.asarray(got_vals, np.float32), np.asarray(want_vals)), k
+
+
+def test_peeled_top_k_ranks_in_one_stage_where_passes_reach_minus_infinity() -> None:
+    """A taken entry is set to -inf, so a row whose later passes reach -inf or NaN could take it
+    twice: such a batch is ranked in one stage."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((3, 64)), jnp.float32)
+    cases = {
+        "finite": x,
+        "-inf in reach": x.at[0, 20:].set(-jnp.inf),
+        "nan": x.at[1, ::2].set(jnp.nan),
+        "+inf ties": x.at[2, :40].set(jnp.inf),
+    }
+    for name, case in cases.items():
+        for k, width in [(8, 4), (32, 16), (64, 16), (30, 7)]:
+            got = jax.jit(peeled_top_k, static_argnums=(1, 2))(case, k, width)
+            want = jax.lax.top_k(case, k)
+            assert np.array_equal(np.asarray(got[1]), np.asarray(want[1])), (name, k, width)
+            assert np.array_equal(np.asarray(got[0]), np.asarray(want[0]), equal_nan=True)
+    with pytest.raises(ValueError, match="takes floats"):
+        peeled_top_k(jnp.zeros((2, 8), jnp.int32), 4, 2)
+
+
+def test_peeled_top_k_gradient_equals_lax_top_k() -> None:
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((4, 512)), jnp.float32)
+    weights = jnp.arange(40, dtype=jnp.float32)
+
+    def loss(ranker):
+        return lambda x: jnp.sum(ranker(x)[0] ** 2 * weights)
+
+    got = jax.grad(loss(lambda x: peeled_top_k(x, 40, 16)))(x)
+    want = jax.grad(loss(lambda x: jax.lax.top_k(x, 40)))(x)
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_the_platform_pass_width_peels_up_to_max_peels(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = jnp.zeros((2, 16384), jnp.float32)
+    monkeypatch.setitem(ranking.PEEL_BY_PLATFORM, jax.default_backend(), 16)
+    monkeypatch.setitem(ranking.BLOCK_BY_PLATFORM, jax.default_backend(), 512)
+    assert _top_k_calls(lambda x: top_k(x, 16), x) == 1  # one pass: the backend's own kernel
+    assert _top_k_calls(lambda x: top_k(x, 32), x) == 2  # two passes (the fallback is in a cond)
+    assert _top_k_calls(lambda x: top_k(x, 64), x) == 4
+    assert _top_k_calls(lambda x: top_k(x, 65), x) == 2  # over MAX_PEELS: the blocks again
+    assert _top_k_calls(lambda x: top_k(x, 32, 0), x) == 1  # an explicit block wins
+    ints = jnp.zeros((2, 16384), jnp.int32)
+    assert _top_k_calls(lambda x: top_k(x, 32), ints) == 2  # integers are never peeled
 
 
 def _lax_mask(x: jax.Array, k: int) -> np.ndarray:
@@ -141,7 +204,7 @@ def test_training_with_the_two_stage_top_k_is_bit_identical(
     monkeypatch: pytest.MonkeyPatch, arch: dict
 ) -> None:
     """What GPUs run (two stages) trains exactly as one stage does, AuxK on dead latents too;
-    so does the dense path with its mask counted."""
+    so does the dense path with its mask counted, and the sparse path ranking in passes."""
     import jsae
 
     config = {
@@ -164,9 +227,12 @@ def test_training_with_the_two_stage_top_k_is_bit_identical(
     assert aux_two == aux
     for name, value in one_stage.items():
         assert np.array_equal(two_stages[name], value), name
-    if not arch["use_sparse_activations"]:  # the dense path's mask, counted
+    if arch["use_sparse_activations"]:  # TopK's and AuxK's top-16 in passes of 8
+        monkeypatch.setitem(ranking.PEEL_BY_PLATFORM, jax.default_backend(), 8)
+        variant, aux_variant = train()
+    else:  # the dense path's mask, counted
         monkeypatch.setattr(ranking, "COUNTING_MASK_PLATFORMS", (jax.default_backend(),))
-        counted, aux_counted = train()
-        assert aux_counted == aux
-        for name, value in one_stage.items():
-            assert np.array_equal(counted[name], value), name
+        variant, aux_variant = train()
+    assert aux_variant == aux
+    for name, value in one_stage.items():
+        assert np.array_equal(variant[name], value), name
