@@ -34,12 +34,15 @@ All parts run in one process and print ratios measured in that same run:
 * select:  BatchTopK's selection of the batch's k·B largest pre-activations (k 32, same sizes),
            float32 and bfloat16: the cut found by counting passes (`jsae.training.cut`, what
            training uses) against `lax.top_k` over the flat batch (what it used before).
-* topk:    the per-row top-k of TopK (k 32, d_sae 16384 and 65536) and AuxK (k d_in/2):
-           `lax.top_k` against the two-stage `jsae.ranking.blocked_top_k` by block width,
-           and torch.topk on the same device (when the reference environment is there);
-           then the mask of TopK's selection (what its dense path needs) from those indices
-           against `jsae.ranking.counting_top_k_mask` (radix select, 1-4 bits per pass).
-           `--counting-mask` makes the dense TopK steps of every part count their mask.
+* topk:    the per-row top-k of TopK (k 16 and 32, d_sae 16384 and 65536) and AuxK (k
+           d_in/2): `lax.top_k` against the two-stage `jsae.ranking.blocked_top_k` by block
+           width and `jsae.ranking.peeled_top_k` in passes of 8 and 16, and torch.topk on the
+           same device (when the reference environment is there), after a line saying how
+           this backend compiles `lax.top_k` at each k (its own top-k kernel, or a sort); then
+           the mask of TopK's selection (what its dense path needs) from those indices against
+           `jsae.ranking.counting_top_k_mask` (radix select, 1-4 bits per pass).
+           `--counting-mask` makes the dense TopK steps of every part count their mask;
+           `--topk-peel W` makes every part's top-k rank in passes of W.
 * dead:    TopK and BatchTopK steps (dense and sparse) with 0, 1%, 10% and 60% of the latents
            dead, so AuxK runs (on the dead latents' columns, `jsae.architectures.auxk`),
            against the same step with no dead latent.
@@ -54,6 +57,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -70,7 +74,7 @@ from common import machine, reference_python
 import jsae
 from jsae import host_memory, ranking
 from jsae.architectures.relu_pairs import pair_capacity
-from jsae.ranking import counting_top_k_mask, top_k, top_k_mask
+from jsae.ranking import counting_top_k_mask, peeled_top_k, top_k, top_k_mask
 from jsae.sparse import gather_decode
 
 D_IN, D_SAE, BATCH = 768, 16384, 4096  # --d-in, --d-sae, --batch change them
@@ -356,13 +360,24 @@ for rows, width, k, dtype in shapes:
 print(json.dumps(out))
 """
 TOPK_BLOCKS = (0, 128, 256, 512, 1024, 2048, 4096)
+TOPK_PEELS = (8, 16)
+
+
+def compiled_top_k(width: int, k: int, dtype: str) -> str:
+    """How this backend compiles `lax.top_k` of a [BATCH, width] row batch: the custom calls
+    in its optimised HLO (a backend's own top-k kernel) and whether it sorts."""
+    x = jax.ShapeDtypeStruct((BATCH, width), jnp.dtype(dtype))
+    hlo = jax.jit(lambda x: jax.lax.top_k(x, k)).lower(x).compile().as_text()
+    calls = sorted(set(re.findall(r'custom_call_target="([^"]+)"', hlo)))
+    sorts = len(re.findall(r"\bsort\(", hlo))
+    return ", ".join([*calls, *(["sort"] if sorts else [])]) or "neither a custom call nor a sort"
 
 
 def per_row_top_k(reps: int) -> None:
     """Print the per-row top-k that TopK and AuxK rank with: `lax.top_k` against the
     two-stage `jsae.ranking.blocked_top_k` at several block widths, and torch.topk on the
     same device when the reference environment is there."""
-    shapes = [(BATCH, D_SAE, 32), (BATCH, 65536, 32), (BATCH, D_SAE, D_IN // 2)]
+    shapes = [(BATCH, D_SAE, 16), (BATCH, D_SAE, 32), (BATCH, 65536, 32), (BATCH, D_SAE, D_IN // 2)]
     cases = [(*shape, dtype) for dtype in ("float32", "bfloat16") for shape in shapes]
     try:
         proc = subprocess.run(
@@ -372,6 +387,9 @@ def per_row_top_k(reps: int) -> None:
         torch_times = json.loads(proc.stdout.strip().splitlines()[-1])
     except (SystemExit, subprocess.CalledProcessError):
         torch_times = [None] * len(cases)
+    print(f"\nlax.top_k of [{BATCH}, {D_SAE}] compiles to (float32): " + "; ".join(
+        f"k {k}: {compiled_top_k(D_SAE, k, 'float32')}" for k in (8, 16, 17, 32, 128, D_IN // 2)
+    ))  # fmt: skip
     print("\nper-row top-k (TopK's selection, AuxK's at k = d_in / 2), jsae.ranking.top_k:")
     rng = np.random.default_rng(0)
     for (rows, width, k, dtype), torch_t in zip(cases, torch_times, strict=True):
@@ -386,6 +404,14 @@ def per_row_top_k(reps: int) -> None:
             same = all(bool(jnp.array_equal(a, b)) for a, b in zip(out, reference, strict=True))
             t = min(timed(lambda fn=fn, x=x: jax.block_until_ready(fn(x)), reps))
             cells.append(f"{block or 'one stage'} {dur(t)}{'' if same else ' (DIFFERS)'}")
+        for peel in TOPK_PEELS:
+            if not peel < k <= ranking.MAX_PEELS * peel:
+                continue
+            fn = jax.jit(lambda x, k=k, peel=peel: peeled_top_k(x.astype(jnp.float32), k, peel))
+            out = jax.block_until_ready(fn(x))
+            same = bool(jnp.array_equal(out[1], reference[1]))
+            t = min(timed(lambda fn=fn, x=x: jax.block_until_ready(fn(x)), reps))
+            cells.append(f"passes of {peel} {dur(t)}{'' if same else ' (DIFFERS)'}")
         line = f"  top-{k} of [{rows}, {width}] {dtype}: " + ", ".join(cells)
         if torch_t is not None:
             line += f"; torch.topk {dur(torch_t)}"
@@ -495,6 +521,14 @@ def main() -> None:
         "0 = one stage); default: jsae's",
     )
     parser.add_argument(
+        "--topk-peel",
+        type=int,
+        default=None,
+        help="rank each row's top-k in passes of this width where at most "
+        "jsae.ranking.MAX_PEELS are needed (jsae.ranking.PEEL_BY_PLATFORM; 0 = never); "
+        "default: jsae's",
+    )
+    parser.add_argument(
         "--counting-mask",
         action="store_true",
         help="TopK's dense path counts its mask (jsae.ranking.COUNTING_MASK_PLATFORMS gets "
@@ -523,14 +557,18 @@ def main() -> None:
     on_cpu = jax.default_backend() == "cpu"
     if args.topk_block is not None:
         ranking.BLOCK_BY_PLATFORM[jax.default_backend()] = args.topk_block
+    if args.topk_peel is not None:
+        ranking.PEEL_BY_PLATFORM[jax.default_backend()] = args.topk_peel
     if args.counting_mask:
         ranking.COUNTING_MASK_PLATFORMS = (jax.default_backend(),)
     parts = set(args.parts.split(","))
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/bench_train.py {' '.join(sys.argv[1:])}")
     block = ranking.BLOCK_BY_PLATFORM.get(jax.default_backend(), 0)
+    peel = ranking.PEEL_BY_PLATFORM.get(jax.default_backend(), 0)
     counted = jax.default_backend() in ranking.COUNTING_MASK_PLATFORMS
     print(f"per-row top-k: {f'two stages, blocks of max({block}, 4k)' if block else 'one stage'}"
+          f"{f'; in passes of {peel} up to k {ranking.MAX_PEELS * peel}' if peel else ''}"
           f"; TopK's dense mask {'counted' if counted else 'from its indices'}")  # fmt: skip
     compute = args.compute_dtype
     peak = matmul_peak(5, compute)
