@@ -95,7 +95,15 @@ def unfreeze(value: Any) -> Any:
 
 
 def canonical_dtype(dtype: Any) -> str:
-    """Normalise 'torch.float32', jnp.float32, np.float32, np.dtype('float32') ... to 'float32'."""
+    """Normalise 'torch.float32', jnp.float32, np.float32, np.dtype('float32') ... to 'float32'.
+
+    None is refused, not read as numpy's default float64 (an empty `dtype:` in YAML is None).
+    """
+    if dtype is None:
+        raise ConfigError(
+            f"dtype is empty (null); choose one of {sorted(_DTYPES)}, or leave the key out for "
+            "its default."
+        )
     try:  # numpy/jax scalar types and dtypes (jnp.bfloat16 is a type, not a dtype)
         name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     except TypeError:

@@ -117,7 +117,7 @@ def normalize_saelens_cfg(data: dict[str, Any]) -> SAEConfig:
         architecture=arch.name,
         d_in=int(data["d_in"]),
         d_sae=int(data["d_sae"]),
-        dtype=canonical_dtype(data.get("dtype", "float32")),
+        dtype=canonical_dtype(data.get("dtype") or "float32"),
         apply_b_dec_to_input=data.get("apply_b_dec_to_input"),
         normalize_activations=data.get("normalize_activations") or "none",
         reshape_activations=data.get("reshape_activations") or "none",

@@ -82,6 +82,28 @@ def test_diverged_loss_is_reported_as_such(tmp_path: Path) -> None:
         trainer.fit()
 
 
+def test_a_finite_batch_that_overflows_the_compute_dtype_is_not_called_nan(tmp_path: Path) -> None:
+    """Values beyond float16's 65504 are finite data that mixed precision cannot hold: the error
+    says so and names the fix, instead of blaming the batch or the learning rate."""
+    config = _config(tmp_path, checkpoint_path=None, output_path=None, compute_dtype="float16")
+    batches = [x * 1e5 for x in _batches(12)]
+    message = r"step 0: the activation batch is finite but overflows float16 .*65504.*bfloat16"
+    with pytest.raises(jsae.NonFiniteError, match=message):
+        jsae.train(config, batches)
+
+
+def test_a_data_axis_of_every_device_must_divide_the_batch(tmp_path: Path) -> None:
+    """mesh {data: -1} takes all 8 test devices: a batch of 12 cannot be split over them, which
+    is refused before training, not left to a sharding error at the first step."""
+    config = _config(
+        tmp_path, mesh={"data": -1}, train_batch_size_tokens=12, training_tokens=48,
+        checkpoint_path=None, output_path=None,
+    )  # fmt: skip
+    message = "train_batch_size_tokens=12 cannot be split over the mesh's data axis of 8 devices"
+    with pytest.raises(jsae.ConfigError, match=message):
+        jsae.Trainer(config, [])
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_batches_for_the_scale_estimate_stop_before_training(
     tmp_path: Path, value: float

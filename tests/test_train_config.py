@@ -174,6 +174,10 @@ MATRYOSHKA = {"architecture": "matryoshka_batchtopk", "matryoshka_widths": [16, 
         ({"model_kwargs": {"output_attentions": True}}, "model_kwargs=.*not supported"),
         ({"autocast": "sometimes"}, "autocast must be true or false"),
         ({"sae": {"k": 4}, "k": 8}, "k is given twice, as [48] and as [48]; keep one"),
+        ({"dtype": None}, r"dtype is empty \(null\); choose one of .*leave the key out"),
+        ({"activation_dtype": None}, r"dtype is empty \(null\)"),  # not numpy's float64
+        ({"mesh": {"model": -1}}, "only the data axis can take the remaining devices"),
+        ({"mesh": {"data": -1, "model": -1}}, "only the data axis can take the remaining"),
     ],
 )
 def test_malformed_values_are_refused_saying_what_is_expected(change: dict, message: str) -> None:
@@ -291,6 +295,17 @@ def test_target_l0_outside_quadratic_mode_is_refused() -> None:
     with pytest.raises(jsae.ConfigError, match="only used by jumprelu_sparsity_loss_mode 'quad"):
         TrainConfig.from_dict(config)
     TrainConfig.from_dict({**config, "jumprelu_sparsity_loss_mode": "quadratic"})
+
+
+def test_dtype_spellings_are_stored_by_their_name_and_empty_metadata_is_none() -> None:
+    """'torch.float16' is float16 to every check (the float16-Adam refusal included), and a YAML
+    `metadata:` with nothing under it is no metadata."""
+    config = TrainConfig.from_dict({**BASE, "dtype": "torch.bfloat16", "metadata": None})
+    assert config.sae.dtype == "bfloat16"
+    assert dict(config.sae.metadata) == {}
+    assert config.sae_config().dtype == "bfloat16"
+    with pytest.raises(jsae.ConfigError, match="dtype float16 keeps Adam's state in float16"):
+        TrainConfig.from_dict({**BASE, "dtype": "torch.float16"})
 
 
 def test_float16_parameters_with_an_epsilon_float16_rounds_to_zero_are_refused() -> None:

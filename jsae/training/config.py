@@ -286,7 +286,9 @@ class SAESettings:
         for name in ("d_in", "d_sae"):
             _positive_int(name, getattr(self, name), required=True)
         _positive_int("d_out", self.d_out)
-        canonical_dtype(self.dtype)
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))  # "torch.float16" too
+        if self.metadata is None:  # YAML `metadata:` with nothing under it
+            object.__setattr__(self, "metadata", freeze({}))
         if self.normalize_activations not in NORMALIZE_MODES:
             raise ConfigError(
                 f"normalize_activations={self.normalize_activations!r} is not supported; choose "
@@ -626,6 +628,11 @@ class TrainingSettings:
             for axis, size in self.mesh.items():
                 if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
                     raise ConfigError(f"mesh axis {axis!r} must be a positive int, got {size!r}.")
+            if self.mesh.get("model") == -1:
+                raise ConfigError(
+                    "mesh model=-1: only the data axis can take the remaining devices (-1); give "
+                    "the model axis a size, e.g. {data: -1, model: 2}."
+                )
         if self.resume_from_checkpoint == "auto" and self.checkpoint_path is None:
             raise ConfigError(
                 "resume_from_checkpoint='auto' resumes from checkpoint_path, which is None; set "

@@ -61,6 +61,7 @@ def make_step(
 
     def step_fn(state: TrainState, x: jax.Array, y: jax.Array, scale: jax.Array):
         step = state.step
+        given_finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))  # before the cast
         x = (x * scale).astype(compute.jax_dtype)  # [B, d_in]
         target = y.astype(compute.jax_dtype) if transcoder else x  # [B, d_out]
         coefficients = {
@@ -96,6 +97,7 @@ def make_step(
                 metrics["metrics/topk_threshold"] = new.buffers["topk_threshold"]
             metrics["finite"] = finite
             metrics["batch_finite"] = batch_finite
+            metrics["given_batch_finite"] = given_finite
             return new, metrics
 
         if len(losses) == 1:

@@ -94,6 +94,13 @@ class Trainer:
         tr = self.config.training
         _initialize_distributed(tr)
         self.mesh = _build_mesh(tr)
+        data_axis = 1 if self.mesh is None else self.mesh.shape["data"]
+        if tr.train_batch_size_tokens % data_axis:  # data=-1 resolved to the device count
+            raise ConfigError(
+                f"train_batch_size_tokens={tr.train_batch_size_tokens} cannot be split over "
+                f"the mesh's data axis of {data_axis} devices; choose a batch divisible by "
+                f"{data_axis}, or a data axis size that divides the batch."
+            )
         self.settings = self.config.sae
         self.cfg = self.config.sae_config()
         self.arch = get_architecture(self.cfg.architecture)
@@ -538,8 +545,16 @@ class Trainer:
             if self.checkpointer is not None and self._last_checkpoint is not None
             else "no checkpoint was written"
         )
-        if not bool(metrics["batch_finite"]):
+        if not bool(metrics["given_batch_finite"]):
             problem = "the activation batch contains NaN or Inf"
+        elif not bool(metrics["batch_finite"]):
+            dtype = self.config.training.compute_dtype or self.cfg.dtype
+            problem = (
+                f"the activation batch is finite but overflows {dtype} (largest finite value "
+                f"{float(jnp.finfo(dtype).max):g}) once scaled and cast for the step; set "
+                "compute_dtype to bfloat16 or float32, or normalise the activations "
+                "(normalize_activations: expected_average_only_in)"
+            )
         else:
             problem = "the loss became NaN or Inf (training diverged; try a lower lr)"
         raise NonFiniteError(f"step {step}: {problem}; training stopped ({where}).")
