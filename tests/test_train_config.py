@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -458,6 +459,11 @@ def test_cli_trains_from_npy_activations(tmp_path: Path, capsys) -> None:
 def test_checkpoint_options_without_a_checkpoint_path_say_they_do_nothing() -> None:
     with pytest.warns(UserWarning, match=r"no checkpoints are written: n_checkpoints=3"):
         TrainConfig.from_dict({**BASE, "checkpoint_path": None, "n_checkpoints": 3})
+    with pytest.warns(UserWarning, match=r"no checkpoints are written: n_checkpoints=2"):
+        config = TrainConfig.from_dict({**BASE, "checkpoint_path": "", "n_checkpoints": 2})
+    assert config.training.checkpoint_path is None  # an empty path is no path
+    with pytest.raises(jsae.ConfigError, match="synthetic_n_features must be a positive integer"):
+        TrainConfig.from_dict({**BASE, "synthetic_n_features": 0})
 
 
 def test_derived_values_follow_the_field_they_derive_from() -> None:
@@ -523,3 +529,40 @@ def test_cli_overrides_complete_a_file_before_it_is_validated(tmp_path: Path, ca
     assert printed["lr_end"] == pytest.approx(0.001)  # derived from the overridden lr
     assert main(["train", "--config", str(path), "--print-config"]) != 0
     assert "less than one batch" in capsys.readouterr().err
+    assert main(["train", "train_batch_size_tokens=32", f"--config={path}", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["training"]["train_batch_size_tokens"] == 32
+
+
+@pytest.mark.parametrize("with_file", [False, True])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.d_in=16", "'d_in' belongs to 'sae'"),
+        ("nope.lr=0.1", "'nope' is not a concern; write 'lr' alone or prefix it with one of"),
+        ("mesh.data=2", "reaches into the mapping option 'mesh'.*'mesh=\\{data: 2, model: 4\\}'"),
+        ("training.mesh.data=2", "reaches into the mapping option 'mesh'"),
+        ("metadata.hook_name=h", "mapping option 'metadata'.*'metadata=\\{hook_name: ...\\}'"),
+    ],
+)
+def test_cli_dotted_overrides_are_checked_with_or_without_a_file(
+    tmp_path: Path, capsys, with_file: bool, override: str, message: str
+) -> None:
+    """A dotted key names its concern, and only a concern: `mesh.data=2` used to be read as the
+    `data` concern (dropping a file's data section), and without --config every prefix was
+    dropped (`metadata.hook_name` set the model's hook_name)."""
+    path = tmp_path / "run.yaml"
+    path.write_text("d_in: 8\nd_sae: 16\ndata:\n  synthetic_n_features: 40\n")
+    given = ["--config", str(path)] if with_file else ["d_in=8", "d_sae=16"]
+    assert main(["train", *given, override, "--print-config"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert main(["train", *given, "sae.k=4", "architecture=topk", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["sae"]["k"] == 4
+    assert printed["data"]["synthetic_n_features"] == (40 if with_file else None)
+
+
+def test_cli_help_after_the_overrides_prints_the_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "lr=1e-3", "--help"])
+    assert exit_.value.code == 0
+    assert "usage: jsae train" in capsys.readouterr().out

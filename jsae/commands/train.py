@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--list-options", action="store_true", help="list every option with its default and exit"
     )
+    parser.set_defaults(_train_parser=parser)  # for --help written after the overrides
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,11 +110,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_overrides(overrides: list[str]):
-    """A config from overrides alone."""
-    from jsae.training.config import TrainConfig, parse_overrides
+    """A config from overrides alone (checked as overrides of a file would be)."""
+    from jsae.training.config import TrainConfig, _with_raw_overrides, parse_overrides
 
-    data = {key.rpartition(".")[2]: value for key, value in parse_overrides(overrides).items()}
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(_with_raw_overrides({}, parse_overrides(overrides)))
 
 
 _FLAGS = {
@@ -136,6 +136,11 @@ def _take_trailing_flags(args: argparse.Namespace) -> None:
             setattr(args, _FLAGS[item], True)
         elif item in ("--config", "-c"):
             args.config = next(items, None)
+        elif item.startswith("--config="):
+            args.config = item.partition("=")[2]
+        elif item in ("--help", "-h"):
+            args._train_parser.print_help()
+            raise SystemExit(0)
         elif item.startswith("-"):
             raise ConfigError(f"unknown option {item!r} for jsae train (see jsae train --help).")
         else:

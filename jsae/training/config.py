@@ -573,6 +573,9 @@ class TrainingSettings:
                 f"unknown weight_grad_layout {self.weight_grad_layout!r}; choose one of "
                 f"{list(layouts)}." + choices_hint(str(self.weight_grad_layout), layouts)
             )
+        for name in ("checkpoint_path", "output_path", "resume_from_checkpoint"):
+            if getattr(self, name) == "":  # an empty YAML string or `key=''`: none, as null is
+                object.__setattr__(self, name, None)
         if self.compute_dtype is not None:
             object.__setattr__(self, "compute_dtype", canonical_dtype(self.compute_dtype))
         if self.lr_end is None:
@@ -737,6 +740,7 @@ class DataSettings:
     def __post_init__(self) -> None:
         _freeze_fields(self)
         _check_numbers(self)
+        _positive_int("synthetic_n_features", self.synthetic_n_features)  # None: 2 * d_in
 
 
 # ------------------------------------------------------------------------------------ the whole
@@ -1147,13 +1151,7 @@ def _with_raw_overrides(data: dict[str, Any], changes: Mapping[str, Any]) -> dic
         if plain and math.isclose(numbers_[1], numbers_[0] / 10, rel_tol=1e-12):
             changes = {**changes, "lr_end": None}  # derive it again from the new lr
     for dotted, value in changes.items():
-        section, _, key = dotted.rpartition(".")
-        section = TrainConfig.SECTION_ALIASES.get(section, section)
-        if section and TrainConfig.key_index().get(key) not in (None, section):
-            raise ConfigError(
-                f"unknown config key {dotted!r}; {key!r} belongs to "
-                f"{TrainConfig.key_index()[key]!r}."
-            )
+        _, key = _override_target(dotted)
         data.pop(key, None)
         for name, sub in list(data.items()):
             if TrainConfig.SECTION_ALIASES.get(name, name) in TrainConfig.sections() and (
@@ -1162,6 +1160,32 @@ def _with_raw_overrides(data: dict[str, Any], changes: Mapping[str, Any]) -> dic
                 data[name] = {k: v for k, v in sub.items() if k != key}
         data[key] = value
     return data
+
+
+def _override_target(dotted: str) -> tuple[str, str]:
+    """(concern or "", field) an override `key` or `concern.key` sets, refusing a dotted path
+    into a mapping option (`mesh.data`: give the mapping whole) or an unknown concern."""
+    *path, key = dotted.split(".")
+    index = TrainConfig.key_index()
+    for i, name in enumerate(path):
+        if index.get(name) is not None:  # mesh.data, training.mesh.data, metadata.hook_name
+            inner = [*path, key][i + 1]
+            example = "{data: 2, model: 4}" if name == "mesh" else f"{{{inner}: ...}}"
+            raise ConfigError(
+                f"override {dotted!r} reaches into the mapping option {name!r}; give the mapping "
+                f"whole, quoted: '{name}={example}'."
+            )
+    section = ".".join(path)
+    section = TrainConfig.SECTION_ALIASES.get(section, section)
+    if section and section not in TrainConfig.sections():
+        concerns = sorted({*TrainConfig.sections(), *TrainConfig.SECTION_ALIASES})
+        raise ConfigError(
+            f"unknown config key {dotted!r}: {section!r} is not a concern; write {key!r} alone "
+            f"or prefix it with one of {concerns}."
+        )
+    if section and index.get(key) not in (None, section):
+        raise ConfigError(f"unknown config key {dotted!r}; {key!r} belongs to {index[key]!r}.")
+    return section, key
 
 
 def _raw_value(data: Mapping[str, Any], key: str, default: Any) -> Any:
