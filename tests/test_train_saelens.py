@@ -198,6 +198,37 @@ def _transcoder_case(architecture: str, rng: np.random.Generator):
     return settings, cfg, arch, params, x, y
 
 
+@pytest.mark.parametrize("mode", ["constant_norm_rescale", "layer_norm"])
+def test_gated_auxiliary_losses_live_where_the_reconstruction_does(mode: str, rng) -> None:
+    """With per-token normalisation the encoder sees the same input for x and 8x, so the gate's
+    L1 penalty is unchanged and its reconstruction, de-normalised as x_hat is, errs 64x as much
+    in squares, as the MSE does (SAELens takes π from the raw input here; see
+    docs/saelens-differences.md)."""
+    settings = SAESettings(
+        architecture="gated", d_in=12, d_sae=48, normalize_activations=mode, l1_coefficient=0.7
+    )
+    cfg = settings.sae_config()
+    arch = jsae.get_architecture("gated")
+    params = {
+        name: jnp.asarray(rng.normal(0, 0.3, shape), jnp.float32)
+        for name, shape in arch.param_shapes(cfg).items()
+    }
+    x = jnp.asarray(rng.normal(size=(16, 12)) + 0.5, jnp.float32)
+    inputs = TrainInputs({"l1": jnp.float32(0.7)}, jnp.zeros(cfg.d_sae, bool))
+
+    def losses(x):
+        out = arch.train_forward(cfg, TrainContext(settings), params, {}, x, x, inputs)
+        return {name: float(value) for name, value in out.losses.items()}
+
+    small, large = losses(x), losses(8 * x)
+    assert small["auxiliary_reconstruction_loss"] > 0 and small["l1_loss"] > 0
+    assert large["mse_loss"] == pytest.approx(64 * small["mse_loss"], rel=1e-4)
+    assert large["auxiliary_reconstruction_loss"] == pytest.approx(
+        64 * small["auxiliary_reconstruction_loss"], rel=1e-4
+    )
+    assert large["l1_loss"] == pytest.approx(small["l1_loss"], rel=1e-4)
+
+
 @pytest.mark.parametrize("architecture", ["transcoder", "skip_transcoder"])
 def test_transcoder_loss_and_gradients_closed_form(architecture: str, rng) -> None:
     settings, cfg, arch, params, x, y = _transcoder_case(architecture, rng)

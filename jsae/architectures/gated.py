@@ -15,6 +15,13 @@ jsae follows SAELens by default. `gated_detach_aux_decoder=True` gives the paper
 without the paper's norm constraint it is unstable (on the synthetic benchmark of
 tests/test_train_synthetic.py the gate path and the decoder norms drift apart: L0 climbs to
 d_sae and explained variance falls towards 0), which is why it is not the default.
+
+With `normalize_activations` constant_norm_rescale or layer_norm, π is taken from the
+normalised input the encoder sees and the gate's reconstruction is de-normalised before it is
+compared with x, as the main reconstruction is. SAELens 6.54 takes π from the raw input there
+(an encoder trained on normalised inputs, fed raw ones, and the L1 penalty on that) and so
+differs by 16-41% in these losses; with no normalisation, or expected_average_only_in (a
+constant folded into the input), both agree.
 """
 
 from __future__ import annotations
@@ -112,12 +119,15 @@ class Gated(Architecture):
         fwd: ForwardPass,
         inputs: TrainInputs,
     ) -> dict[str, jax.Array]:
+        from jsae.normalization import normalize_out
+
         pi_gate = jax.nn.relu(fwd.encoded["pi_gate"])  # [B, d_sae]
         norms = jnp.linalg.norm(params["W_dec"], axis=-1)  # [d_sae]
         l1 = inputs.coefficients["l1"] * jnp.mean(lp_norm(pi_gate * norms, 1.0))
         W_dec, b_dec = params["W_dec"], params["b_dec"]
         if ctx.settings.gated_detach_aux_decoder:
             W_dec, b_dec = jax.lax.stop_gradient(W_dec), jax.lax.stop_gradient(b_dec)
-        via_gate = pi_gate @ W_dec + b_dec  # [B, d_in]
+        via_gate = pi_gate @ W_dec + b_dec  # [B, d_in], in the encoder's normalised space
+        via_gate = normalize_out(cfg.normalize_activations, via_gate, fwd.stats)  # as x_hat is
         aux = mean_sq_error(via_gate, fwd.target)
         return {"l1_loss": l1, "auxiliary_reconstruction_loss": aux}
