@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -67,6 +68,26 @@ def test_state_is_untouched_by_a_non_finite_step(tmp_path: Path) -> None:
     metrics = trainer.step(bad)
     assert not bool(metrics["finite"])
     with pytest.raises(jsae.NonFiniteError, match="step 1"):
+        trainer.step()
+    for name, value in trainer.sae.params.items():
+        assert np.array_equal(np.asarray(value), before[name]), name
+
+
+def test_non_finite_gradients_of_a_finite_loss_are_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Lp penalty with p < 1 whose power keeps its infinite derivative at 0 (as jsae's did
+    before `abs_power`): the loss is finite, W_dec's gradient is NaN. The step is selected away
+    and the run stops naming it, instead of writing NaN into the weights unnoticed."""
+    from jsae.architectures import base
+
+    monkeypatch.setattr(base, "abs_power", lambda v, p: jnp.abs(v) ** p)
+    config = _config(tmp_path, checkpoint_path=None, output_path=None, lp_norm=0.5)
+    trainer = jsae.Trainer(config, _batches(12))
+    before = {k: np.asarray(v) for k, v in trainer.sae.params.items()}
+    metrics = trainer.step()
+    assert np.isfinite(float(metrics["losses/overall_loss"])) and not bool(metrics["finite"])
+    with pytest.raises(jsae.NonFiniteError, match="step 0: the loss is finite but its gradients"):
         trainer.step()
     for name, value in trainer.sae.params.items():
         assert np.array_equal(np.asarray(value), before[name]), name

@@ -69,6 +69,7 @@ SPARSE_CASES = [
 CASES = [
     "standard",
     "standard_lp2",
+    "standard_lp_half",
     "standard_no_bdec",
     "standard_layer_norm",
     "standard_constant_norm",

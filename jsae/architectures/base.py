@@ -210,7 +210,15 @@ def lp_norm(v: jax.Array, p: float) -> jax.Array:
     v = v.astype(jnp.float32)
     if p == 1:
         return jnp.sum(jnp.abs(v), axis=-1)
-    return lp_root(jnp.sum(jnp.abs(v) ** p, axis=-1), p)
+    return lp_root(jnp.sum(abs_power(v, p), axis=-1), p)
+
+
+def abs_power(v: jax.Array, p: float) -> jax.Array:
+    """|v|^p with a zero gradient where v is 0, as torch.norm's backward has: for p < 1 the
+    power's own derivative there is infinite, and a latent that did not fire would put inf·0 =
+    NaN into W_dec's gradient."""
+    nonzero = v != 0
+    return jnp.where(nonzero, jnp.abs(jnp.where(nonzero, v, 1.0)) ** p, 0.0)
 
 
 def lp_root(total: jax.Array, p: float) -> jax.Array:

@@ -29,6 +29,7 @@ from jsae.architectures.base import (
     TrainContext,
     TrainInputs,
     TrainOutput,
+    abs_power,
     computed_affine_encoder,
     lp_root,
     mean_sq_error,
@@ -68,7 +69,7 @@ def segment_lp_norm(v: jax.Array, rows: jax.Array, n_rows: int, p: float) -> jax
     v = jnp.abs(v.astype(jnp.float32))
     if p == 1:
         return jax.ops.segment_sum(v, rows, n_rows, indices_are_sorted=True)
-    return lp_root(jax.ops.segment_sum(v**p, rows, n_rows, indices_are_sorted=True), p)
+    return lp_root(jax.ops.segment_sum(abs_power(v, p), rows, n_rows, indices_are_sorted=True), p)
 
 
 def train_losses(

@@ -8,9 +8,9 @@ step t are computed before the update (coefficient warm-up from the step counter
 "not fired for more than dead_feature_window steps"); firing statistics are updated from the
 step's latents; the firing counts reset at the start of every `feature_sampling_window`-th step.
 
-A batch holding NaN or Inf, or a non-finite loss, leaves the state unchanged (the update is
-selected away inside the same fused update) and sets `metrics["finite"]` to False; the trainer
-stops the run with an error naming the step.
+A batch holding NaN or Inf, a non-finite loss, or non-finite gradients of a finite loss leave
+the state unchanged (the update is selected away inside the same fused update) and set
+`metrics["finite"]` to False; the trainer stops the run with an error naming the step.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def make_step(
             new = TrainState(params, opt_state, buffers, step + 1, since_fired, fire_counts)
 
             batch_finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(target))
-            finite = batch_finite & jnp.isfinite(loss)
+            grads_finite = jnp.isfinite(optax.tree.norm(grads))  # NaN or Inf in any gradient
+            finite = batch_finite & jnp.isfinite(loss) & grads_finite
             new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
 
             metrics = _metrics(out, loss, target, new, window)
@@ -98,6 +99,7 @@ def make_step(
             metrics["finite"] = finite
             metrics["batch_finite"] = batch_finite
             metrics["given_batch_finite"] = given_finite
+            metrics["loss_finite"] = jnp.isfinite(loss)
             return new, metrics
 
         if len(losses) == 1:

@@ -555,8 +555,13 @@ class Trainer:
                 "compute_dtype to bfloat16 or float32, or normalise the activations "
                 "(normalize_activations: expected_average_only_in)"
             )
-        else:
+        elif not bool(metrics["loss_finite"]):
             problem = "the loss became NaN or Inf (training diverged; try a lower lr)"
+        else:
+            problem = (
+                "the loss is finite but its gradients hold NaN or Inf (a loss term with an "
+                "infinite derivative, or training diverged; try a lower lr)"
+            )
         raise NonFiniteError(f"step {step}: {problem}; training stopped ({where}).")
 
     # ------------------------------------------------------------------ the loop

@@ -91,6 +91,13 @@ def loss_cases():
         {"l1": 0.7},
         None,
     )
+    add(  # p < 1: the power's derivative is infinite at the latents that did not fire
+        "standard_lp_half",
+        StandardTrainingSAE(StandardTrainingSAEConfig(**base, l1_coefficient=0.7, lp_norm=0.5)),
+        {"architecture": "standard", "lp_norm": 0.5},
+        {"l1": 0.7},
+        None,
+    )
     add(
         "standard_no_bdec",
         StandardTrainingSAE(StandardTrainingSAEConfig(**base, apply_b_dec_to_input=False)),
