@@ -115,6 +115,16 @@ def recover_interrupted(path: str | Path) -> bool:
     return restored
 
 
+def recover_interrupted_in(directory: str | Path) -> None:
+    """`recover_interrupted` for every entry of `directory` that a dead writer on this host left
+    hidden siblings of (e.g. a checkpoint's host files, each written by `atomic_write_bytes`)."""
+    pattern = re.compile(rf"^\.(.+)\.(?:tmp|old)-{_host()}~\d+~")
+    with contextlib.suppress(FileNotFoundError):
+        names = {m.group(1) for e in Path(directory).iterdir() if (m := pattern.match(e.name))}
+        for name in sorted(names):
+            recover_interrupted(Path(directory) / name)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes `path` when the block exits without error."""

@@ -375,3 +375,41 @@ def test_a_fine_tune_checkpointed_before_its_first_step_resumes_exactly(tmp_path
     )
     for name, value in straight.params.items():
         assert np.array_equal(np.asarray(resumed.params[name]), np.asarray(value)), name
+
+
+def test_leftovers_of_writers_killed_mid_write_are_cleaned_not_fatal(tmp_path: Path) -> None:
+    """A run killed while it wrote a host file leaves a hidden temporary file in host/, and
+    orbax a temporary step directory in state/. Reading the checkpoint (`jsae.load`) leaves them
+    alone (they may be a live run's step in progress); the run that resumes there removes them
+    and checkpoints on (a leftover host file used to make every later save fail)."""
+    from jsae.fsutil import _sibling_prefix
+
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    first = jsae.Trainer(_list_config(tmp_path), chunks)
+    for _ in range(4):
+        first.step()
+    first.save_checkpoint()
+    first.close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    prefix = _sibling_prefix(Path("7.p0.json"), "tmp").rsplit("~", 2)[0]
+    stale_host = tmp_path / "ckpt" / "host" / f"{prefix}~{int(dead.stdout)}~abcd"
+    stale_host.write_text("{")
+    in_progress = tmp_path / "ckpt" / "state" / "6.orbax-checkpoint-tmp-1234"
+    in_progress.mkdir()
+
+    assert jsae.load(tmp_path / "ckpt").cfg.d_sae == 32
+    assert stale_host.exists() and in_progress.exists(), "a reader deletes nothing"
+
+    resumed = jsae.Trainer(
+        _list_config(
+            tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt"), checkpoint_every_steps=4
+        ),
+        chunks,
+    )
+    resumed.fit()
+    assert resumed.checkpointer.steps() == [4, 8, 12, 16, 20]
+    assert not stale_host.exists() and not in_progress.exists()
+    host_files = sorted(p.name for p in (tmp_path / "ckpt" / "host").iterdir())
+    assert host_files == [f"{s}.p0.json" for s in (12, 16, 20, 4, 8)]

@@ -25,6 +25,7 @@ every process's. orbax re-shards the device state onto the new mesh either way.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +33,35 @@ import jax
 import numpy as np
 
 from jsae.errors import ConfigError, FormatError
-from jsae.fsutil import atomic_write_bytes
+from jsae.fsutil import atomic_write_bytes, recover_interrupted_in
+
+_HOST_FILE = re.compile(r"^(\d+)\.p(\d+)\.(json|npz)$")  # <step>.p<process>.json / .npz
 
 
 class Checkpointer:
-    """Save and restore `(TrainState, host state, leftover arrays)` by step."""
+    """Save and restore `(TrainState, host state, leftover arrays)` by step.
 
-    def __init__(self, directory: str | Path, *, keep: int | None = None):
+    `read_only`: only restore (resuming into another directory, loading a checkpoint as an
+    SAE). Such a reader creates nothing and leaves alone the temporary directory of a step that
+    a run training in `directory` is writing at that moment; the writer cleans up after itself.
+    """
+
+    def __init__(self, directory: str | Path, *, keep: int | None = None, read_only: bool = False):
         import orbax.checkpoint as ocp
 
         self.directory = Path(directory).expanduser().absolute()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if read_only and not (self.directory / "state").is_dir():
+            raise ConfigError(f"no checkpoint to resume from in {self.directory}.")
+        if not read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(
             self.directory / "state",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 enable_async_checkpointing=False,
-                cleanup_tmp_directories=True,
-                create=True,
+                cleanup_tmp_directories=not read_only,
+                create=not read_only,  # (orbax's own read_only logs two warnings per open)
             ),
         )
 
@@ -101,9 +112,16 @@ class Checkpointer:
         self._prune_host_files()
 
     def _prune_host_files(self) -> None:
+        """Delete this process's host files of steps orbax no longer keeps, and what writers
+        of host files killed mid-write on this host left behind (hidden temporary files)."""
         kept = set(self.steps())
-        for file in (self.directory / "host").glob(f"*.p{jax.process_index()}.*"):
-            step = int(file.name.split(".")[0])
+        host_dir = self.directory / "host"
+        recover_interrupted_in(host_dir)
+        for file in host_dir.glob(f"*.p{jax.process_index()}.*"):
+            match = _HOST_FILE.match(file.name)
+            if match is None or int(match.group(2)) != jax.process_index():
+                continue  # not a host file of this process
+            step = int(match.group(1))
             if step not in kept and step < max(kept, default=0):
                 file.unlink(missing_ok=True)
 

@@ -1042,7 +1042,10 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        """Write the config as YAML, atomically (a kill mid-write leaves the previous file)."""
+        from jsae.fsutil import atomic_write_bytes
+
+        atomic_write_bytes(path, self.to_yaml().encode())
 
     @property
     def run_name(self) -> str:

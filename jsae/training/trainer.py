@@ -948,6 +948,8 @@ class Trainer:
             "init_in_raw_units": self._init_in_raw_units,  # a fine-tune checkpointed at step 0
         }
         portable = self.feeder.position_is_global()
+        if jax.process_index() == 0:  # what `jsae.load(checkpoint_path)` and a resume read
+            self.config.save_yaml(self.checkpointer.directory / "training_config.yaml")
         self.checkpointer.save(step, self.state, host, arrays, portable=portable)
         self._last_checkpoint = step
         return step
@@ -963,9 +965,18 @@ class Trainer:
         own = self.checkpointer is not None and (
             self.checkpointer.directory == Path(directory).expanduser().absolute()
         )
-        checkpointer = self.checkpointer if own else Checkpointer(directory)
+        checkpointer = self.checkpointer if own else Checkpointer(directory, read_only=True)
         try:
-            return self._resume_from(checkpointer, directory, source)
+            for attempt in range(3):
+                try:
+                    return self._resume_from(checkpointer, directory, source)
+                except FileNotFoundError:
+                    # read while another run trains there: its retention deleted the step
+                    # between choosing and reading it; the newer one is complete
+                    if own or attempt == 2:
+                        raise
+                    checkpointer.manager.reload()
+            raise AssertionError("unreachable")
         finally:
             if not own:  # read from only: release its threads
                 checkpointer.close()
