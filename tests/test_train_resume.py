@@ -4,6 +4,7 @@ activation scale and the source's position are all restored)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -413,3 +414,40 @@ def test_leftovers_of_writers_killed_mid_write_are_cleaned_not_fatal(tmp_path: P
     assert not stale_host.exists() and not in_progress.exists()
     host_files = sorted(p.name for p in (tmp_path / "ckpt" / "host").iterdir())
     assert host_files == [f"{s}.p0.json" for s in (12, 16, 20, 4, 8)]
+
+
+def test_a_crashed_run_resumed_elsewhere_keeps_every_metrics_row(tmp_path: Path) -> None:
+    """A run that dies on a bad batch right after a checkpoint, resumed into another checkpoint
+    directory: the new metrics.jsonl holds the earlier run's rows up to the checkpoint (the row
+    of the step before it included: it was still held back for the next step when the run
+    died) and the rest, as an uninterrupted run's."""
+    rng = np.random.default_rng(0)
+    good = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(8)]
+    bad = [*good[:4], np.zeros((32, 9), np.float32)]  # step 4's batch has the wrong width
+    config = _list_config(
+        tmp_path, training_tokens=32 * 8, checkpoint_every_steps=4, wandb_log_frequency=1
+    )
+
+    def loss_steps(path: Path) -> list[int]:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return [row["step"] for row in rows if "losses/overall_loss" in row]
+
+    first = jsae.Trainer(config, bad)
+    with pytest.raises(jsae.ShapeError):
+        first.fit()
+    first.close()
+    assert first.checkpointer.steps() == [4]
+    assert loss_steps(tmp_path / "ckpt" / "metrics.jsonl") == [0, 1, 2, 3]
+    elsewhere = tmp_path / "ckpt2"
+    resumed = jsae.Trainer(
+        {**config, "resume_from_checkpoint": str(tmp_path / "ckpt"),
+         "checkpoint_path": str(elsewhere)},
+        good,
+    )  # fmt: skip
+    resumed.fit()
+    resumed.close()
+    uninterrupted = jsae.Trainer({**config, "checkpoint_path": str(tmp_path / "ref")}, good)
+    uninterrupted.fit()
+    uninterrupted.close()
+    assert loss_steps(elsewhere / "metrics.jsonl") == list(range(8))
+    assert loss_steps(tmp_path / "ref" / "metrics.jsonl") == list(range(8))

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from jsae.fsutil import atomic_write_bytes
+
 
 def wandb_credentials_available() -> bool:
     """Whether wandb could authenticate without prompting (env key, token file or netrc)."""
@@ -184,7 +186,7 @@ def _truncate_after(path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             break  # a torn last line from a killed run
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
 __all__ = ["ProgressBar", "RunLogger", "wandb_credentials_available"]

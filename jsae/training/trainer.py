@@ -639,6 +639,7 @@ class Trainer:
                     write_unlogged()
                     self._log_evals(s)
                 if self._checkpoint_due():
+                    write_unlogged()  # rows up to the checkpoint are on disk before it is
                     self.save_checkpoint()
             self._check_pending()
         except NonFiniteError:
@@ -833,9 +834,15 @@ class Trainer:
 
     def _open_logs(self) -> None:
         if jax.process_index() == 0 and self.logger is None:
+            path = self._metrics_path()
+            earlier = self._resumed_dir / "metrics.jsonl" if self._resumed_dir else None
+            if earlier is not None and earlier.is_file() and not path.exists():
+                # resumed from another directory: its rows up to the step go on in this one
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(earlier, path)
             self.logger = RunLogger(
                 self.config,
-                self._metrics_path(),
+                path,
                 resume_step=self._resumed_from,
                 wandb_id=self._wandb_id,
             )
