@@ -288,6 +288,25 @@ def test_an_initial_jumprelu_sae_starts_with_non_negative_thresholds(tmp_path: P
     assert np.array_equal(np.asarray(trainer.state.params["threshold"]), np.maximum(threshold, 0))
 
 
+def test_paths_the_run_could_not_use_are_refused_before_training(tmp_path: Path) -> None:
+    """Found before the first step, not after the last: a checkpoint_path holding a saved SAE
+    (the run would write its config and metrics over that SAE's), a metrics_path inside the
+    output (which must not exist until the end), an output under a file."""
+    saved = tmp_path / "saved"
+    jsae.train(_config(tmp_path, checkpoint_path=None, output_path=str(saved)), _batches(12))
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+    with pytest.raises(jsae.ConfigError, match=r"holds a saved SAE .*from_pretrained_path"):
+        jsae.Trainer(_config(tmp_path, checkpoint_path=str(saved)), _batches(12))
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before, "the SAE is untouched"
+    inside = str(tmp_path / "out" / "metrics.jsonl")
+    with pytest.raises(jsae.ConfigError, match=r"metrics_path .* lies inside output_path"):
+        jsae.Trainer(_config(tmp_path, metrics_path=inside), _batches(12))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(FileExistsError, match=r"lies under .*a_file, which is a file"):
+        jsae.Trainer(_config(tmp_path, output_path=str(tmp_path / "a_file" / "out")), [])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()
+
+
 @pytest.mark.parametrize("layout", ["same", "output_inside", "checkpoints_inside"])
 def test_output_and_checkpoint_paths_that_overlap_are_refused_up_front(
     tmp_path: Path, layout: str

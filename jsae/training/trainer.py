@@ -50,7 +50,7 @@ from jsae.architectures.base import TrainContext
 from jsae.architectures.grad_layout import LAYOUTS, choose_layout, layout_cache_path
 from jsae.errors import ConfigError, NonFiniteError, ShapeError, TrainingInterrupted
 from jsae.fsutil import atomic_output_dir
-from jsae.io import log_feature_sparsity
+from jsae.io import CFG_FILENAME, WEIGHTS_FILENAME, log_feature_sparsity
 from jsae.parallel import make_mesh
 from jsae.sae import SAE
 from jsae.training.checkpoint import Checkpointer
@@ -391,12 +391,40 @@ class Trainer:
             )
 
     def _check_output_path(self) -> None:
-        """Refuse, before any work, an output_path the end of the run could not write."""
+        """Refuse, before any work, an output_path the end of the run could not write, and a
+        checkpoint_path that holds a saved SAE (its files would be replaced by the run's)."""
         tr = self.config.training
+        if tr.checkpoint_path:
+            ckpt = Path(tr.checkpoint_path).expanduser()
+            saved_sae = any((ckpt / name).exists() for name in (CFG_FILENAME, WEIGHTS_FILENAME))
+            if saved_sae and not (ckpt / "state").is_dir():
+                raise ConfigError(
+                    f"checkpoint_path {tr.checkpoint_path} holds a saved SAE (cfg.json, ...), "
+                    "not checkpoints: the run would write its own training_config.yaml and "
+                    "metrics.jsonl over that SAE's. Choose another checkpoint_path (to train "
+                    "from that SAE, set from_pretrained_path to it)."
+                )
         out = tr.output_path
         if not out:
             return
         target = Path(out).expanduser().absolute()
+        for name, inside in (
+            ("metrics_path", self.config.logging.metrics_path),
+            ("wandb_dir", self.config.logging.wandb_dir),
+        ):
+            inside_path = Path(inside).expanduser().absolute() if inside else None
+            if inside_path is not None and (inside_path == target or target in inside_path.parents):
+                raise ConfigError(
+                    f"{name} {inside} lies inside output_path {out}, which is written whole "
+                    f"when training ends (and must not exist before): put {name} elsewhere "
+                    "(the output gets its own copy of metrics.jsonl)."
+                )
+        existing = next(p for p in (target, *target.parents) if p.exists())
+        if existing != target and not existing.is_dir():
+            raise FileExistsError(
+                f"output_path {out} lies under {existing}, which is a file; choose another "
+                "output_path."
+            )
         if tr.checkpoint_path:
             ckpt = Path(tr.checkpoint_path).expanduser().absolute()
             if target == ckpt or ckpt in target.parents or target in ckpt.parents:
