@@ -451,3 +451,44 @@ def test_a_crashed_run_resumed_elsewhere_keeps_every_metrics_row(tmp_path: Path)
     uninterrupted.close()
     assert loss_steps(elsewhere / "metrics.jsonl") == list(range(8))
     assert loss_steps(tmp_path / "ref" / "metrics.jsonl") == list(range(8))
+
+
+@pytest.mark.parametrize("damage", ["host file", "orbax metadata"])
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(
+    tmp_path: Path, damage: str
+) -> None:
+    """A truncated file in the newest checkpoint (a disk filled up, a copy cut short): the
+    resume says which step it could not read and why, continues from the newest readable one,
+    writes the damaged step again, and ends as an uninterrupted run."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(12)]
+    config = _list_config(tmp_path, training_tokens=32 * 12, checkpoint_every_steps=4)
+    uninterrupted = jsae.Trainer({**config, "checkpoint_path": str(tmp_path / "ref")}, chunks)
+    uninterrupted.fit()
+
+    first = jsae.Trainer(config, chunks)
+    for _ in range(8):
+        first.step()
+        if first.steps_done % 4 == 0:
+            first.save_checkpoint()
+    first.close()
+    damaged = {
+        "host file": tmp_path / "ckpt" / "host" / "8.p0.json",
+        "orbax metadata": tmp_path / "ckpt" / "state" / "8" / "default" / "_METADATA",
+    }[damage]
+    damaged.write_bytes(damaged.read_bytes()[:10])
+
+    resumed_config = {**config, "resume_from_checkpoint": str(tmp_path / "ckpt")}
+    with pytest.warns(UserWarning, match=r"checkpoint\(s\) \[8\] .* could not be read .*step 4"):
+        resumed = jsae.Trainer(resumed_config, chunks)
+    assert resumed.steps_done == 4
+    resumed.fit()
+    assert resumed.checkpointer.steps() == [4, 8, 12]
+    for name, value in uninterrupted.sae.params.items():
+        assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
+
+    (tmp_path / "ckpt" / "host" / "4.p0.json").write_text("{")  # no readable step left
+    for step in (8, 12):
+        (tmp_path / "ckpt" / "host" / f"{step}.p0.json").unlink()
+    with pytest.raises(jsae.FormatError, match=r"no readable checkpoint in .*step 12: .*step 4"):
+        jsae.Trainer(resumed_config, chunks)

@@ -186,6 +186,11 @@ class Checkpointer:
         """The TrainState of checkpoint `step`, placed like `abstract_state` (shardings)."""
         return self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract_state))
 
+    def delete(self, step: int) -> None:
+        """Remove checkpoint `step` (its orbax directory; its host files are rewritten or
+        pruned with the next save)."""
+        self.manager.delete(step)
+
     def close(self) -> None:
         self.manager.close()
 

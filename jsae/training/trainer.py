@@ -48,7 +48,7 @@ from jax.sharding import PartitionSpec as P
 from jsae.architectures import get_architecture
 from jsae.architectures.base import TrainContext
 from jsae.architectures.grad_layout import LAYOUTS, choose_layout, layout_cache_path
-from jsae.errors import ConfigError, NonFiniteError, ShapeError, TrainingInterrupted
+from jsae.errors import ConfigError, FormatError, NonFiniteError, ShapeError, TrainingInterrupted
 from jsae.fsutil import atomic_output_dir
 from jsae.io import CFG_FILENAME, WEIGHTS_FILENAME, log_feature_sparsity
 from jsae.parallel import make_mesh
@@ -1001,26 +1001,60 @@ class Trainer:
             self.checkpointer.directory == Path(directory).expanduser().absolute()
         )
         checkpointer = self.checkpointer if own else Checkpointer(directory, read_only=True)
+        unreadable: dict[int, str] = {}  # step -> why
         try:
-            for attempt in range(3):
-                try:
-                    return self._resume_from(checkpointer, directory, source)
-                except FileNotFoundError:
-                    # read while another run trains there: its retention deleted the step
-                    # between choosing and reading it; the newer one is complete
-                    if own or attempt == 2:
-                        raise
+            while True:
+                if not own:  # another run may be training there: see its newest steps
                     checkpointer.manager.reload()
-            raise AssertionError("unreachable")
+                step = self._newest_untried(checkpointer, unreadable)
+                if step is None:
+                    break
+                try:
+                    resumed = self._resume_from(checkpointer, directory, source, step)
+                except _UnreadableCheckpoint as exc:
+                    unreadable[step] = f"{type(exc.__cause__).__name__}: {exc.__cause__}"[:300]
+                    if jax.process_count() > 1:  # every process must choose the same step
+                        break
+                    continue
+                if unreadable:
+                    warnings.warn(
+                        f"checkpoint(s) {sorted(unreadable)} in {directory} could not be read "
+                        f"({'; '.join(f'{s}: {why}' for s, why in unreadable.items())}); resumed "
+                        f"from step {resumed}, the newest readable one.",
+                        stacklevel=2,
+                    )
+                    if own:  # the run will write those steps again
+                        for bad in unreadable:
+                            checkpointer.delete(bad)
+                return resumed
         finally:
             if not own:  # read from only: release its threads
                 checkpointer.close()
+        if unreadable:
+            raise FormatError(
+                f"no readable checkpoint in {directory}: "
+                + "; ".join(f"step {s}: {why}" for s, why in unreadable.items())
+                + ". Delete the damaged step directories (state/<step>) to start over."
+            )
+        raise ConfigError(f"no checkpoint to resume from in {directory}.")
 
-    def _resume_from(self, checkpointer: Checkpointer, directory: str | Path, source: bool) -> int:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise ConfigError(f"no checkpoint to resume from in {directory}.")
-        host, arrays = checkpointer.read_host(step)
+    @staticmethod
+    def _newest_untried(checkpointer: Checkpointer, tried: dict[int, str]) -> int | None:
+        """The newest step not in `tried` (with several processes, process 0's newest)."""
+        if jax.process_count() > 1:
+            step = checkpointer.latest_step()
+            return None if step is None or step in tried else step
+        return max((s for s in checkpointer.steps() if s not in tried), default=None)
+
+    def _resume_from(
+        self, checkpointer: Checkpointer, directory: str | Path, source: bool, step: int
+    ) -> int:
+        try:
+            host, arrays = checkpointer.read_host(step)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a truncated or missing host file
+            raise _UnreadableCheckpoint from exc
         self._check_resumable(directory, step, host)
         saved_sae = host.get("sae")
         current = self.config.to_dict()["sae"]
@@ -1037,7 +1071,10 @@ class Trainer:
             self.state,
             self.shardings,
         )
-        self.state = checkpointer.restore_state(step, abstract)
+        try:
+            self.state = checkpointer.restore_state(step, abstract)
+        except Exception as exc:  # damaged or deleted (another run's retention) step files
+            raise _UnreadableCheckpoint from exc
         saved_layout = host.get("weight_grad_layout")  # the layout the run was computed in
         if self.config.training.weight_grad_layout == "auto" and saved_layout in LAYOUTS:
             self._grad_layout, self._step_fn = saved_layout, None  # rounds as before the stop
@@ -1213,6 +1250,10 @@ def train(
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+class _UnreadableCheckpoint(Exception):
+    """A checkpoint step whose files cannot be read (the cause says why): try an older one."""
 
 
 def _build_mesh(training: Any) -> Any:
