@@ -332,6 +332,19 @@ def test_auto_resume_of_a_finished_run_returns_its_sae(tmp_path: Path, capsys) -
     with pytest.raises(FileExistsError, match="already exists"):  # more to train: refused
         jsae.Trainer(longer, chunks)
 
+    # a run that ended because its source did (10 batches of 20), checkpointed at its last step
+    short = {**config, "output_path": str(tmp_path / "short"), "checkpoint_every_steps": 5,
+             "checkpoint_path": str(tmp_path / "short_ckpt")}  # fmt: skip
+    with pytest.warns(UserWarning, match="ended"):
+        done = jsae.Trainer(short, chunks[:10]).fit()
+    capsys.readouterr()
+    sae = jsae.Trainer(short, chunks[:10]).fit()
+    assert "this run had already finished (step 10 of 20)" in capsys.readouterr().err
+    for name, value in done.params.items():
+        assert np.array_equal(np.asarray(sae.params[name]), np.asarray(value)), name
+    with pytest.raises(FileExistsError, match="already exists"):  # another length: refused
+        jsae.Trainer({**short, "training_tokens": 32 * 30}, chunks[:10])
+
 
 def test_a_checkpoint_directory_loads_as_the_sae_at_its_newest_step(tmp_path: Path) -> None:
     """`jsae.load(checkpoint_path)` (`jsae.training.load_checkpoint`): the SAE the run would

@@ -111,6 +111,12 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self._prune_host_files()
 
+    def update_host(self, step: int, **fields: Any) -> None:
+        """Set `fields` in this process's host state of checkpoint `step` (atomically)."""
+        path = self._host_file(step, ".json")
+        host = {**json.loads(path.read_text()), **fields}
+        atomic_write_bytes(path, json.dumps(host).encode())
+
     def _prune_host_files(self) -> None:
         """Delete this process's host files of steps orbax no longer keeps, and what writers
         of host files killed mid-write on this host left behind (hidden temporary files)."""

@@ -168,6 +168,8 @@ class Trainer:
         self._pending: tuple[int, dict[str, jax.Array]] | None = None  # last step, unchecked
         self._last_checkpoint: int | None = None
         self._resumed_from: int | None = None
+        self._source_ended = False  # fit() stopped early because the source ran out
+        self._resumed_ended = False  # the resumed checkpoint is of such a run, at this length
         self._wandb_id: str | None = None  # the wandb run a resumed run goes on logging to
         self._resumed_dir: Path | None = None
         self.logger: RunLogger | None = None
@@ -199,7 +201,8 @@ class Trainer:
         out = tr.output_path
         self._done_output: Path | None = None
         if tr.resume_from_checkpoint == "auto" and out and Path(out).exists():
-            if not tr.overwrite_output and self.steps_done < self.total_steps:
+            ended = self.steps_done >= self.total_steps or self._resumed_ended
+            if not tr.overwrite_output and not ended:
                 self._refuse_existing_output()
             if not tr.overwrite_output:
                 self._done_output = Path(out)  # a restarted job whose run had finished
@@ -657,6 +660,7 @@ class Trainer:
                             f"{self.local_rows}); nothing was trained and nothing is saved."
                         ) from None
                     self._warn_exhausted()
+                    self._source_ended = True
                     break
                 metrics = self.step(*batch)
                 self._progress.update(self.batch_size)
@@ -677,9 +681,11 @@ class Trainer:
         s = self.steps_done
         if s > 0 and s % tr.feature_sampling_window == 0:
             self._log_sparsity(s)
-        wanted = self.checkpointer is not None and self._final_checkpoint_wanted()
-        if wanted and self._last_checkpoint != s:
-            self.save_checkpoint()
+        if self.checkpointer is not None and self._final_checkpoint_wanted():
+            if self._last_checkpoint != s:
+                self.save_checkpoint()
+            elif self._source_ended:  # the source ended right after a checkpoint: say so
+                self.checkpointer.update_host(s, source_ended_at=self.total_steps)
         sae = self.finish()
         self._finished = True
         return sae
@@ -981,6 +987,9 @@ class Trainer:
             "train_batch_size_tokens": self.batch_size,
             "wandb_id": self._current_wandb_id(),
             "init_in_raw_units": self._init_in_raw_units,  # a fine-tune checkpointed at step 0
+            # the run ended here, its source used up before total_steps: a restarted job of the
+            # same length returns its output instead of training on
+            "source_ended_at": self.total_steps if self._source_ended else None,
         }
         portable = self.feeder.position_is_global()
         if jax.process_index() == 0:  # what `jsae.load(checkpoint_path)` and a resume read
@@ -1079,6 +1088,7 @@ class Trainer:
         if self.config.training.weight_grad_layout == "auto" and saved_layout in LAYOUTS:
             self._grad_layout, self._step_fn = saved_layout, None  # rounds as before the stop
         self.n_training_samples = int(host["n_training_samples"])
+        self._resumed_ended = host.get("source_ended_at") == self.total_steps
         self.scale = host["scale"]
         # the checkpoint's weights are in the run's units, unless a fine-tune was checkpointed
         # before its scale was estimated (the unfold is still to come)
