@@ -505,3 +505,27 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(
         (tmp_path / "ckpt" / "host" / f"{step}.p0.json").unlink()
     with pytest.raises(jsae.FormatError, match=r"no readable checkpoint in .*step 12: .*step 4"):
         jsae.Trainer(resumed_config, chunks)
+
+
+def test_resume_refuses_settings_that_would_change_the_activations(tmp_path: Path) -> None:
+    """The run's own (synthetic) source is rebuilt from the seed and its settings: a resume
+    that changed them would go on with another dataset, so it is refused; a data setting the
+    source does not read passes with a warning; activations given to the trainer are the
+    caller's business, whatever the seed."""
+    config = _list_config(tmp_path, synthetic_n_features=24)
+    first = jsae.Trainer(config)
+    for _ in range(4):
+        first.step()
+    first.save_checkpoint()
+    first.close()
+    resume = {**config, "resume_from_checkpoint": str(tmp_path / "ckpt")}
+    for change in ({"seed": 7}, {"synthetic_n_features": 40}):
+        with pytest.raises(jsae.ConfigError, match=rf"\['{next(iter(change))}'\] differ from the"):
+            jsae.Trainer({**resume, **change})
+    with pytest.warns(UserWarning, match=r"data settings that differ .*\['activations_path'\]"):
+        moved = jsae.Trainer({**resume, "activations_path": str(tmp_path / "elsewhere")})
+    assert moved.steps_done == 4
+    moved.close()
+    rng = np.random.default_rng(0)
+    given = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    assert jsae.Trainer({**resume, "seed": 7}, given).steps_done == 4

@@ -130,6 +130,7 @@ class Trainer:
             from jsae.hub import load  # the hub's readers: only when asked for
 
             init = load(tr.from_pretrained_path)
+        self._builds_source = activations is None  # from the config's data settings
         source = (
             activations if activations is not None else make_source(self.config, self.local_rows)
         )
@@ -983,6 +984,8 @@ class Trainer:
             "scale": self.scale,
             "feeder": position,
             "sae": self.config.to_dict()["sae"],
+            "seed": self.config.training.seed,  # with `data`: the activations a resume reads
+            "data": self.config.to_dict()["data"],
             "weight_grad_layout": self.grad_layout,
             "train_batch_size_tokens": self.batch_size,
             "wandb_id": self._current_wandb_id(),
@@ -1075,6 +1078,7 @@ class Trainer:
                 f"cannot resume from {directory}: the SAE settings differ from the "
                 f"checkpoint's in {diff}."
             )
+        self._check_same_activations(directory, host)
         abstract = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             self.state,
@@ -1113,6 +1117,37 @@ class Trainer:
         if jax.process_index() == 0:
             print(f"jsae: resumed from step {step} in {directory} ({how}).", file=sys.stderr)
         return step
+
+    def _check_same_activations(self, directory: str | Path, host: dict[str, Any]) -> None:
+        """A resume reads the activations the run started on: a changed seed or synthetic
+        source setting would build another dataset (refused); other changed data settings (a
+        moved activations_path) are allowed with a warning naming them."""
+        saved_data, data = host.get("data"), self.config.to_dict()["data"]
+        if saved_data is None or not self._builds_source:  # an earlier jsae's; given activations
+            return
+        seed = self.config.training.seed
+        changed = sorted(k for k in data if saved_data.get(k, data[k]) != data[k])
+        synthetic = data["activation_source"] == "synthetic"
+        fixed = [
+            k
+            for k in changed
+            if k == "activation_source" or (synthetic and k.startswith("synthetic_"))
+        ]
+        if host.get("seed", seed) != seed:
+            fixed.insert(0, "seed")
+        if fixed:
+            raise ConfigError(
+                f"cannot resume from {directory}: {fixed} differ from the checkpoint's, so "
+                "the run would go on with other activations than it started on. Resume with "
+                "the checkpoint's values (its training_config.yaml) or start a new run."
+            )
+        if changed:
+            warnings.warn(
+                f"resuming from {directory} with data settings that differ from the "
+                f"checkpoint's: {changed} (e.g. moved files); the source must give the same "
+                "activations in the same order for the run to go on as it started.",
+                stacklevel=3,
+            )
 
     def _check_resumable(self, directory: str | Path, step: int, host: dict[str, Any]) -> None:
         """The run's step counter is tokens seen / batch size: a checkpoint written with
