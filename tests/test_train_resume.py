@@ -134,7 +134,8 @@ def _list_config(tmp: Path, **extra) -> dict:
 
 
 def test_resume_with_a_plain_list_and_uneven_batches(tmp_path: Path) -> None:
-    """A non-resumable source is fast-forwarded; rows carried over between batches are saved."""
+    """A non-resumable source is fast-forwarded; the rows carried over between batches are
+    the last item's last rows, taken from it again."""
     rng = np.random.default_rng(0)
     chunks = [rng.normal(size=(24, 8)).astype(np.float32) for _ in range(30)]  # 24 rows != 32
 
@@ -145,7 +146,8 @@ def test_resume_with_a_plain_list_and_uneven_batches(tmp_path: Path) -> None:
     for _ in range(10):
         first.step()
     first.save_checkpoint()
-    assert first.feeder.position()[1]["x"].shape == ((-10 * 32) % 24, 8)  # leftover rows saved
+    info, arrays = first.feeder.position()
+    assert info["tail_rows"] == (-10 * 32) % 24 and not arrays  # re-read from the source
 
     resumed = jsae.Trainer(
         _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), chunks
@@ -529,3 +531,30 @@ def test_resume_refuses_settings_that_would_change_the_activations(tmp_path: Pat
     rng = np.random.default_rng(0)
     given = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
     assert jsae.Trainer({**resume, "seed": 7}, given).steps_done == 4
+
+
+def test_one_large_array_resumes_without_saving_its_rows(tmp_path: Path) -> None:
+    """`jsae.train(config, X)` with X all the rows: checkpoints record how many of the array's
+    rows are left (they used to hold those rows: most of the dataset, in every checkpoint),
+    and the resumed run ends as the uninterrupted one."""
+    rows = np.random.default_rng(0).normal(size=(32 * 20 + 7, 8)).astype(np.float32)
+    uninterrupted = jsae.Trainer(_list_config(tmp_path, checkpoint_path=str(tmp_path / "r")), rows)
+    uninterrupted.fit()
+    first = jsae.Trainer(_list_config(tmp_path), rows)
+    for _ in range(5):
+        first.step()
+    first.save_checkpoint()
+    first.close()
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "host").iterdir()) == ["5.p0.json"]
+    host = json.loads((tmp_path / "ckpt" / "host" / "5.p0.json").read_text())
+    assert host["feeder"]["tail_rows"] == 32 * 15 + 7
+    resumed = jsae.Trainer(
+        _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), rows
+    )
+    resumed.fit()
+    for name, value in uninterrupted.sae.params.items():
+        assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
+    with pytest.raises(jsae.ConfigError, match="has 100 rows, but the checkpoint had 487"):
+        jsae.Trainer(
+            _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), rows[:100]
+        )

@@ -343,9 +343,14 @@ class Feeder:
             if _rows(x) == self.rows:
                 return x, y
             self._pending, self._pending_rows = [(x, y)], _rows(x)
-        if len(self._pending) == 1 and self._pending_rows == self.rows:  # a peeked batch
-            (x, y), self._pending, self._pending_rows = self._pending[0], [], 0
-            return x, y
+        if len(self._pending) == 1 and self._pending_rows >= self.rows:
+            # one item holds the batch (a peeked item, or one large array of rows): slice it,
+            # not copy what is left of it every step
+            ((x, y),) = self._pending
+            rest = self._pending_rows - self.rows
+            self._pending = [(x[self.rows :], y[self.rows :])] if rest else []
+            self._pending_rows = rest
+            return x[: self.rows], y[: self.rows]
         while self._pending_rows < self.rows:
             x, y = self._pull()
             self._pending.append((x, y))
@@ -379,7 +384,12 @@ class Feeder:
             state = self.source.state(include_buffer=True)  # no pull since: same position
         state, arrays = _arrays_out(state, "source")
         info: dict[str, Any] = {"items_read": self.items_read, "source": state}
-        if self._pending:
+        if self._pending and not isinstance(self.source, ResumableSource):
+            # leftover rows are always the last rows of the last item read; a resume re-reads
+            # the source anyway, so it takes them from there (one large array of rows would
+            # otherwise be saved, nearly whole, in every checkpoint)
+            info["tail_rows"] = self._pending_rows
+        elif self._pending:
             arrays["x"] = np.concatenate([np.asarray(p[0]) for p in self._pending])
             if self.transcoder:
                 arrays["y"] = np.concatenate([np.asarray(p[1]) for p in self._pending])
@@ -388,6 +398,7 @@ class Feeder:
     def restore(self, info: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
         """Return to a position from `position()`; says how (for the log)."""
         self.items_read = int(info["items_read"])
+        tail = 0
         if isinstance(self.source, ResumableSource) and info.get("source") is not None:
             state = _arrays_in(info["source"], arrays)
             self.source.restore(state)
@@ -396,9 +407,10 @@ class Feeder:
             how = "restored the source's position"
         else:
             self._iter = iter(self.source)
+            tail = int(info.get("tail_rows") or 0)  # rows of item items_read not yet trained on
             for skipped in range(self.items_read):
                 try:
-                    next(self._iter)
+                    item = next(self._iter)
                 except StopIteration:
                     raise ConfigError(
                         f"the activation source ended after {skipped} items while skipping the "
@@ -407,6 +419,16 @@ class Feeder:
                     ) from None
             how = f"re-read the source and skipped {self.items_read} items already used"
         self._pending, self._pending_rows = [], 0
+        if tail:
+            x, y = self._split(item)
+            self._check_item(x, y)
+            if _rows(x) < tail:
+                raise ConfigError(
+                    f"item {self.items_read} of the activation source has {_rows(x)} rows, but "
+                    f"the checkpoint had {tail} of its rows left to train on; resume with the "
+                    "same source as the interrupted run."
+                )
+            self._pending, self._pending_rows = [(x[-tail:], y[-tail:])], tail
         if "x" in arrays:
             x = np.asarray(arrays["x"])
             self._pending = [(x, np.asarray(arrays["y"]) if self.transcoder else x)]
