@@ -288,6 +288,16 @@ def test_an_initial_jumprelu_sae_starts_with_non_negative_thresholds(tmp_path: P
     assert np.array_equal(np.asarray(trainer.state.params["threshold"]), np.maximum(threshold, 0))
 
 
+def test_a_generator_function_instead_of_its_generator_says_to_call_it(tmp_path: Path) -> None:
+    def batches():
+        yield from _batches(12)
+
+    with pytest.raises(jsae.ShapeError, match=r"got function \(a function: pass what it returns"):
+        jsae.Trainer(_config(tmp_path), batches)
+    with pytest.raises(jsae.ShapeError, match=r"must be an iterable of .* got int"):
+        jsae.Trainer(_config(tmp_path), 3)
+
+
 def test_paths_the_run_could_not_use_are_refused_before_training(tmp_path: Path) -> None:
     """Found before the first step, not after the last: a checkpoint_path holding a saved SAE
     (the run would write its config and metrics over that SAE's), a metrics_path inside the

@@ -263,6 +263,14 @@ class Feeder:
         transcoder: bool,
         widths: tuple[int, int] | None = None,
     ):
+        if not isinstance(source, Iterable):
+            called = " (a function: pass what it returns, e.g. batches() not batches)"
+            raise ShapeError(
+                "activations must be an iterable of [B, d_in] arrays (a list, a generator, "
+                f"an array of rows), got {type(source).__name__}"
+                + (called if callable(source) else "")
+                + "."
+            )
         self.source = source
         self.rows = rows
         self.transcoder = transcoder
