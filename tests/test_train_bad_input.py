@@ -113,6 +113,17 @@ def test_a_finite_batch_that_overflows_the_compute_dtype_is_not_called_nan(tmp_p
         jsae.train(config, batches)
 
 
+def test_an_all_zero_row_under_constant_norm_rescale_is_named(tmp_path: Path) -> None:
+    """Its normalisation divides by the row's zero norm (SAELens's too): the error names that
+    cause besides divergence, so the fix is not only "lower the lr"."""
+    batches = _batches(12)
+    batches[1][3] = 0
+    config = _config(tmp_path, checkpoint_path=None, output_path=None,
+                     normalize_activations="constant_norm_rescale")  # fmt: skip
+    with pytest.raises(jsae.NonFiniteError, match=r"step 1: .*all-zero row.*constant_norm_rescale"):
+        jsae.train(config, batches)
+
+
 def test_a_data_axis_of_every_device_must_divide_the_batch(tmp_path: Path) -> None:
     """mesh {data: -1} takes all 8 test devices: a batch of 12 cannot be split over them, which
     is refused before training, not left to a sharding error at the first step."""

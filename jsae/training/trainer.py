@@ -589,6 +589,11 @@ class Trainer:
             )
         elif not bool(metrics["loss_finite"]):
             problem = "the loss became NaN or Inf (training diverged; try a lower lr)"
+            if self.cfg.normalize_activations == "constant_norm_rescale":
+                problem += (
+                    ", or the batch holds an all-zero row, which constant_norm_rescale divides "
+                    "by its zero norm (drop such rows)"
+                )
         else:
             problem = (
                 "the loss is finite but its gradients hold NaN or Inf (a loss term with an "
