@@ -130,6 +130,20 @@ KEY_ALIASES = {
     "model": "model_name",
     "dataset": "dataset_path",
     "wandb": "log_to_wandb",
+    "l1": "l1_coefficient",
+    "l0": "l0_coefficient",
+    "epochs": "training_tokens (a run's length is counted in tokens, not epochs)",
+    "num_epochs": "training_tokens (a run's length is counted in tokens, not epochs)",
+    "steps": "training_tokens (steps = training_tokens / train_batch_size_tokens)",
+    "num_steps": "training_tokens (steps = training_tokens / train_batch_size_tokens)",
+}
+
+# Options of other trainers that jsae (like SAELens) has no counterpart for: said so, instead of
+# suggesting a similarly spelled option.
+KEYS_WITHOUT_COUNTERPART = {
+    "weight_decay": "jsae trains with Adam without weight decay, as SAELens does",
+    "momentum": "jsae trains with Adam (adam_beta1 sets its momentum)",
+    "optimizer": "jsae trains with Adam (adam_beta1, adam_beta2, adam_epsilon set it)",
 }
 
 # Loss-term settings and the architectures whose losses read them: set to anything but the
@@ -931,7 +945,9 @@ class TrainConfig:
                     else sorted(k for k, s in index.items() if s == section)
                 )
                 alias = KEY_ALIASES.get(key)
-                if alias:
+                if key in KEYS_WITHOUT_COUNTERPART:
+                    hint = f" {KEYS_WITHOUT_COUNTERPART[key]}."
+                elif alias:
                     name, _, note = alias.partition(" ")
                     hint = f" Did you mean {name!r}{' ' + note if note else ''}?"
                 else:
