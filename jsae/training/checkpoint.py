@@ -35,7 +35,7 @@ import numpy as np
 from jsae.errors import ConfigError, FormatError
 from jsae.fsutil import atomic_write_bytes, recover_interrupted_in
 
-_HOST_FILE = re.compile(r"^(\d+)\.p(\d+)\.(json|npz)$")  # <step>.p<process>.json / .npz
+_HOST_FILE = re.compile(r"^(\d+)\.p\d+\.(json|npz)$")  # <step>.p<process>.json / .npz
 
 
 class Checkpointer:
@@ -124,9 +124,9 @@ class Checkpointer:
         host_dir = self.directory / "host"
         recover_interrupted_in(host_dir)
         for file in host_dir.glob(f"*.p{jax.process_index()}.*"):
-            match = _HOST_FILE.match(file.name)
-            if match is None or int(match.group(2)) != jax.process_index():
-                continue  # not a host file of this process
+            match = _HOST_FILE.match(file.name)  # the glob picked this process's files
+            if match is None:
+                continue  # a hidden temporary file, or not a host file
             step = int(match.group(1))
             if step not in kept and step < max(kept, default=0):
                 file.unlink(missing_ok=True)

@@ -1224,8 +1224,7 @@ def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: dict(v) for k, v in base.items()}
     index = TrainConfig.key_index()
     for key, value in changes.items():
-        section, _, name = key.rpartition(".")
-        section = TrainConfig.SECTION_ALIASES.get(section, section)
+        section, name = _override_target(key)  # the dotted-path checks overrides get
         if not section:
             if name in IGNORED_SAELENS_KEYS:
                 continue
