@@ -983,14 +983,15 @@ class Trainer:
         if self._last_checkpoint == step:
             return step  # already saved (e.g. fit's final checkpoint)
         position, arrays = self.feeder.position()
+        settings = self.config.to_dict()
         host = {
             "step": step,
             "n_training_samples": self.n_training_samples,
             "scale": self.scale,
             "feeder": position,
-            "sae": self.config.to_dict()["sae"],
+            "sae": settings["sae"],
             "seed": self.config.training.seed,  # with `data`: the activations a resume reads
-            "data": self.config.to_dict()["data"],
+            "data": settings["data"],
             "weight_grad_layout": self.grad_layout,
             "train_batch_size_tokens": self.batch_size,
             "wandb_id": self._current_wandb_id(),
