@@ -12,8 +12,10 @@ reads and `from_dict()` reads what SAELens writes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import jax
@@ -90,18 +92,59 @@ def unfreeze(value: Any) -> Any:
     return value
 
 
+def refuse_nulls(settings: Any, *, skip: Collection[str] = ()) -> None:
+    """Refuse None in a settings dataclass field whose type does not take None.
+
+    An empty YAML value (`log_to_wandb:`) is None; in a field that does not take None it would
+    otherwise pass as a falsy value or fail much later. Fields in `skip` are the caller's: it
+    maps their None to a default, or refuses it with a more specific message.
+    """
+    hints = typing.get_type_hints(type(settings))
+    for f in fields(settings):
+        if getattr(settings, f.name) is not None or f.name in skip:
+            continue
+        hint = hints[f.name]
+        if _takes_none(hint):
+            continue
+        if f.default is not MISSING:
+            fix = f"set a value, or leave the key out for its default ({unfreeze(f.default)!r})"
+        elif f.default_factory is not MISSING:
+            fix = f"set a value, or leave the key out for its default ({f.default_factory()!r})"
+        else:
+            fix = "it is required"
+        raise ConfigError(f"{f.name} is empty (null), but it takes {_described(hint)}; {fix}.")
+
+
+def _takes_none(hint: Any) -> bool:
+    return hint is Any or type(None) in typing.get_args(hint) or hint is type(None)
+
+
+def _described(hint: Any) -> str:
+    """A type hint in a config user's words: bool -> 'true or false', tuple[int] -> 'a list'."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(dict.fromkeys(_described(h) for h in typing.get_args(hint)))
+    origin = typing.get_origin(hint) or hint
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if origin in words:
+        return words[origin]
+    if isinstance(origin, type) and issubclass(origin, Mapping):
+        return "a mapping"
+    return "a list"
+
+
 # --------------------------------------------------------------------------------------------
 # dtypes
 
 
-def canonical_dtype(dtype: Any) -> str:
+def canonical_dtype(dtype: Any, *, key: str = "dtype") -> str:
     """Normalise 'torch.float32', jnp.float32, np.float32, np.dtype('float32') ... to 'float32'.
 
-    None is refused, not read as numpy's default float64 (an empty `dtype:` in YAML is None).
+    None is refused, not read as numpy's default float64 (an empty `dtype:` in YAML is None);
+    `key` names the setting in that message.
     """
     if dtype is None:
         raise ConfigError(
-            f"dtype is empty (null); choose one of {sorted(_DTYPES)}, or leave the key out for "
+            f"{key} is empty (null); choose one of {sorted(_DTYPES)}, or leave the key out for "
             "its default."
         )
     try:  # numpy/jax scalar types and dtypes (jnp.bfloat16 is a type, not a dtype)

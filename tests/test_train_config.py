@@ -179,7 +179,16 @@ MATRYOSHKA = {"architecture": "matryoshka_batchtopk", "matryoshka_widths": [16, 
         ({"autocast": "sometimes"}, "autocast must be true or false"),
         ({"sae": {"k": 4}, "k": 8}, "k is given twice, as [48] and as [48]; keep one"),
         ({"dtype": None}, r"dtype is empty \(null\); choose one of .*leave the key out"),
-        ({"activation_dtype": None}, r"dtype is empty \(null\)"),  # not numpy's float64
+        ({"activation_dtype": None}, r"activation_dtype is empty \(null\)"),  # not float64
+        # an empty YAML value is null: refused where the field takes none, not read as False
+        ({"log_to_wandb": None}, r"log_to_wandb is empty \(null\), but it takes true or false"),
+        ({"overwrite_output": None}, r"takes true or false; .*its default \(False\)"),
+        ({"activation_source": None}, r"activation_source is empty .* default \('synthetic'\)"),
+        ({"prefetch_batches": None}, r"prefetch_batches is empty \(null\), but it takes an int"),
+        ({"prefetch_batches": -1}, r"prefetch_batches must be a whole number of batches"),
+        ({"lr": None}, r"lr is empty \(null\), but it takes a number"),
+        ({"architecture": None}, r"architecture is empty \(null\), .* default \('standard'\)"),
+        ({"exclude_special_tokens": None}, r"takes true or false or a list;"),
         ({"mesh": {"model": -1}}, "only the data axis can take the remaining devices"),
         ({"mesh": {"data": -1, "model": -1}}, "only the data axis can take the remaining"),
     ],
@@ -187,6 +196,27 @@ MATRYOSHKA = {"architecture": "matryoshka_batchtopk", "matryoshka_widths": [16, 
 def test_malformed_values_are_refused_saying_what_is_expected(change: dict, message: str) -> None:
     with pytest.raises(jsae.ConfigError, match=message):
         TrainConfig.from_dict({**BASE, **change})
+
+
+def test_null_keeps_its_meaning_where_a_field_takes_it() -> None:
+    """Optional fields still read null as their documented 'none'/automatic value."""
+    nulls = {
+        "max_grad_norm": None,  # no clipping
+        "lr_end": None,  # lr / 10
+        "checkpoint_path": None,  # no checkpoints
+        "sequence_separator_token": None,  # documents packed without a separator
+        "reshape_activations": None,  # unset: automatic
+        "seqpos_slice": None,  # every position
+        "metadata": None,  # nothing under `metadata:`
+    }
+    cfg = TrainConfig.from_dict({**BASE, **nulls})
+    assert cfg.training.max_grad_norm is None
+    assert cfg.training.lr_end == pytest.approx(cfg.training.lr / 10)
+    assert cfg.training.checkpoint_path is None
+    assert cfg.model.sequence_separator_token is None
+    assert cfg.sae.reshape_activations == "auto"
+    assert cfg.model.seqpos_slice == (None,)
+    assert dict(cfg.sae.metadata) == {}
 
 
 @pytest.fixture(scope="module")

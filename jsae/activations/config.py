@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from jsae.config import canonical_dtype, freeze, unfreeze
+from jsae.config import canonical_dtype, freeze, refuse_nulls, unfreeze
 from jsae.errors import ConfigError, choices_hint
 
 
@@ -107,6 +107,8 @@ class LanguageModelSettings:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen and hashable: lists become tuples, dicts FrozenDicts
+        dtypes = ("model_dtype", "activation_dtype")  # canonical_dtype's message lists them
+        refuse_nulls(self, skip=("seqpos_slice", "model_from_pretrained_kwargs", *dtypes))
         given = self.seqpos_slice
         try:
             parsed = _parse_seqpos(given) if isinstance(given, str) else given
@@ -146,8 +148,8 @@ class LanguageModelSettings:
             set_(self, "sequence_separator_token", int(self.sequence_separator_token))
         # one spelling per dtype ("torch.bfloat16", jnp.bfloat16 -> "bfloat16"): caches record
         # it and compare it on resume, and numpy only knows the plain names
-        set_(self, "model_dtype", canonical_dtype(self.model_dtype))
-        set_(self, "activation_dtype", canonical_dtype(self.activation_dtype))
+        for name in dtypes:
+            set_(self, name, canonical_dtype(getattr(self, name), key=name))
         for name in (
             "context_size",
             "store_batch_size_prompts",
@@ -157,6 +159,15 @@ class LanguageModelSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if (
+            isinstance(self.prefetch_batches, bool)
+            or not isinstance(self.prefetch_batches, int)
+            or self.prefetch_batches < 0
+        ):
+            raise ConfigError(
+                "prefetch_batches must be a whole number of batches (0: no background thread), "
+                f"got {self.prefetch_batches!r}."
+            )
         if len(self.seqpos_slice) > 3:
             raise ConfigError(f"seqpos_slice has at most 3 entries, got {self.seqpos_slice}.")
         if not 0.0 <= self.activations_mixing_fraction < 1.0:

@@ -35,7 +35,14 @@ import yaml
 
 from jsae.activations.config import LanguageModelSettings
 from jsae.architectures.grad_layout import LAYOUTS
-from jsae.config import NORMALIZE_MODES, RESHAPE_MODES, canonical_dtype, freeze, unfreeze
+from jsae.config import (
+    NORMALIZE_MODES,
+    RESHAPE_MODES,
+    canonical_dtype,
+    freeze,
+    refuse_nulls,
+    unfreeze,
+)
 from jsae.errors import ConfigError, choices_hint
 
 MODEL_SOURCES = ("model", "cache")  # activation sources that run (or cached) a language model
@@ -290,6 +297,7 @@ class SAESettings:
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
+        refuse_nulls(self, skip=("reshape_activations", "metadata", "dtype"))
         _check_numbers(self)
         arch = self.architecture
         if arch not in TRAINABLE_ARCHITECTURES:
@@ -573,6 +581,7 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
+        refuse_nulls(self)
         _check_numbers(self)
         name = str(self.lr_scheduler_name).lower()
         if name not in LR_SCHEDULERS:
@@ -711,6 +720,7 @@ class LoggingSettings:
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
+        refuse_nulls(self)
         _check_numbers(self)
         _positive_int("wandb_log_frequency", self.wandb_log_frequency, required=True)
         _positive_int("eval_every_n_wandb_logs", self.eval_every_n_wandb_logs, required=True)
@@ -753,6 +763,7 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         _freeze_fields(self)
+        refuse_nulls(self)
         _check_numbers(self)
         _positive_int("synthetic_n_features", self.synthetic_n_features)  # None: 2 * d_in
 
