@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from safetensors.numpy import load_file
 
 import jsae
 from jsae.errors import TrainingInterrupted
+from jsae.training.checkpoint import Checkpointer
 
 B = 64
 
@@ -507,6 +509,43 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(
         (tmp_path / "ckpt" / "host" / f"{step}.p0.json").unlink()
     with pytest.raises(jsae.FormatError, match=r"no readable checkpoint in .*step 12: .*step 4"):
         jsae.Trainer(resumed_config, chunks)
+
+
+def test_a_reader_passes_quietly_over_a_step_the_writer_deletes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader of a live run (a resume into another checkpoint_path, or `jsae.load`) can list
+    a step that the run's retention deletes before it is read. That step was replaced, not
+    damaged: the reader takes the newest step still there, without a warning."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(12)]
+    config = _list_config(tmp_path, training_tokens=32 * 12)
+    first = jsae.Trainer(config, chunks)
+    for _ in range(8):
+        first.step()
+        if first.steps_done % 4 == 0:
+            first.save_checkpoint()
+    first.close()
+    restore = Checkpointer.restore_state
+
+    def retention_strikes(self: Checkpointer, step: int, abstract: object) -> object:
+        if step == 8:  # the writer saved step 12 and dropped 8 after the reader listed it
+            writer = Checkpointer(tmp_path / "ckpt")
+            writer.delete(8)
+            writer.close()
+        return restore(self, step, abstract)
+
+    monkeypatch.setattr(Checkpointer, "restore_state", retention_strikes)
+    reader_config = {
+        **config,
+        "resume_from_checkpoint": str(tmp_path / "ckpt"),
+        "checkpoint_path": str(tmp_path / "reader"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before: "checkpoint(s) [8] ... could not be read"
+        reader = jsae.Trainer(reader_config, chunks)
+    assert reader.steps_done == 4
+    reader.close()
 
 
 def test_resume_refuses_settings_that_would_change_the_activations(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -1020,16 +1020,23 @@ class Trainer:
         )
         checkpointer = self.checkpointer if own else Checkpointer(directory, read_only=True)
         unreadable: dict[int, str] = {}  # step -> why
+        gone: set[int] = set()  # deleted while being read: the writing run's retention
         try:
             while True:
                 if not own:  # another run may be training there: see its newest steps
                     checkpointer.manager.reload()
-                step = self._newest_untried(checkpointer, unreadable)
+                step = self._newest_untried(checkpointer, {*unreadable, *gone})
                 if step is None:
                     break
                 try:
                     resumed = self._resume_from(checkpointer, directory, source, step)
                 except _UnreadableCheckpoint as exc:
+                    if not own:  # orbax's manager fails every later restore after a failed one
+                        checkpointer.close()
+                        checkpointer = Checkpointer(directory, read_only=True)
+                        if jax.process_count() == 1 and step not in checkpointer.steps():
+                            gone.add(step)  # not damaged: the writer's retention replaced it
+                            continue
                     unreadable[step] = f"{type(exc.__cause__).__name__}: {exc.__cause__}"[:300]
                     if jax.process_count() > 1:  # every process must choose the same step
                         break
@@ -1057,7 +1064,7 @@ class Trainer:
         raise ConfigError(f"no checkpoint to resume from in {directory}.")
 
     @staticmethod
-    def _newest_untried(checkpointer: Checkpointer, tried: dict[int, str]) -> int | None:
+    def _newest_untried(checkpointer: Checkpointer, tried: Collection[int]) -> int | None:
         """The newest step not in `tried` (with several processes, process 0's newest)."""
         if jax.process_count() > 1:
             step = checkpointer.latest_step()
