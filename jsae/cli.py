@@ -43,7 +43,15 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        # argparse takes `key=value` positionals only before the first option; later ones are
+        # overrides too (`jsae eval SAE --config c.yaml dataset_path=...`)
+        args.overrides += [item for item in extra if "=" in item and not item.startswith("-")]
+        extra = [item for item in extra if "=" not in item or item.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.formatwarning = _one_line_warning
     try:
         return int(importlib.import_module(args._module).run(args) or 0)

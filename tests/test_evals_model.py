@@ -207,9 +207,9 @@ def test_jsae_eval_command(reference, tmp_path, capsys) -> None:
         "eval",
         str(sae_dir),
         f"dataset_path={root / 'corpus.jsonl'}",
-        "streaming=false",
         "--batch-size-prompts",
         "2",
+        "streaming=false",  # an override after an option is an override too
         "--n-eval-reconstruction-batches",
         "2",
         "--output",
@@ -233,6 +233,9 @@ def test_jsae_eval_command(reference, tmp_path, capsys) -> None:
     assert result["eval_cfg"]["context_size"] == CTX // 2
     stats = result["metrics"]["token_stats"]
     assert stats["total_tokens_eval_reconstruction"] == 2 * 2 * (CTX // 2)
+    with pytest.raises(SystemExit):  # anything else argparse does not know is still refused
+        main([*args, "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
     # nothing to evaluate on: the error names the missing setting
     assert main(["eval", str(sae_dir)]) == 2
     assert "dataset_path" in capsys.readouterr().err
