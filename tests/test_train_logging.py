@@ -172,6 +172,40 @@ jsae.train(dict(config, training_tokens=32 * 12, resume_from_checkpoint=config["
     assert len(runs) == 2 and all(run.name.endswith("-" + ids[3]) for run in runs), runs
 
 
+def test_fit_again_after_ctrl_c_logs_to_the_same_wandb_run(tmp_path: Path) -> None:
+    """A notebook's fit() interrupted by Ctrl-C and called again goes on in its wandb run (it
+    used to start a second one)."""
+    script = """
+import os, signal, numpy as np, jsae
+rng = np.random.default_rng(0)
+batches = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(6)]
+def interrupting():
+    for i, batch in enumerate(batches):
+        if i == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        yield batch
+config = {"architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_size_tokens": 32,
+          "training_tokens": 32 * 6, "wandb_log_frequency": 1, "log_to_wandb": True,
+          "wandb_project": "jsae-test", "checkpoint_path": None, "output_path": None,
+          "progress_bar": False}
+trainer = jsae.Trainer(config, interrupting())
+try:
+    trainer.fit()
+except KeyboardInterrupt:
+    print("interrupted at", trainer.steps_done)
+trainer.fit()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XLA_"))}
+    env.update(WANDB_DIR=str(tmp_path), WANDB_MODE="offline", WANDB_BASE_URL="http://127.0.0.1:9")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "interrupted at 4" in proc.stdout
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({run.name.rsplit("-", 1)[1] for run in runs}) == 1, runs
+
+
 def test_sparsity_thresholds_compare_the_frequencies_themselves() -> None:
     """A latent firing exactly once in 1e5 tokens is at 1e-5, not below it (SAELens compares
     count / tokens < 1e-5); recovering the frequency from the float32 log put it below."""

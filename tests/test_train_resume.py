@@ -299,6 +299,39 @@ def test_ctrl_c_stops_after_the_step_with_its_checkpoint(tmp_path: Path) -> None
         assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
 
 
+def test_fit_again_after_ctrl_c_goes_on_in_the_same_metrics_file(tmp_path: Path) -> None:
+    """A notebook's interrupted fit() called again on the same Trainer: it trains on from the
+    interrupt, and the metrics rows of the steps before it stay (they used to be deleted, as if
+    a new run began)."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    config = _list_config(tmp_path, wandb_log_frequency=1, output_path=str(tmp_path / "out"))
+    trainer = jsae.Trainer(config, _Interrupting(chunks, 6))
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").open()]
+    assert [row["step"] for row in rows if "losses/overall_loss" in row] == list(range(20))
+    plain = jsae.Trainer(_list_config(tmp_path, checkpoint_path=None), chunks)
+    plain.fit()
+    for name, value in plain.sae.params.items():
+        assert np.array_equal(np.asarray(trainer.sae.params[name]), np.asarray(value)), name
+
+
+def test_fit_after_stepping_to_the_end_writes_the_output(tmp_path: Path) -> None:
+    """step() through the whole run, then fit() to save, on a source with no rows left: fit()
+    has no step to take and writes the output (it used to refuse the source as empty)."""
+    rows = np.random.default_rng(0).normal(size=(32 * 20, 8)).astype(np.float32)
+    config = _list_config(tmp_path, checkpoint_path=None, output_path=str(tmp_path / "out"))
+    trainer = jsae.Trainer(config, rows)
+    while trainer.steps_done < trainer.total_steps:
+        trainer.step()
+    sae = trainer.fit()
+    saved = jsae.load(tmp_path / "out")
+    for name, value in sae.params.items():
+        assert np.array_equal(np.asarray(saved.params[name]), np.asarray(value)), name
+
+
 def test_resume_refuses_another_batch_size_or_a_checkpoint_past_the_end(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]

@@ -168,7 +168,7 @@ class Trainer:
         self._thresholds = self._checkpoint_thresholds()
         self._pending: tuple[int, dict[str, jax.Array]] | None = None  # last step, unchecked
         self._last_checkpoint: int | None = None
-        self._resumed_from: int | None = None
+        self._logs_from: int | None = None  # the step metrics.jsonl and wandb go on from
         self._source_ended = False  # fit() stopped early because the source ran out
         self._resumed_ended = False  # the resumed checkpoint is of such a run, at this length
         self._wandb_id: str | None = None  # the wandb run a resumed run goes on logging to
@@ -621,10 +621,11 @@ class Trainer:
 
             self._finished = True
             return load_saelens(self._done_output)
-        try:
-            self.check_source()
-        except StopIteration:
-            raise ConfigError("the activation source is empty.") from None
+        if self.steps_done < self.total_steps:  # else only the output is left to write
+            try:
+                self.check_source()
+            except StopIteration:
+                raise ConfigError("the activation source is empty.") from None
         self._open_logs()
         try:
             with self._stop_on_interrupt():
@@ -883,7 +884,7 @@ class Trainer:
             self.logger = RunLogger(
                 self.config,
                 path,
-                resume_step=self._resumed_from,
+                resume_step=self._logs_from,
                 wandb_id=self._wandb_id,
             )
             if self.checkpointer is not None:
@@ -897,6 +898,8 @@ class Trainer:
         if self._progress is not None:
             self._progress.close()
         if self.logger is not None:
+            # a later fit() (after Ctrl-C) goes on in the same metrics file and wandb run
+            self._logs_from, self._wandb_id = self.steps_done, self._current_wandb_id()
             self.logger.close()
             self.logger = None
 
@@ -1123,7 +1126,7 @@ class Trainer:
             self.checkpointer is not None and self.checkpointer.directory == checkpointer.directory
         )
         self._last_checkpoint = step if same_directory else None  # else it is not in ours
-        self._resumed_from = step
+        self._logs_from = step
         self._resumed_dir = checkpointer.directory
         self._wandb_id = host.get("wandb_id")  # the same wandb run goes on (None: a new one)
         self._pending = None
