@@ -332,6 +332,38 @@ def test_fit_after_stepping_to_the_end_writes_the_output(tmp_path: Path) -> None
         assert np.array_equal(np.asarray(saved.params[name]), np.asarray(value)), name
 
 
+def test_a_checkpoint_after_an_interrupt_inside_a_batch_resumes(tmp_path: Path) -> None:
+    """Items smaller than a batch are joined into batches; an interrupt (or an error) from the
+    source while one is being joined leaves rows of several items pending. A checkpoint then
+    holds them as the last rows of the items read, and the resume finds them there (it used to
+    look in the last item alone, and refused)."""
+    rng = np.random.default_rng(0)
+    items = [rng.normal(size=(12, 8)).astype(np.float32) for _ in range(60)]  # batches of 32
+
+    def interrupted_at(number: int):
+        for i, item in enumerate(items):
+            if i == number:
+                raise KeyboardInterrupt
+            yield item
+
+    config = _list_config(tmp_path)
+    first = jsae.Trainer(config, interrupted_at(15))
+    with pytest.raises(KeyboardInterrupt):
+        while True:
+            first.step()
+    assert first.feeder.position()[0]["tail_rows"] > 12  # rows of two items wait
+    first.save_checkpoint()
+    first.close()
+    resumed = jsae.Trainer(
+        _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), items
+    )
+    resumed.fit()
+    plain = jsae.Trainer(_list_config(tmp_path, checkpoint_path=None), items)
+    plain.fit()
+    for name, value in plain.sae.params.items():
+        assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
+
+
 def test_resume_refuses_another_batch_size_or_a_checkpoint_past_the_end(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
@@ -626,7 +658,7 @@ def test_one_large_array_resumes_without_saving_its_rows(tmp_path: Path) -> None
     resumed.fit()
     for name, value in uninterrupted.sae.params.items():
         assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
-    with pytest.raises(jsae.ConfigError, match="has 100 rows, but the checkpoint had 487"):
+    with pytest.raises(jsae.ConfigError, match=r"100 rows in the 1 item.* had 487 of them"):
         jsae.Trainer(
             _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), rows[:100]
         )

@@ -287,32 +287,31 @@ class Feeder:
         if self._iter is None:
             self._iter = iter(self.source)
         item = next(self._iter)  # StopIteration propagates: the source is exhausted
-        self.items_read += 1
+        x, y = self._split(item)
+        self._check_item(x, y, self.items_read + 1)
+        self.items_read += 1  # only items that fit count as read: `position()` relies on it
         if isinstance(self.source, ResumableSource):
             self._source_state = self.source.state()
-        x, y = self._split(item)
-        self._check_item(x, y)
         return x, y
 
-    def _check_item(self, x: Any, y: Any) -> None:
-        """Each item as it arrives: items are concatenated when batches are re-cut, where a
-        wrong width would fail inside numpy and a row-count mismatch would silently pair the
-        wrong inputs and targets."""
+    def _check_item(self, x: Any, y: Any, number: int) -> None:
+        """Each item as it arrives (`number` counts from 1): items are concatenated when
+        batches are re-cut, where a wrong width would fail inside numpy and a row-count
+        mismatch would silently pair the wrong inputs and targets."""
         n = _rows(x)
         checks = [("input", x, self.widths[0] if self.widths else None)]
         if self.transcoder:
             checks.append(("target", y, self.widths[1] if self.widths else None))
             if _rows(y) != n:
                 raise ShapeError(
-                    f"item {self.items_read} of the activation source pairs {n} input rows "
+                    f"item {number} of the activation source pairs {n} input rows "
                     f"with {_rows(y)} target rows; a transcoder's (x, y) must have equal rows."
                 )
         for what, array, width in checks:
             problem = batch_problem(array, width, what)
             if problem:
                 raise ShapeError(
-                    f"the activation source's item {self.items_read} (counting from 1) has "
-                    f"{problem}."
+                    f"the activation source's item {number} (counting from 1) has {problem}."
                 )
 
     def _split(self, item: Any) -> tuple[Any, Any]:
@@ -393,8 +392,9 @@ class Feeder:
         state, arrays = _arrays_out(state, "source")
         info: dict[str, Any] = {"items_read": self.items_read, "source": state}
         if self._pending and not isinstance(self.source, ResumableSource):
-            # leftover rows are always the last rows of the last item read; a resume re-reads
-            # the source anyway, so it takes them from there (one large array of rows would
+            # leftover rows are always the last rows of the items read (of several, when an
+            # interrupt came while a batch was being put together); a resume re-reads the
+            # source anyway, so it takes them from there (one large array of rows would
             # otherwise be saved, nearly whole, in every checkpoint)
             info["tail_rows"] = self._pending_rows
         elif self._pending:
@@ -415,7 +415,9 @@ class Feeder:
             how = "restored the source's position"
         else:
             self._iter = iter(self.source)
-            tail = int(info.get("tail_rows") or 0)  # rows of item items_read not yet trained on
+            tail = int(info.get("tail_rows") or 0)  # last rows of the items read, not trained on
+            recent: list[tuple[int, Any, Any]] = []  # (number, x, y): the fewest holding them
+            recent_rows = 0
             for skipped in range(self.items_read):
                 try:
                     item = next(self._iter)
@@ -425,17 +427,28 @@ class Feeder:
                         f"{self.items_read} the checkpoint had already used; resume with the "
                         "same source as the interrupted run."
                     ) from None
+                if tail:
+                    x, y = self._split(item)
+                    recent.append((skipped + 1, x, y))
+                    recent_rows += _rows(x)
+                    while recent_rows - _rows(recent[0][1]) >= tail:
+                        recent_rows -= _rows(recent.pop(0)[1])
             how = f"re-read the source and skipped {self.items_read} items already used"
         self._pending, self._pending_rows = [], 0
         if tail:
-            x, y = self._split(item)
-            self._check_item(x, y)
-            if _rows(x) < tail:
+            for number, x, y in recent:
+                self._check_item(x, y, number)
+            if recent_rows < tail:
                 raise ConfigError(
-                    f"item {self.items_read} of the activation source has {_rows(x)} rows, but "
-                    f"the checkpoint had {tail} of its rows left to train on; resume with the "
-                    "same source as the interrupted run."
+                    f"the activation source has {recent_rows} rows in the {self.items_read} "
+                    f"item(s) the checkpoint had read, but the checkpoint had {tail} of them "
+                    "left to train on; resume with the same source as the interrupted run."
                 )
+            if len(recent) == 1:  # the usual case: a slice, no copy
+                ((_, x, y),) = recent
+            else:
+                x = np.concatenate([np.asarray(part[1]) for part in recent])
+                y = x if not self.transcoder else np.concatenate([np.asarray(p[2]) for p in recent])
             self._pending, self._pending_rows = [(x[-tail:], y[-tail:])], tail
         if "x" in arrays:
             x = np.asarray(arrays["x"])
