@@ -124,7 +124,10 @@ def test_reader_state_restore_is_exact(tmp_path, prefetch: int) -> None:
     c.restore(state)
     for want in stream[13:]:
         assert np.array_equal(next(c)[HOOKS[0]], want)
-    for r in (a, b, c):
+    other_seed = CachedActivations(tmp_path / "c", batch_size=9, seed=5, prefetch=prefetch)
+    with pytest.raises(ConfigError, match=r"order for seed 4, .* seed 5.*Resume with seed=4"):
+        other_seed.restore(state)  # the position means other rows in seed 5's order
+    for r in (a, b, c, other_seed):
         r.close()
 
 

@@ -99,6 +99,13 @@ def hub_cache(torch_models, tmp_path_factory):
         {"config.json": gpt2["config.json"]},
         refs=("main",),
     )
+    add_snapshot(
+        cache,
+        "jsae-test/tokenizer-only",
+        COMMIT_A,
+        {"config.json": gpt2["config.json"], **tokenizer},
+        refs=("main",),
+    )
     return cache
 
 
@@ -137,6 +144,17 @@ def test_hub_missing_repo_and_weights(hub_cache):
         jsae.load_model("jsae-test/tiny", revision="nope", cache_dir=hub_cache)
     with pytest.raises(jsae.FormatError, match=r"has no model.safetensors"):
         jsae.load_model("jsae-test/no-weights", cache_dir=hub_cache)
+
+
+def test_a_tokenizer_is_fetched_without_the_weights(hub_cache):
+    """What a cache's `exclude_special_tokens` needs of its model: the tokenizer files only."""
+    from jsae.models.loading import tokenizer_of
+
+    tokenizer = tokenizer_of("jsae-test/tokenizer-only", cache_dir=hub_cache)
+    assert tokenizer("w5 w7 w9")["input_ids"] == [5, 7, 9]
+    with pytest.raises(jsae.FormatError, match=r"has no model.safetensors"):
+        jsae.load_model("jsae-test/tokenizer-only", cache_dir=hub_cache)  # the weights are not
+    assert tokenizer_of("jsae-test/no-weights", cache_dir=hub_cache) is None
 
 
 # ------------------------------------------------------------------------- local bad input

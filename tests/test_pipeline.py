@@ -147,6 +147,14 @@ def test_train_from_a_jsae_cache(assets, tmp_path) -> None:
     trainer = jsae.Trainer({**unset, "output_path": None, "training_tokens": 64})
     assert trainer.config.model.context_size == 16
     assert trainer.fit().cfg.metadata.context_size == 16
+    # The step-level Trainer reads the special-token ids from the cache's model's tokenizer,
+    # as `jsae train` does (it used to refuse: "needs the model's tokenizer").
+    from jsae.activations.tokenization import special_token_ids
+
+    excluding = jsae.Trainer({**unset, "output_path": None, "exclude_special_tokens": True})
+    tokenizer = jsae.models.load_model(str(assets["model"])).tokenizer
+    assert sorted(excluding.feeder.source.exclude.tolist()) == sorted(special_token_ids(tokenizer))
+    excluding.close()
     with pytest.raises(jsae.ConfigError, match=r"context_size=32 \(the cache's: 16\)"):
         jsae.train({**cfg, "context_size": 32, "output_path": None})
 

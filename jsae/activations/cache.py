@@ -518,12 +518,19 @@ class CachedActivations:
             yield batch, {"epoch": self.epoch, "consumed": self.consumed}
 
     def state(self) -> dict[str, int]:
-        """Position of the next batch (JSON-serialisable)."""
+        """Position of the next batch (JSON-serialisable), in the order of `seed`."""
         if self._thread is not None:
-            return dict(self._state)
-        return {"epoch": self.epoch, "consumed": self.consumed}
+            return {**self._state, "seed": self.seed}
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
 
     def restore(self, state: Mapping[str, int]) -> None:
+        saved_seed = state.get("seed", self.seed)  # states written before the seed was kept
+        if self.shuffle and int(saved_seed) != self.seed:
+            raise ConfigError(
+                f"the saved position is in the cache's shuffled order for seed {saved_seed}, "
+                f"but this reader shuffles with seed {self.seed}: going on would repeat some "
+                f"rows and skip others. Resume with seed={saved_seed}."
+            )
         self.close()
         self.epoch = int(state["epoch"])
         self.consumed = int(state["consumed"])

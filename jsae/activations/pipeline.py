@@ -131,6 +131,10 @@ def cached_source(
 ) -> CachedActivations:
     """Batches read back from `settings.cached_activations_path`, shuffled across all shards."""
     settings.require("cached_activations_path")
+    if tokenizer is None and settings.exclude_special_tokens is True and settings.model_name:
+        from jsae.models.loading import tokenizer_of  # the ids come from the cache's model
+
+        tokenizer = tokenizer_of(settings.model_name, revision=settings.model_revision)
     exclude = resolve_exclude_special_tokens(settings.exclude_special_tokens, tokenizer)
     return CachedActivations(
         settings.cached_activations_path,

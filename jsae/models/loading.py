@@ -112,8 +112,10 @@ def resolve_model_dir(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     token: str | bool | None = None,
+    weights: bool = True,
 ) -> Path:
-    """A local directory holding the model's files (downloading them from the hub if needed)."""
+    """A local directory holding the model's files (downloading them from the hub if needed;
+    `weights=False`: its config and tokenizer files only)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -131,11 +133,16 @@ def resolve_model_dir(
         raise FileNotFoundError(
             f"model directory {text} does not exist (and it is not a hub repo id like 'org/name')."
         )
-    return _download(text, revision=revision, cache_dir=cache_dir, token=token)
+    return _download(text, revision=revision, cache_dir=cache_dir, token=token, weights=weights)
 
 
 def _download(
-    repo_id: str, *, revision: str | None, cache_dir: str | Path | None, token: str | bool | None
+    repo_id: str,
+    *,
+    revision: str | None,
+    cache_dir: str | Path | None,
+    token: str | bool | None,
+    weights: bool = True,
 ) -> Path:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
@@ -176,24 +183,35 @@ def _download(
             "Check the name, or download it while online first."
         )
     snapshot = config_path.parent
-    index = fetch(SAFETENSORS_INDEX)
-    if index is not None:
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-        for shard in shards:
-            if fetch(shard) is None:
-                raise FormatError(
-                    f"{repo_id}: weight shard {shard} listed in {SAFETENSORS_INDEX} is missing."
-                )
-    elif fetch(SAFETENSORS) is None and fetch(FLAX_MSGPACK) is None:
-        raise FormatError(
-            f"{repo_id} (revision {revision or 'main'}) has no {SAFETENSORS}, sharded "
-            f"safetensors or {FLAX_MSGPACK}"
-            + (" in the local cache (HF_HUB_OFFLINE=1)." if constants.HF_HUB_OFFLINE else ".")
-            + " jsae reads PyTorch weights from safetensors only."
-        )
+    if weights:
+        index = fetch(SAFETENSORS_INDEX)
+        if index is not None:
+            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+            for shard in shards:
+                if fetch(shard) is None:
+                    raise FormatError(
+                        f"{repo_id}: weight shard {shard} listed in {SAFETENSORS_INDEX} is missing."
+                    )
+        elif fetch(SAFETENSORS) is None and fetch(FLAX_MSGPACK) is None:
+            raise FormatError(
+                f"{repo_id} (revision {revision or 'main'}) has no {SAFETENSORS}, sharded "
+                f"safetensors or {FLAX_MSGPACK}"
+                + (" in the local cache (HF_HUB_OFFLINE=1)." if constants.HF_HUB_OFFLINE else ".")
+                + " jsae reads PyTorch weights from safetensors only."
+            )
     for name in TOKENIZER_FILES:
         fetch(name)
     return snapshot
+
+
+def tokenizer_of(
+    name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None
+) -> Any:
+    """The tokenizer of a model directory or hub repo (None if it has none), fetching the
+    tokenizer files without the weights: what a cache's `exclude_special_tokens` needs."""
+    return load_tokenizer(
+        resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir, weights=False)
+    )
 
 
 def load_tokenizer(model_dir: Path) -> Any:
