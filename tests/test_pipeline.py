@@ -205,6 +205,62 @@ def test_several_saes_from_one_forward(assets, tmp_path) -> None:
     store.close()
 
 
+def test_ctrl_c_stops_every_sae_of_train_saes(assets, tmp_path, monkeypatch) -> None:
+    """Ctrl-C while train_saes waits: every SAE stops after its current step and checkpoints,
+    as fit() alone does, and the caller gets one TrainingInterrupted naming them all (the
+    training threads used to go on to the end in the background)."""
+    import os
+    import signal
+    import threading
+
+    from jsae.activations.config import LanguageModelSettings
+    from jsae.activations.pipeline import activation_store, load_model_for, train_saes
+    from jsae.errors import TrainingInterrupted
+    from jsae.training import Trainer
+
+    settings = LanguageModelSettings(
+        model_name=str(assets["model"]),
+        dataset_path=str(assets["data"]),
+        streaming=False,
+        context_size=16,
+        store_batch_size_prompts=4,
+        n_batches_in_buffer=4,
+    )
+    hooks = [HOOK, "blocks.1.hook_mlp_out"]
+    store = activation_store(settings, load_model_for(settings), batch_size=32, hook_names=hooks)
+    total = 100_000  # steps: far more than run before the interrupt
+    configs = {
+        h: {
+            "architecture": "standard",
+            "d_in": 32,
+            "d_sae": 48,
+            "train_batch_size_tokens": 32,
+            "training_tokens": 32 * total,
+            "log_to_wandb": False,
+            "progress_bar": False,
+            "checkpoint_path": str(tmp_path / f"ckpt{i}"),
+            "output_path": str(tmp_path / f"sae{i}"),
+        }
+        for i, h in enumerate(hooks)
+    }
+    step = Trainer.step
+
+    def ctrl_c_at_step_3(self, *args):  # the user presses Ctrl-C while the SAEs train
+        if self.steps_done == 3 and self.cfg.metadata.hook_name == HOOK:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "step", ctrl_c_at_step_3)
+    with pytest.raises(TrainingInterrupted, match=r"hook_resid_post: .*SIGINT.*; .*hook_mlp_out"):
+        train_saes(configs, store, settings=settings)
+    assert not [t for t in threading.enumerate() if t.name.startswith("jsae-train")]
+    for i in range(len(hooks)):
+        steps = sorted(int(p.name) for p in (tmp_path / f"ckpt{i}" / "state").iterdir())
+        assert len(steps) == 1 and (3 if i == 0 else 0) <= steps[0] < total  # within the lag
+        assert not (tmp_path / f"sae{i}").exists()
+    store.close()
+
+
 def test_jsae_train_refuses_bad_model_settings(assets, tmp_path, capsys) -> None:
     out = tmp_path / "sae"
     bad_hook = _write(

@@ -12,6 +12,7 @@ These are what `jsae train`, `jsae cache` and `jsae eval` run; each is usable on
 from __future__ import annotations
 
 import numbers
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ from jsae.activations.store import (
 )
 from jsae.activations.tokenization import resolve_exclude_special_tokens
 from jsae.config import unfreeze
-from jsae.errors import ConfigError
+from jsae.errors import ConfigError, TrainingInterrupted
 
 
 def load_model_for(settings: LanguageModelSettings) -> Any:
@@ -493,6 +494,9 @@ def train_saes(
     results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}
 
+    done = {h: threading.Event() for h in trainers}  # not Thread.join: a Ctrl-C inside it
+    # can leave the thread looking finished while it still runs (CPython 3.11)
+
     def fit(hook: str) -> None:
         try:
             results[hook] = trainers[hook].fit()
@@ -500,12 +504,31 @@ def train_saes(
             errors[hook] = exc
         finally:
             views[hook].close()
+            done[hook].set()
 
-    threads = [threading.Thread(target=fit, args=(h,), daemon=True) for h in trainers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    def wait_all() -> None:
+        for event in done.values():
+            while not event.wait(0.25):
+                pass
+
+    for h in trainers:
+        threading.Thread(target=fit, args=(h,), daemon=True, name=f"jsae-train {h}").start()
+    try:
+        wait_all()
+    except KeyboardInterrupt:  # Ctrl-C: every SAE stops after its step, as fit() alone does
+        print(
+            "\njsae: SIGINT; every SAE stops after its current step (send it again to stop at "
+            "once).",
+            file=sys.stderr,
+        )
+        for trainer in trainers.values():
+            trainer.request_stop("SIGINT")
+        wait_all()  # a second Ctrl-C raises here, leaving them to stop
+    stopped = {h: errors[h] for h in trainers if isinstance(errors.get(h), TrainingInterrupted)}
+    if stopped:
+        raise TrainingInterrupted(
+            "; ".join(f"{h}: {str(e).rstrip('.')}" for h, e in stopped.items()) + "."
+        )
     if errors:
         hook, exc = next(iter(errors.items()))
         raise RuntimeError(f"training the SAE for {hook} failed: {exc}") from exc

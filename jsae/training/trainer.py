@@ -697,6 +697,11 @@ class Trainer:
         self._finished = True
         return sae
 
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask a running fit() (in another thread) to stop after its current step, as Ctrl-C
+        does: it checkpoints (when checkpointing) and raises `TrainingInterrupted`."""
+        self._interrupt_requested = reason
+
     @contextlib.contextmanager
     def _stop_on_interrupt(self) -> Iterator[None]:
         """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption notice) during fit() stops the
