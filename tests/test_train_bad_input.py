@@ -172,6 +172,26 @@ def test_bad_batches_later_in_the_stream_name_the_step(tmp_path: Path) -> None:
     ints = [np.zeros((16, 8), np.int32)]
     with pytest.raises(jsae.ShapeError, match="floating point"):
         jsae.Trainer(_config(tmp_path, checkpoint_path=None), ints).fit()
+    positions = [np.zeros((4, 4, 8), np.float32)]  # [batch, positions, d_in] from a model
+    with pytest.raises(jsae.ShapeError, match=r"\(4, 4, 8\).*x\.reshape\(-1, 8\)"):
+        jsae.Trainer(_config(tmp_path, checkpoint_path=None), positions).fit()
+
+
+def test_an_error_raised_by_the_source_says_at_which_step(tmp_path: Path) -> None:
+    """The caller's own source failing (a lost file, a dropped connection): its error goes up
+    unchanged, with a note naming the step and the checkpoint to resume from."""
+
+    def failing():
+        yield from _batches(5)
+        raise OSError("disk went away")
+
+    trainer = jsae.Trainer(_config(tmp_path, checkpoint_every_steps=2), failing())
+    with pytest.raises(OSError, match="disk went away") as caught:
+        trainer.fit()
+    assert caught.value.__notes__ == [
+        f"jsae: raised by the activation source at step 5; the last checkpoint is step 4 in "
+        f"{tmp_path / 'ckpt'}."
+    ]
 
 
 def test_transcoder_source_must_yield_pairs(tmp_path: Path) -> None:

@@ -140,6 +140,29 @@ jsae.train({{"architecture": "standard", "d_in": 8, "d_sae": 16, "train_batch_si
     assert (tmp_path / "out" / "sae_weights.safetensors").exists()
 
 
+def test_wandb_online_without_credentials_is_one_clear_error(tmp_path: Path) -> None:
+    """WANDB_MODE=online asks for the hub, so no offline fallback: `jsae train` exits with one
+    line saying how to log in or log offline (it used to print wandb's whole traceback)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("WANDB_", "XLA_")) and k not in ("NETRC", "HOME")
+    }
+    env.update(HOME=str(tmp_path), WANDB_DIR=str(tmp_path), NETRC=str(tmp_path / "none"))
+    env.update(WANDB_MODE="online", WANDB_BASE_URL="http://127.0.0.1:9")
+    args = ["d_in=8", "d_sae=16", "train_batch_size_tokens=32", "training_tokens=64"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jsae", "train", *args, f"output_path={tmp_path / 'out'}",
+         f"checkpoint_path={tmp_path / 'ckpt'}", "progress_bar=false"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "jsae train: error: wandb could not start a run (WANDB_MODE=online)" in proc.stderr
+    assert "log_to_wandb=false" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path: Path) -> None:
     """The wandb run id goes into every checkpoint; a resumed run goes on in that run (offline
     here: each session writes `offline-run-<time>-<id>`, and `wandb sync` joins them)."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from jsae.errors import ConfigError
 from jsae.fsutil import atomic_write_bytes
 
 
@@ -81,16 +82,24 @@ class RunLogger:
             )
         if logging.wandb_dir:
             Path(logging.wandb_dir).mkdir(parents=True, exist_ok=True)
-        return wandb.init(
-            project=logging.wandb_project,
-            entity=logging.wandb_entity,
-            id=logging.wandb_id or run_id,
-            name=self.config.run_name,
-            config=self.config.to_dict(flat=True),
-            dir=logging.wandb_dir,
-            mode=mode,
-            resume="allow" if resume or logging.wandb_id or run_id else None,
-        )
+        try:
+            return wandb.init(
+                project=logging.wandb_project,
+                entity=logging.wandb_entity,
+                id=logging.wandb_id or run_id,
+                name=self.config.run_name,
+                config=self.config.to_dict(flat=True),
+                dir=logging.wandb_dir,
+                mode=mode,
+                resume="allow" if resume or logging.wandb_id or run_id else None,
+            )
+        except wandb.errors.UsageError as exc:  # e.g. WANDB_MODE=online without an API key
+            self._file.close()
+            raise ConfigError(
+                f"wandb could not start a run (WANDB_MODE={mode}): {exc} Log in (`wandb login` "
+                "or WANDB_API_KEY), unset WANDB_MODE to log offline when there are no "
+                "credentials, or set log_to_wandb=false."
+            ) from None
 
     def log(self, step: int, row: dict[str, Any]) -> None:
         """Write one row of scalar metrics (numbers or arrays of one element)."""

@@ -468,18 +468,19 @@ def batch_problem(array: Any, width: int | None, what: str, rows: int | None = N
         or (rows is not None and shape[0] != rows)
     ):
         name = "d_out" if what == "target" else "d_in"
+        if shape is not None and len(shape) > 2 and shape[-1] == width:
+            hint = f"; flatten the leading axes into rows first: x.reshape(-1, {width})"
+        elif what == "target" and shape is not None and len(shape) == 2:
+            hint = "; set d_out to the targets' width (it defaults to d_in)"
+        elif rows is not None and shape is not None and len(shape) == 2 and shape[1] == width:
+            hint = "; a batch passed to Trainer.step(x) is not re-cut: give it that many rows"
+        else:
+            hint = "; check that the source reads the hook the SAE is configured for"
         return (
             f"{what} shape {None if shape is None else tuple(shape)} but the SAE has "
             f"{name}={width}"
             + (f" and takes [{rows}, {width}] batches" if rows is not None else "")
-            + (
-                "; set d_out to the targets' width (it defaults to d_in)"
-                if what == "target" and shape is not None and len(shape) == 2
-                else "; a batch passed to Trainer.step(x) is not re-cut: give it exactly that "
-                "many rows"
-                if rows is not None and shape is not None and len(shape) == 2 and shape[1] == width
-                else "; check that the source reads the hook the SAE is configured for"
-            )
+            + hint
         )
     dtype = getattr(array, "dtype", np.float32)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -531,7 +532,14 @@ def _rows(x: Any) -> int:
     if shape is None:
         raise ShapeError(f"activation batches must be arrays [B, d_in], got {type(x).__name__}.")
     if len(shape) != 2:
-        raise ShapeError(f"activation batches must have shape [B, d_in], got {tuple(shape)}.")
+        flatten = (
+            f"; flatten the leading axes into rows first: x.reshape(-1, {shape[-1]})"
+            if len(shape) > 2
+            else ""
+        )
+        raise ShapeError(
+            f"activation batches must have shape [B, d_in], got {tuple(shape)}{flatten}."
+        )
     return int(shape[0])
 
 

@@ -48,7 +48,14 @@ from jax.sharding import PartitionSpec as P
 from jsae.architectures import get_architecture
 from jsae.architectures.base import TrainContext
 from jsae.architectures.grad_layout import LAYOUTS, choose_layout, layout_cache_path
-from jsae.errors import ConfigError, FormatError, NonFiniteError, ShapeError, TrainingInterrupted
+from jsae.errors import (
+    ConfigError,
+    FormatError,
+    JsaeError,
+    NonFiniteError,
+    ShapeError,
+    TrainingInterrupted,
+)
 from jsae.fsutil import atomic_output_dir
 from jsae.io import CFG_FILENAME, WEIGHTS_FILENAME, log_feature_sparsity
 from jsae.parallel import make_mesh
@@ -561,6 +568,20 @@ class Trainer:
             return pull()
         except ShapeError as exc:
             raise ShapeError(f"step {self.steps_done}: {exc}") from None
+        except Exception as exc:  # the caller's source failed: keep its error, say where
+            if not isinstance(exc, JsaeError):
+                exc.add_note(
+                    f"jsae: raised by the activation source at step {self.steps_done}; "
+                    f"{self._last_checkpoint_words()}."
+                )
+            raise
+
+    def _last_checkpoint_words(self, good: str = "") -> str:
+        """'the last checkpoint is step N in DIR', for errors that stop a run."""
+        if self.checkpointer is None or self._last_checkpoint is None:
+            return "no checkpoint was written"
+        step, directory = self._last_checkpoint, self.checkpointer.directory
+        return f"the last {good}checkpoint is step {step} in {directory}"
 
     def _check_pending(self) -> None:
         if self._pending is not None:
@@ -571,12 +592,7 @@ class Trainer:
         if bool(metrics["finite"]):
             return
         self.n_training_samples = step * self.batch_size  # the state is that before `step`
-        where = (
-            f"the last good checkpoint is step {self._last_checkpoint} in "
-            f"{self.checkpointer.directory}"
-            if self.checkpointer is not None and self._last_checkpoint is not None
-            else "no checkpoint was written"
-        )
+        where = self._last_checkpoint_words("good ")
         if not bool(metrics["given_batch_finite"]):
             problem = "the activation batch contains NaN or Inf"
         elif not bool(metrics["batch_finite"]):
@@ -1094,6 +1110,10 @@ class Trainer:
         speed_only = ("use_sparse_activations",)  # the same losses either way
         saved_sae = saved_sae or current
         diff = sorted(k for k in current if k not in speed_only and saved_sae.get(k) != current[k])
+        if "metadata" in diff:  # name the entries (hook_name, model_name, ...)
+            saved_meta, meta = saved_sae.get("metadata") or {}, current["metadata"] or {}
+            changed = [k for k in sorted({*saved_meta, *meta}) if saved_meta.get(k) != meta.get(k)]
+            diff = sorted({*diff} - {"metadata"} | {f"metadata.{k}" for k in changed})
         if diff:
             raise ConfigError(
                 f"cannot resume from {directory}: the SAE settings differ from the "
