@@ -180,9 +180,7 @@ def test_resume_refuses_different_sae_settings(tmp_path: Path) -> None:
         tmp_path, metadata={"hook_name": "blocks.1.hook_resid_post"},
         resume_from_checkpoint=str(tmp_path / "ckpt"),
     )  # fmt: skip
-    with pytest.raises(
-        jsae.ConfigError, match=r"checkpoint's in \['metadata\.hook_name'\]"
-    ):
+    with pytest.raises(jsae.ConfigError, match=r"checkpoint's in \['metadata\.hook_name'\]"):
         jsae.Trainer(moved, chunks)
     with pytest.raises(jsae.ConfigError, match="no checkpoint"):
         jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "empty")), chunks)
