@@ -167,9 +167,10 @@ def test_train_from_a_jsae_cache(assets, tmp_path) -> None:
     assert sae.cfg.d_sae == 64 and results is None
 
 
-def test_several_saes_from_one_forward(assets, tmp_path) -> None:
+def _two_hook_store(assets):
+    """(settings, store, hooks): one activation store serving two hooks of the test model."""
     from jsae.activations.config import LanguageModelSettings
-    from jsae.activations.pipeline import activation_store, load_model_for, train_saes
+    from jsae.activations.pipeline import activation_store, load_model_for
 
     settings = LanguageModelSettings(
         model_name=str(assets["model"]),
@@ -181,6 +182,13 @@ def test_several_saes_from_one_forward(assets, tmp_path) -> None:
     )
     hooks = [HOOK, "blocks.1.hook_mlp_out"]
     store = activation_store(settings, load_model_for(settings), batch_size=32, hook_names=hooks)
+    return settings, store, hooks
+
+
+def test_several_saes_from_one_forward(assets, tmp_path) -> None:
+    from jsae.activations.pipeline import train_saes
+
+    settings, store, hooks = _two_hook_store(assets)
     base = {
         "architecture": "standard",
         "d_in": 32,
@@ -213,21 +221,11 @@ def test_ctrl_c_stops_every_sae_of_train_saes(assets, tmp_path, monkeypatch) -> 
     import signal
     import threading
 
-    from jsae.activations.config import LanguageModelSettings
-    from jsae.activations.pipeline import activation_store, load_model_for, train_saes
+    from jsae.activations.pipeline import train_saes
     from jsae.errors import TrainingInterrupted
     from jsae.training import Trainer
 
-    settings = LanguageModelSettings(
-        model_name=str(assets["model"]),
-        dataset_path=str(assets["data"]),
-        streaming=False,
-        context_size=16,
-        store_batch_size_prompts=4,
-        n_batches_in_buffer=4,
-    )
-    hooks = [HOOK, "blocks.1.hook_mlp_out"]
-    store = activation_store(settings, load_model_for(settings), batch_size=32, hook_names=hooks)
+    settings, store, hooks = _two_hook_store(assets)
     total = 100_000  # steps: far more than run before the interrupt
     configs = {
         h: {

@@ -163,6 +163,17 @@ def test_wandb_online_without_credentials_is_one_clear_error(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+def _run_with_offline_wandb(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter logging wandb offline under tmp_path; it must pass."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XLA_"))}
+    env.update(WANDB_DIR=str(tmp_path), WANDB_MODE="offline", WANDB_BASE_URL="http://127.0.0.1:9")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path: Path) -> None:
     """The wandb run id goes into every checkpoint; a resumed run goes on in that run (offline
     here: each session writes `offline-run-<time>-<id>`, and `wandb sync` joins them)."""
@@ -179,12 +190,7 @@ jsae.train(config, batches[:6])
 jsae.train(dict(config, training_tokens=32 * 12, resume_from_checkpoint=config["checkpoint_path"]),
            batches)
 """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XLA_"))}
-    env.update(WANDB_DIR=str(tmp_path), WANDB_MODE="offline", WANDB_BASE_URL="http://127.0.0.1:9")
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_with_offline_wandb(script, tmp_path)
     assert "resumed from step 6" in proc.stderr
     ids = {
         step: json.loads((tmp_path / "ckpt" / "host" / f"{step}.p0.json").read_text())["wandb_id"]
@@ -218,12 +224,7 @@ except KeyboardInterrupt:
     print("interrupted at", trainer.steps_done)
 trainer.fit()
 """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XLA_"))}
-    env.update(WANDB_DIR=str(tmp_path), WANDB_MODE="offline", WANDB_BASE_URL="http://127.0.0.1:9")
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_with_offline_wandb(script, tmp_path)
     assert "interrupted at 4" in proc.stdout
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({run.name.rsplit("-", 1)[1] for run in runs}) == 1, runs
