@@ -524,14 +524,14 @@ def train_saes(
         for trainer in trainers.values():
             trainer.request_stop("SIGINT")
         wait_all()  # a second Ctrl-C raises here, leaving them to stop
-    stopped = {h: errors[h] for h in trainers if isinstance(errors.get(h), TrainingInterrupted)}
-    if stopped:
-        raise TrainingInterrupted(
-            "; ".join(f"{h}: {str(e).rstrip('.')}" for h, e in stopped.items()) + "."
-        )
-    if errors:
-        hook, exc = next(iter(errors.items()))
+    failed = {h: e for h, e in errors.items() if not isinstance(e, TrainingInterrupted)}
+    if failed:
+        hook, exc = next(iter(failed.items()))
         raise RuntimeError(f"training the SAE for {hook} failed: {exc}") from exc
+    if errors:  # every SAE that stopped early was interrupted
+        raise TrainingInterrupted(
+            "; ".join(f"{h}: {str(errors[h]).rstrip('.')}" for h in trainers if h in errors) + "."
+        )
     return results
 
 

@@ -1112,29 +1112,26 @@ def _positive_int(name: str, value: Any, *, required: bool = False) -> None:
 
 
 @functools.cache
-def _number_fields(cls: type) -> dict[str, tuple[str, bool]]:
-    """{field: ("int" | "float", optional)} for the number-typed fields of a settings class."""
+def _number_fields(cls: type) -> dict[str, str]:
+    """{field: "int" | "float"} for the number-typed fields of a settings class."""
     found = {}
     for name, hint in typing.get_type_hints(cls).items():
         options = typing.get_args(hint) if _is_union(hint) else (hint,)
-        optional = type(None) in options
         options = tuple(o for o in options if o is not type(None))
         if options == (int,):
-            found[name] = ("int", optional)
+            found[name] = "int"
         elif float in options:
-            found[name] = ("float", optional)
+            found[name] = "float"
     return found
 
 
 def _check_numbers(obj: Any) -> None:
     """Integers are integers and numbers finite: 2.5 warm-up steps, lr=True or a NaN coefficient
     would otherwise pass the range checks (NaN compares False) and fail mid-run."""
-    for name, (kind, optional) in _number_fields(type(obj)).items():
+    for name, kind in _number_fields(type(obj)).items():
         value = getattr(obj, name)
-        if value is None:
-            if optional:
-                continue
-            raise ConfigError(f"{name} must be set (a number), got None.")
+        if value is None:  # an optional field's "none" (`refuse_nulls` refused the others)
+            continue
         if kind == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
             raise ConfigError(f"{name} must be an integer, got {value!r}.")
         if kind == "float" and (
