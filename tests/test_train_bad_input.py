@@ -113,14 +113,28 @@ def test_a_finite_batch_that_overflows_the_compute_dtype_is_not_called_nan(tmp_p
         jsae.train(config, batches)
 
 
-def test_an_all_zero_row_under_constant_norm_rescale_is_named(tmp_path: Path) -> None:
-    """Its normalisation divides by the row's zero norm (SAELens's too): the error names that
-    cause besides divergence, so the fix is not only "lower the lr"."""
+@pytest.mark.parametrize(
+    "path",
+    [
+        {"architecture": "standard"},
+        {
+            "architecture": "batchtopk",
+            "k": 2,
+            "use_sparse_activations": True,
+            "aux_loss_coefficient": 0,
+        },
+    ],
+)
+def test_an_all_zero_row_under_constant_norm_rescale_is_named(tmp_path: Path, path: dict) -> None:
+    """Its normalisation divides by the row's zero norm (SAELens's too): the step is refused on
+    every path, naming that cause (the sparse paths used to mask the NaN row and train on)."""
     batches = _batches(12)
     batches[1][3] = 0
     config = _config(tmp_path, checkpoint_path=None, output_path=None,
-                     normalize_activations="constant_norm_rescale")  # fmt: skip
-    with pytest.raises(jsae.NonFiniteError, match=r"step 1: .*all-zero row.*constant_norm_rescale"):
+                     normalize_activations="constant_norm_rescale", **path)  # fmt: skip
+    if path["architecture"] != "standard":
+        del config["l1_coefficient"]
+    with pytest.raises(jsae.NonFiniteError, match=r"step 1: .*all-zero row, which constant_norm"):
         jsae.train(config, batches)
 
 

@@ -64,6 +64,13 @@ def make_step(
         given_finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))  # before the cast
         x = (x * scale).astype(compute.jax_dtype)  # [B, d_in]
         target = y.astype(compute.jax_dtype) if transcoder else x  # [B, d_out]
+        # constant_norm_rescale divides each row by its norm: an all-zero row has none. Every
+        # path refuses such a batch (the dense one got NaN; the sparse ones masked it away).
+        rows_normalisable = (
+            jnp.all(jnp.any(x != 0, axis=-1))
+            if cfg.normalize_activations == "constant_norm_rescale"
+            else jnp.bool_(True)
+        )
         coefficients = {
             name: coefficient(value, warm, step)
             for name, (value, warm) in coefficient_specs.items()
@@ -87,7 +94,7 @@ def make_step(
 
             batch_finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(target))
             grads_finite = jnp.isfinite(optax.tree.norm(grads))  # NaN or Inf in any gradient
-            finite = batch_finite & jnp.isfinite(loss) & grads_finite
+            finite = batch_finite & rows_normalisable & jnp.isfinite(loss) & grads_finite
             new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
 
             metrics = _metrics(out, loss, target, new, window)
@@ -98,6 +105,7 @@ def make_step(
                 metrics["metrics/topk_threshold"] = new.buffers["topk_threshold"]
             metrics["finite"] = finite
             metrics["batch_finite"] = batch_finite
+            metrics["rows_normalisable"] = rows_normalisable
             metrics["given_batch_finite"] = given_finite
             metrics["loss_finite"] = jnp.isfinite(loss)
             return new, metrics

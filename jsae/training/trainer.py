@@ -603,13 +603,14 @@ class Trainer:
                 "compute_dtype to bfloat16 or float32, or normalise the activations "
                 "(normalize_activations: expected_average_only_in)"
             )
+        elif not bool(metrics["rows_normalisable"]):
+            problem = (
+                "the activation batch holds an all-zero row, which constant_norm_rescale cannot "
+                "rescale (it divides each row by its norm); drop such rows from the source, or "
+                "choose another normalize_activations"
+            )
         elif not bool(metrics["loss_finite"]):
             problem = "the loss became NaN or Inf (training diverged; try a lower lr)"
-            if self.cfg.normalize_activations == "constant_norm_rescale":
-                problem += (
-                    ", or the batch holds an all-zero row, which constant_norm_rescale divides "
-                    "by its zero norm (drop such rows)"
-                )
         else:
             problem = (
                 "the loss is finite but its gradients hold NaN or Inf (a loss term with an "
