@@ -799,16 +799,16 @@ class Trainer:
         return True
 
     def _stop_interrupted(self) -> None:
-        """Checkpoint the steps done so far and raise `TrainingInterrupted`."""
+        """Checkpoint the steps done so far and raise `TrainingInterrupted`; the request is
+        served (a later fit() trains on, off the main thread too)."""
         self._check_pending()
         step, where = self.steps_done, "no checkpoint (checkpoint_path is None)"
         if self.checkpointer is not None:
             if self._last_checkpoint != step:
                 self.save_checkpoint()
             where = f"checkpointed in {self.checkpointer.directory}; continue with --resume"
-        raise TrainingInterrupted(
-            f"training interrupted ({self._interrupt_requested}) at step {step}: {where}."
-        )
+        reason, self._interrupt_requested = self._interrupt_requested, False
+        raise TrainingInterrupted(f"training interrupted ({reason}) at step {step}: {where}.")
 
     def _warn_exhausted(self) -> None:
         warnings.warn(
