@@ -113,6 +113,16 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> No
     assert logged_steps == sorted(logged_steps) and len(set(logged_steps)) == len(logged_steps)
 
 
+def _stepped(trainer: jsae.Trainer, steps: int, *, every: int | None = None) -> None:
+    """Take `steps` steps, checkpointing every `every` steps (or once, at the end)."""
+    for _ in range(steps):
+        trainer.step()
+        if every and trainer.steps_done % every == 0:
+            trainer.save_checkpoint()
+    if not every:
+        trainer.save_checkpoint()
+
+
 def _list_config(tmp: Path, **extra) -> dict:
     return {
         "architecture": "jumprelu",
@@ -145,9 +155,7 @@ def test_resume_with_a_plain_list_and_uneven_batches(tmp_path: Path) -> None:
     uninterrupted.fit()
 
     first = jsae.Trainer(_list_config(tmp_path), chunks)
-    for _ in range(10):
-        first.step()
-    first.save_checkpoint()
+    _stepped(first, 10)
     info, arrays = first.feeder.position()
     assert info["tail_rows"] == (-10 * 32) % 24 and not arrays  # re-read from the source
 
@@ -194,9 +202,7 @@ def test_resume_may_switch_the_sparse_path(tmp_path: Path) -> None:
     config = {k: v for k, v in _list_config(tmp_path).items() if k not in jumprelu_only}
     config.update(architecture="topk", k=3)
     trainer = jsae.Trainer(dict(config, use_sparse_activations=False), chunks)
-    for _ in range(4):
-        trainer.step()
-    trainer.save_checkpoint()
+    _stepped(trainer, 4)
     resumed = jsae.Trainer(
         dict(config, use_sparse_activations=True, resume_from_checkpoint=str(tmp_path / "ckpt")),
         chunks,
@@ -212,9 +218,7 @@ def test_auto_resume_starts_or_continues(tmp_path: Path, capsys) -> None:
     config = _list_config(tmp_path, resume_from_checkpoint="auto")
     first = jsae.Trainer(config, chunks)
     assert first.steps_done == 0 and "no checkpoint in" in capsys.readouterr().err
-    for _ in range(6):
-        first.step()
-    first.save_checkpoint()
+    _stepped(first, 6)
     again = jsae.Trainer(config, chunks)
     assert again.steps_done == 6 and "resumed from step 6" in capsys.readouterr().err
     again.fit()
@@ -324,6 +328,35 @@ def test_fit_again_after_ctrl_c_goes_on_in_the_same_metrics_file(tmp_path: Path)
         assert np.array_equal(np.asarray(trainer.sae.params[name]), np.asarray(value)), name
 
 
+def test_request_stop_from_another_thread_is_served_once(tmp_path: Path) -> None:
+    """`request_stop()` stops a fit() running off the main thread after its step, with a
+    checkpoint; the request is then used up, so fit() again trains to the end."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    trainer = jsae.Trainer(_list_config(tmp_path), chunks)
+    outcomes: list[BaseException | int] = []
+
+    def fit_twice() -> None:
+        for _ in range(2):
+            try:
+                trainer.fit()
+                outcomes.append(trainer.steps_done)
+            except TrainingInterrupted as exc:
+                outcomes.append(exc)
+
+    _stepped(trainer, 3, every=100)  # no checkpoint yet
+    trainer.request_stop()
+    worker = threading.Thread(target=fit_twice)
+    worker.start()
+    worker.join(timeout=300)
+    assert isinstance(outcomes[0], TrainingInterrupted) and "(stop requested) at step 3" in str(
+        outcomes[0]
+    )
+    assert outcomes[1] == 20 and trainer.checkpointer.steps()[0] == 3
+
+
 def test_fit_after_stepping_to_the_end_writes_the_output(tmp_path: Path) -> None:
     """step() through the whole run, then fit() to save, on a source with no rows left: fit()
     has no step to take and writes the output (it used to refuse the source as empty)."""
@@ -374,9 +407,7 @@ def test_resume_refuses_another_batch_size_or_a_checkpoint_past_the_end(tmp_path
     rng = np.random.default_rng(0)
     chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
     first = jsae.Trainer(_list_config(tmp_path), chunks)
-    for _ in range(6):
-        first.step()
-    first.save_checkpoint()
+    _stepped(first, 6)
     ckpt = str(tmp_path / "ckpt")
     with pytest.raises(jsae.ConfigError, match=r"train_batch_size_tokens=32 .*this config has 16"):
         jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=ckpt,
@@ -476,9 +507,7 @@ def test_leftovers_of_writers_killed_mid_write_are_cleaned_not_fatal(tmp_path: P
     rng = np.random.default_rng(0)
     chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
     first = jsae.Trainer(_list_config(tmp_path), chunks)
-    for _ in range(4):
-        first.step()
-    first.save_checkpoint()
+    _stepped(first, 4)
     first.close()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
@@ -555,10 +584,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(
     uninterrupted.fit()
 
     first = jsae.Trainer(config, chunks)
-    for _ in range(8):
-        first.step()
-        if first.steps_done % 4 == 0:
-            first.save_checkpoint()
+    _stepped(first, 8, every=4)
     first.close()
     damaged = {
         "host file": tmp_path / "ckpt" / "host" / "8.p0.json",
@@ -592,10 +618,7 @@ def test_a_reader_passes_quietly_over_a_step_the_writer_deletes(
     chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(12)]
     config = _list_config(tmp_path, training_tokens=32 * 12)
     first = jsae.Trainer(config, chunks)
-    for _ in range(8):
-        first.step()
-        if first.steps_done % 4 == 0:
-            first.save_checkpoint()
+    _stepped(first, 8, every=4)
     first.close()
     restore = Checkpointer.restore_state
 
@@ -626,9 +649,7 @@ def test_resume_refuses_settings_that_would_change_the_activations(tmp_path: Pat
     caller's business, whatever the seed."""
     config = _list_config(tmp_path, synthetic_n_features=24)
     first = jsae.Trainer(config)
-    for _ in range(4):
-        first.step()
-    first.save_checkpoint()
+    _stepped(first, 4)
     first.close()
     resume = {**config, "resume_from_checkpoint": str(tmp_path / "ckpt")}
     for change in ({"seed": 7}, {"synthetic_n_features": 40}):
@@ -651,9 +672,7 @@ def test_one_large_array_resumes_without_saving_its_rows(tmp_path: Path) -> None
     uninterrupted = jsae.Trainer(_list_config(tmp_path, checkpoint_path=str(tmp_path / "r")), rows)
     uninterrupted.fit()
     first = jsae.Trainer(_list_config(tmp_path), rows)
-    for _ in range(5):
-        first.step()
-    first.save_checkpoint()
+    _stepped(first, 5)
     first.close()
     assert sorted(p.name for p in (tmp_path / "ckpt" / "host").iterdir()) == ["5.p0.json"]
     host = json.loads((tmp_path / "ckpt" / "host" / "5.p0.json").read_text())
