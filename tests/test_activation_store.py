@@ -158,6 +158,65 @@ def test_state_restore_continues_the_stream(model, corpus, include_buffer: bool)
     b.close()
 
 
+def test_hook_views_resume_where_each_consumer_stood(model, corpus) -> None:
+    """Each hook's view checkpointed at its own position (one ahead of the store's oldest
+    checkpoint, one behind it) resumes on a new store with exactly the batches it would
+    have read uninterrupted, without the model running again over the batches consumed."""
+    hooks = [RESID, "blocks.1.hook_mlp_out"]
+    kw = dict(hook_names=hooks, batch_size=8, store_batch_size_prompts=2, n_batches_in_buffer=2)
+
+    def views_of(store):
+        return store.hook_iterators(max_lag=8)  # one thread reads both: room to run apart
+
+    def read(view, n):
+        return [np.asarray(next(view)) for _ in range(n)]
+
+    def counting_forwards(store):
+        store.forwards, step = 0, store._step
+
+        def counted(*args):
+            store.forwards += 1
+            return step(*args)
+
+        store._step = counted
+        return store
+
+    full_store = counting_forwards(ActivationStore(model, _source(model, corpus), **kw))
+    full = views_of(full_store)
+    expected = {h: [] for h in hooks}
+    for turn in range(4):  # in turns: a view cannot run more than max_lag ahead of the other
+        for h in hooks:
+            expected[h] += read(full[h], 3)
+        if turn == 1:
+            forwards_to_6 = full_store.forwards
+
+    first = views_of(ActivationStore(model, _source(model, corpus), **kw))
+    read(first[hooks[0]], 6)
+    read(first[hooks[1]], 3)
+    behind = first[hooks[1]].state(include_buffer=True)  # store at 6, consumed 3
+    assert (behind["produced"], behind["consumed"], len(behind["pending"])) == (6, 3, 3)
+    read(first[hooks[0]], 2)
+    ahead = first[hooks[0]].state(include_buffer=True)  # store at 8, consumed 8
+    assert (ahead["produced"], ahead["consumed"], len(ahead["pending"])) == (8, 8, 0)
+
+    store = counting_forwards(ActivationStore(model, _source(model, corpus), **kw))
+    resumed = views_of(store)
+    resumed[hooks[0]].restore(ahead)
+    resumed[hooks[1]].restore(behind)
+    got = {hooks[0]: read(resumed[hooks[0]], 4), hooks[1]: read(resumed[hooks[1]], 9)}
+    for h, start in ((hooks[0], 8), (hooks[1], 3)):
+        for want, have in zip(expected[h][start:], got[h], strict=True):
+            assert np.array_equal(want, have)
+    # the store resumed after batch 6 of the stream: the model ran only for batches 7-12
+    assert 0 < store.forwards == full_store.forwards - forwards_to_6
+
+    with pytest.raises(ConfigError, match="restore the views of every hook before reading"):
+        resumed[hooks[0]].restore(ahead)
+    other = views_of(ActivationStore(model, _source(model, corpus), **kw))
+    with pytest.raises(ConfigError, match=r"this checkpoint is of the view of 'blocks\.0"):
+        other[hooks[1]].restore(ahead)
+
+
 def test_process_share_of_the_batch(model, corpus) -> None:
     store = ActivationStore(
         model,

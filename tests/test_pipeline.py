@@ -19,6 +19,7 @@ if not hasattr(jsae.models, "load_model") or not hasattr(jsae.training, "TrainCo
     pytest.skip("jsae.models / jsae.training are not available yet", allow_module_level=True)
 
 HOOK = "blocks.0.hook_resid_post"
+TWO_HOOKS = [HOOK, "blocks.1.hook_mlp_out"]  # what _two_hook_store serves
 GROUPS = {
     "model_behavior_preservation",
     "model_performance_preservation",
@@ -180,7 +181,7 @@ def _two_hook_store(assets):
         store_batch_size_prompts=4,
         n_batches_in_buffer=4,
     )
-    hooks = [HOOK, "blocks.1.hook_mlp_out"]
+    hooks = TWO_HOOKS
     store = activation_store(settings, load_model_for(settings), batch_size=32, hook_names=hooks)
     return settings, store, hooks
 
@@ -257,6 +258,68 @@ def test_ctrl_c_stops_every_sae_of_train_saes(assets, tmp_path, monkeypatch) -> 
         assert len(steps) == 1 and (3 if i == 0 else 0) <= steps[0] < total  # within the lag
         assert not (tmp_path / f"sae{i}").exists()
     store.close()
+
+
+def test_train_saes_resumes_each_sae_as_if_uninterrupted(assets, tmp_path, monkeypatch) -> None:
+    """After Ctrl-C, train_saes on a new store with resume_from_checkpoint='auto' ends with
+    the parameters of an uninterrupted run for every SAE, though they stopped at different
+    steps; so does a resume in which one hook's SAE starts again from nothing."""
+    import os
+    import shutil
+    import signal
+
+    from jsae.activations.pipeline import train_saes
+    from jsae.errors import TrainingInterrupted
+    from jsae.training import Trainer
+
+    total = 14
+
+    def configs(root, **extra):
+        return {
+            h: {
+                "architecture": "standard",
+                "d_in": 32,
+                "d_sae": 48,
+                "train_batch_size_tokens": 32,
+                "training_tokens": 32 * total,
+                "log_to_wandb": False,
+                "progress_bar": False,
+                "checkpoint_path": str(root / f"ckpt{i}"),
+                "output_path": str(root / f"sae{i}"),
+                **extra,
+            }
+            for i, h in enumerate(hooks)
+        }
+
+    def run(root, **extra):
+        settings, store, _ = _two_hook_store(assets)
+        try:
+            return train_saes(configs(root, **extra), store, settings=settings)
+        finally:
+            store.close()
+
+    hooks = TWO_HOOKS
+    expected = run(tmp_path / "whole")
+
+    step = Trainer.step
+
+    def ctrl_c_at_step_5(self, *args):
+        if self.steps_done == 5 and self.cfg.metadata.hook_name == HOOK:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "step", ctrl_c_at_step_5)
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(Trainer, "step", step)
+    shutil.copytree(tmp_path / "cut" / "ckpt0", tmp_path / "half" / "ckpt0")
+
+    resumed = run(tmp_path / "cut", resume_from_checkpoint="auto")
+    half = run(tmp_path / "half", resume_from_checkpoint="auto")  # hook 1 starts afresh
+    for h in hooks:
+        want = np.asarray(expected[h].W_dec)
+        assert np.array_equal(np.asarray(resumed[h].W_dec), want)
+        assert np.array_equal(np.asarray(half[h].W_dec), want)
 
 
 def test_jsae_train_refuses_bad_model_settings(assets, tmp_path, capsys) -> None:

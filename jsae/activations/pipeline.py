@@ -467,7 +467,9 @@ def train_saes(
     dict of SAELens field names). Each SAE trains in its own thread with the full trainer
     (logging, checkpoints, output), consuming its hook's batches in lockstep with the others.
     Each SAE's metadata names its hook, and, given the store's `settings`, the model, context
-    and dataset too (as SAELens's multi-SAE runner records them).
+    and dataset too (as SAELens's multi-SAE runner records them). To resume after an
+    interrupt, call it again with `resume_from_checkpoint: auto` in the configs and a new store
+    built with the same settings: each SAE continues where it stopped.
     """
     import threading
 

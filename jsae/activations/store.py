@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import queue
-import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
@@ -288,14 +286,21 @@ class ActivationStore:
 
     def __next__(self) -> Any:
         """The next batch: `[B, d_in]` for one hook, `{hook: [B, d_in]}` for several."""
+        out = {h: self.place(x) for h, x in self.next_rows().items()}
+        return out[self.hook_names[0]] if len(self.hook_names) == 1 else out
+
+    def next_rows(self) -> dict[str, jax.Array]:
+        """The next batch as this process's rows, `{hook: [B / process_count, d_in]}`, before
+        `place` puts them on the store's sharding."""
         if self._served is None or self._served_next >= self._served_count:
             self._refill()
         i = self._served_next
         self._served_next += 1
-        out = {h: self._place(v[i]) for h, v in self._served.items()}
-        return out[self.hook_names[0]] if len(self.hook_names) == 1 else out
+        return {h: v[i] for h, v in self._served.items()}
 
-    def _place(self, x: jax.Array) -> jax.Array:
+    def place(self, x: jax.Array) -> jax.Array:
+        """This process's rows of a batch as the array a consumer gets (a global array over
+        `sharding` when one is set)."""
         if self.sharding is None:
             return x
         if self.process_count > 1:
@@ -307,9 +312,14 @@ class ActivationStore:
 
         Each batch is produced once (one model forward) and handed to every hook's iterator;
         an iterator more than `max_lag` batches ahead of the slowest one waits for it, so
-        consumers run in lockstep and memory stays bounded (see `train_saes`).
+        consumers run in lockstep and memory stays bounded (see `train_saes`). The iterators
+        are resumable sources: a checkpoint of each restores the stream each consumer saw, on a
+        new store built with the same settings, without running the model again over the
+        batches already consumed.
         """
-        return _HookViews(self, max_lag).views
+        from jsae.activations.hook_views import HookViews
+
+        return HookViews(self, max_lag).views
 
     # -------------------------------------------------------------- state
 
@@ -426,57 +436,3 @@ def rows_fn(
 
         per_model[("rows", key)] = jax.jit(fn)
     return per_model[("rows", key)]
-
-
-class _HookViews:
-    """Fan-out of a multi-hook store: one bounded queue per hook, filled under a lock."""
-
-    def __init__(self, store: ActivationStore, max_lag: int) -> None:
-        self.store = store
-        self.lock = threading.Lock()
-        self.queues = {h: queue.Queue(maxsize=max(1, max_lag)) for h in store.hook_names}
-        self.closed: set[str] = set()  # hooks whose consumer stopped: nothing more is queued
-        self.views = {h: _HookView(self, h) for h in store.hook_names}
-
-    def close(self, hook: str) -> None:
-        """The consumer of `hook` is done (finished or failed); stop queueing for it."""
-        self.closed.add(hook)
-
-    def fill(self) -> None:
-        batch = next(self.store)
-        batch = batch if isinstance(batch, dict) else {self.store.hook_names[0]: batch}
-        for h, q in self.queues.items():
-            while h not in self.closed:  # waits while that consumer is max_lag batches behind
-                try:
-                    q.put(batch[h], timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
-
-
-class _HookView:
-    """Iterator over one hook's batches of a shared multi-hook store."""
-
-    def __init__(self, views: _HookViews, hook: str) -> None:
-        self._views, self.hook = views, hook
-
-    def close(self) -> None:
-        """No more batches will be read from this view (the others no longer wait for it)."""
-        self._views.close(self.hook)
-
-    def __iter__(self) -> _HookView:
-        return self
-
-    def __next__(self) -> jax.Array:
-        q = self._views.queues[self.hook]
-        while True:
-            try:
-                return q.get_nowait()
-            except queue.Empty:
-                pass
-            if self._views.lock.acquire(timeout=0.01):
-                try:
-                    if q.empty():
-                        self._views.fill()
-                finally:
-                    self._views.lock.release()

@@ -433,7 +433,8 @@ class Feeder:
                     recent_rows += _rows(x)
                     while recent_rows - _rows(recent[0][1]) >= tail:
                         recent_rows -= _rows(recent.pop(0)[1])
-            how = f"re-read the source and skipped {self.items_read} items already used"
+            items = "item" if self.items_read == 1 else "items"
+            how = f"re-read the source and skipped {self.items_read} {items} already used"
         self._pending, self._pending_rows = [], 0
         if tail:
             for number, x, y in recent:

@@ -1,0 +1,208 @@
+"""Per-hook iterators over one multi-hook `ActivationStore`, in lockstep and resumable together.
+
+`train_saes` trains one SAE per hook of a store, each in its own thread: every batch the store
+yields (one model forward for all hooks) goes to each hook's `HookView`, and a view more than
+`max_lag` batches ahead of the slowest waits for it.
+
+Resuming. The views are resumable sources (`state()` / `restore()`), so each SAE's checkpoint
+holds its view's position: the store's state with its buffer as of the last batch the store
+produced (the store's count `produced`, P), how many batches this hook's SAE consumed (c), and
+this hook's batches produced but not yet consumed (P - c of them, at most `max_lag + 1`). The
+SAEs of a run stop a few steps apart, so their checkpoints hold different P. On a new store
+built with the same settings, the restored views start together at the first read: the store
+goes back to the smallest P among them; a view whose SAE had consumed more skips the batches it
+had trained on, and one that had consumed less first takes its saved batches. Every SAE then
+sees the stream it would have seen uninterrupted, and the model does not run again over the
+batches already trained on (it runs again only for the few skipped ones).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsae.config import jax_dtype
+from jsae.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jsae.activations.store import ActivationStore
+
+
+class HookViews:
+    """Fan-out of a multi-hook store: one bounded queue per hook, filled by one producer."""
+
+    def __init__(self, store: ActivationStore, max_lag: int) -> None:
+        self.store = store
+        self.max_lag = max(1, int(max_lag))
+        self.lock = threading.Lock()  # one producer at a time
+        # The store's position and each view's bookkeeping; held while the store produces a
+        # batch, never while waiting on a consumer, so a view's state() never deadlocks.
+        self.meta = threading.Lock()
+        self.queues = {h: queue.Queue(maxsize=self.max_lag) for h in store.hook_names}
+        self.closed: set[str] = set()  # hooks whose consumer stopped: nothing more is queued
+        self.produced = 0  # batches the store has yielded to these views (P)
+        self.started = False  # after the first read or state: restoring is over
+        self.restored: dict[str, Mapping[str, Any]] = {}  # hook -> its view's restored state
+        self.views = {h: HookView(self, h) for h in store.hook_names}
+
+    def close(self, hook: str) -> None:
+        """The consumer of `hook` is done (finished or failed); stop queueing for it."""
+        self.closed.add(hook)
+
+    def start(self) -> None:
+        """Put the restored positions into effect (once, under `meta`, at the first read)."""
+        if self.started:
+            return
+        self.started = True
+        if not self.restored:
+            return
+        full = {h: s for h, s in self.restored.items() if "produced" in s}
+        if len(full) < len(self.views):
+            # A hook starts afresh (or a state without the store's): the stream starts from
+            # the beginning, and the restored views skip what their SAEs had trained on.
+            for hook, state in self.restored.items():
+                self.views[hook].skip = int(state["consumed"])
+            return
+        base = min(full.values(), key=lambda s: int(s["produced"]))
+        self.store.restore(base["store"])
+        self.produced = int(base["produced"])
+        for hook, state in full.items():
+            view, consumed = self.views[hook], int(state["consumed"])
+            behind = self.produced - consumed
+            if behind <= 0:
+                view.skip = -behind
+                continue
+            pending = np.asarray(state["pending"])  # [P_hook - consumed, B_local, d_in]
+            if len(pending) < behind:
+                raise ConfigError(
+                    f"the checkpoint of the view of {hook} holds {len(pending)} unconsumed "
+                    f"batches but {behind} are needed; it does not belong with the others."
+                )
+            for rows in pending[:behind]:
+                rows = jnp.asarray(rows)
+                view.outstanding.append(rows)
+                view.preloaded.append(self.store.place(rows))
+
+    def fill(self) -> None:
+        """Produce the next batch (one model forward) and queue it for every open hook."""
+        with self.meta:
+            self.start()
+            batch = self.store.next_rows()  # {hook: [B_local, d_in]}
+            self.produced += 1
+            receivers = []
+            for hook, view in self.views.items():
+                if hook in self.closed:
+                    continue
+                if view.skip:  # already trained on before the resume
+                    view.skip -= 1
+                    continue
+                view.outstanding.append(batch[hook])
+                receivers.append(hook)
+        for hook in receivers:
+            placed, q = self.store.place(batch[hook]), self.queues[hook]
+            while hook not in self.closed:  # waits while that consumer is max_lag behind
+                try:
+                    q.put(placed, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+
+
+class HookView:
+    """Iterator over one hook's batches of a shared multi-hook store (a resumable source)."""
+
+    def __init__(self, views: HookViews, hook: str) -> None:
+        self._views, self.hook = views, hook
+        self.consumed = 0  # batches handed to the consumer
+        self.skip = 0  # batches to pass over after a resume (their SAE had trained on them)
+        self.outstanding: deque[jax.Array] = deque()  # produced for this hook, not consumed
+        self.preloaded: deque[jax.Array] = deque()  # saved batches a resume hands out first
+
+    def close(self) -> None:
+        """No more batches will be read from this view (the others no longer wait for it)."""
+        self._views.close(self.hook)
+
+    def __iter__(self) -> HookView:
+        return self
+
+    def __next__(self) -> jax.Array:
+        views = self._views
+        with views.meta:
+            views.start()
+            batch = self.preloaded.popleft() if self.preloaded else None
+        if batch is None:
+            batch = self._from_queue()
+        with views.meta:
+            self.consumed += 1
+            self.outstanding.popleft()
+        return batch
+
+    def _from_queue(self) -> jax.Array:
+        q = self._views.queues[self.hook]
+        while True:
+            try:
+                return q.get_nowait()
+            except queue.Empty:
+                pass
+            if self._views.lock.acquire(timeout=0.01):
+                try:
+                    if q.empty():
+                        self._views.fill()
+                finally:
+                    self._views.lock.release()
+
+    def state(self, include_buffer: bool = False) -> dict[str, Any]:
+        """Where this hook's stream stands. With `include_buffer=True` (what a checkpoint
+        takes): the store's state with its buffer and this hook's unconsumed batches, enough
+        to resume every hook without re-running the model; without, only the count consumed
+        (a resume from it runs the model again over the batches already trained on)."""
+        if not include_buffer:
+            return {"hook": self.hook, "consumed": self.consumed}
+        views = self._views
+        with views.meta:
+            views.start()
+            pending = [np.asarray(x) for x in self.outstanding]
+            width = views.store.d_in[self.hook]
+            return {
+                "hook": self.hook,
+                "hooks": list(views.store.hook_names),
+                "consumed": self.consumed,
+                "produced": views.produced,
+                "pending": np.stack(pending)
+                if pending
+                else np.zeros(
+                    (0, views.store.local_batch_size, width), jax_dtype(views.store.dtype)
+                ),
+                "store": views.store.state(include_buffer=True),
+            }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a `state()`; every hook's view is restored before any is read."""
+        views = self._views
+        with views.meta:
+            if views.started:
+                raise ConfigError(
+                    "restore the views of every hook before reading from any of them (build "
+                    "every hook's Trainer first, as train_saes does)."
+                )
+            if state.get("hook") != self.hook:
+                raise ConfigError(
+                    f"this checkpoint is of the view of {state.get('hook')!r}, not {self.hook!r}; "
+                    "resume each hook's SAE from its own checkpoint."
+                )
+            hooks = state.get("hooks")
+            if hooks is not None and list(hooks) != list(views.store.hook_names):
+                raise ConfigError(
+                    f"the checkpoint was taken from a store of hooks {list(hooks)}, but this "
+                    f"store has {views.store.hook_names}; resume on a store built with the "
+                    "same settings."
+                )
+            views.restored[self.hook] = dict(state)
+            self.consumed = int(state["consumed"])
