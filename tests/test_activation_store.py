@@ -215,6 +215,17 @@ def test_hook_views_resume_where_each_consumer_stood(model, corpus) -> None:
     other = views_of(ActivationStore(model, _source(model, corpus), **kw))
     with pytest.raises(ConfigError, match=r"this checkpoint is of the view of 'blocks\.0"):
         other[hooks[1]].restore(ahead)
+    single_store = ActivationStore(model, _source(model, corpus), **kw).state(include_buffer=True)
+    with pytest.raises(ConfigError, match="position of a single activation store"):
+        other[hooks[1]].restore(single_store)
+    # One hook's SAE alone, on a store of that hook: its stream is the same, read again
+    alone_kw = {**kw, "hook_names": [hooks[1]]}
+    alone = views_of(ActivationStore(model, _source(model, corpus), **alone_kw))
+    alone[hooks[1]].restore(behind)
+    for want in expected[hooks[1]][3:]:
+        assert np.array_equal(want, np.asarray(next(alone[hooks[1]])))
+    with pytest.raises(ConfigError, match=r"taken by train_saes.*resume it with train_saes"):
+        ActivationStore(model, _source(model, corpus), **alone_kw).restore(behind)
 
 
 def test_process_share_of_the_batch(model, corpus) -> None:

@@ -13,7 +13,9 @@ built with the same settings, the restored views start together at the first rea
 goes back to the smallest P among them; a view whose SAE had consumed more skips the batches it
 had trained on, and one that had consumed less first takes its saved batches. Every SAE then
 sees the stream it would have seen uninterrupted, and the model does not run again over the
-batches already trained on (it runs again only for the few skipped ones).
+batches already trained on (it runs again only for the few skipped ones). A view restored on
+a store of other hooks (one SAE finished alone on a store of its hook) cannot use the saved
+store; it reads its stream again from the start, which is the same whatever hooks share it.
 """
 
 from __future__ import annotations
@@ -192,6 +194,12 @@ class HookView:
                     "restore the views of every hook before reading from any of them (build "
                     "every hook's Trainer first, as train_saes does)."
                 )
+            if "hook" not in state:
+                raise ConfigError(
+                    "this checkpoint holds the position of a single activation store (a run of "
+                    "jsae train), not of one hook of train_saes's shared store; resume it as it "
+                    "was trained (jsae train --resume, or a Trainer on an ActivationStore)."
+                )
             if state.get("hook") != self.hook:
                 raise ConfigError(
                     f"this checkpoint is of the view of {state.get('hook')!r}, not {self.hook!r}; "
@@ -199,10 +207,9 @@ class HookView:
                 )
             hooks = state.get("hooks")
             if hooks is not None and list(hooks) != list(views.store.hook_names):
-                raise ConfigError(
-                    f"the checkpoint was taken from a store of hooks {list(hooks)}, but this "
-                    f"store has {views.store.hook_names}; resume on a store built with the "
-                    "same settings."
-                )
+                # The saved store rows hold other hooks' columns, so the store cannot go back
+                # to them; a hook's stream does not depend on which hooks share the store, so
+                # reading it again from the start reaches the same batches (the model runs).
+                state = {"hook": self.hook, "consumed": state["consumed"]}
             views.restored[self.hook] = dict(state)
             self.consumed = int(state["consumed"])

@@ -343,6 +343,16 @@ class ActivationStore:
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a `state()` of a store built with the same settings."""
+        if "buffer" not in state:
+            shared = "hooks" in state  # a position of one hook's view of a shared store
+            raise ConfigError(
+                f"the checkpoint was taken by train_saes, training one SAE per hook of a store of "
+                f"{list(state['hooks'])}; resume it with train_saes on a store of those hooks "
+                "(or of the hook alone), built with the same settings."
+                if shared
+                else "this position is not an ActivationStore's state(); resume with the source "
+                "the run was trained on."
+            )
         self.close()
         if state.get("source") is not None:
             if not hasattr(self.source, "restore"):
