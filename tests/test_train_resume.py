@@ -307,6 +307,26 @@ def test_ctrl_c_stops_after_the_step_with_its_checkpoint(tmp_path: Path) -> None
     plain.fit()
     for name, value in plain.sae.params.items():
         assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
+    # no checkpoint option is set, but a run that checkpointed ends with one: a restarted job
+    # then finds the finished run (it used to resume at step 7 and refuse the output)
+    assert resumed.checkpointer.steps()[-1] == 20
+
+
+def test_a_restarted_job_finds_its_run_finished_after_an_interrupt(tmp_path: Path) -> None:
+    """--auto-resume, interrupted once and run to the end, then restarted again: the saved SAE
+    is returned (without a final checkpoint, the newest was the interrupt's, and the restart
+    resumed there and refused the existing output_path)."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(32, 8)).astype(np.float32) for _ in range(20)]
+    config = _list_config(tmp_path, resume_from_checkpoint="auto", output_path=str(tmp_path / "o"))
+    with pytest.raises(TrainingInterrupted):
+        jsae.Trainer(config, _Interrupting(chunks, 6)).fit()
+    done = jsae.Trainer(config, chunks).fit()
+    again = jsae.Trainer(config, chunks)
+    assert again.steps_done == 20
+    sae = again.fit()
+    for name, value in done.params.items():
+        assert np.array_equal(np.asarray(sae.params[name]), np.asarray(value)), name
 
 
 def test_fit_again_after_ctrl_c_goes_on_in_the_same_metrics_file(tmp_path: Path) -> None:

@@ -997,7 +997,12 @@ class Trainer:
 
     def _final_checkpoint_wanted(self) -> bool:
         tr = self.config.training
-        return bool(tr.n_checkpoints or tr.checkpoint_every_steps or tr.save_final_checkpoint)
+        if tr.n_checkpoints or tr.checkpoint_every_steps or tr.save_final_checkpoint:
+            return True
+        # A run that checkpointed anyway (on an interrupt, or resumed from its checkpoint_path)
+        # ends with one too: else its newest checkpoint is an earlier step, and --auto-resume
+        # of the finished run would resume from it and refuse the existing output.
+        return self._last_checkpoint is not None
 
     def save_checkpoint(self) -> int:
         """Checkpoint the current state (after checking the last step was finite)."""
