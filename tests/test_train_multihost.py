@@ -6,6 +6,7 @@ a checkpoint of a global-position source is resumed by another number of process
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -345,3 +346,53 @@ def test_a_signal_to_one_process_stops_both_at_one_step_and_they_resume(
     got = load_file(out / "sae_weights.safetensors")
     for name, value in single.final_sae().params.items():
         assert_close(got[name], value, atol=2e-5, rtol=2e-4, what=name)
+
+
+# jsae.train on a language model, as `jsae train` runs it, started on two processes by the
+# config's coordinator settings.
+MODEL_WORKER = """
+import json, sys, jax
+jax.config.update("jax_num_cpu_devices", 2)
+import jsae
+process_id, port, config = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+jsae.train(dict(config, coordinator_address="127.0.0.1:" + port, num_processes=2,
+                process_id=process_id))
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_a_model_and_one_reads_their_checkpoint(tmp_path: Path) -> None:
+    """The config's coordinator settings start both processes before the model is loaded (it
+    used to start JAX's backend first: "initialize() must be called before any JAX calls");
+    and `jsae.load` of their checkpoint, whose source positions are per process, gives one
+    process the SAE of the run (it used to refuse: "written by 2 process(es)")."""
+    from jsae.activations.toy import make_corpus, make_model_dir, make_tokenizer, save_text_dataset
+
+    corpus = make_corpus(120, seed=3)
+    make_model_dir(tmp_path / "model", make_tokenizer(corpus, tmp_path / "tok"), d_model=16,
+                   n_positions=32)  # fmt: skip
+    save_text_dataset(corpus, tmp_path / "corpus.jsonl", fmt="jsonl")
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    config = {
+        "model_name": str(tmp_path / "model"),
+        "hook_name": "blocks.0.hook_resid_post",
+        "dataset_path": str(tmp_path / "corpus.jsonl"),
+        "streaming": False,
+        "context_size": 16,
+        "store_batch_size_prompts": 4,
+        "n_batches_in_buffer": 2,
+        **{k: CONFIG[k] for k in ("architecture", "d_in", "d_sae", "k", "mesh")},
+        "train_batch_size_tokens": 64,
+        "training_tokens": 64 * 6,
+        "checkpoint_path": str(ckpt),
+        "checkpoint_every_steps": 3,
+        "output_path": str(out),
+        "log_to_wandb": False,
+        "progress_bar": False,
+    }
+    _finish(_launch(MODEL_WORKER, json.dumps(config)))
+    saved = load_file(out / "sae_weights.safetensors")
+    read = jsae.load(ckpt)  # the final checkpoint (step 6), on this one process
+    for name, value in saved.items():
+        assert np.array_equal(np.asarray(read.params[name]), value), name

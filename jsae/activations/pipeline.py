@@ -386,8 +386,11 @@ def train_language_model_sae(
     from jsae import evals
     from jsae.training import Trainer
     from jsae.training.config import TrainConfig
+    from jsae.training.trainer import initialize_distributed
 
-    config = with_cache_settings(TrainConfig.coerce(config)).with_model_metadata()
+    config = TrainConfig.coerce(config)
+    initialize_distributed(config.training)  # before the model or jax.process_count()
+    config = with_cache_settings(config).with_model_metadata()
     lm, tr = config.model, config.training
     if model is None and lm.model_name is not None:
         model = load_model_for(lm)

@@ -131,15 +131,19 @@ class Checkpointer:
             if step not in kept and step < max(kept, default=0):
                 file.unlink(missing_ok=True)
 
-    def read_host(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def read_host(
+        self, step: int, *, source_position: bool = True
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(host state, leftover arrays) of checkpoint `step` for this process.
 
         With several processes, all of them fail together when one cannot read its state
-        (instead of the others waiting forever in the restore that follows).
+        (instead of the others waiting forever in the restore that follows). With
+        `source_position=False` (reading the SAE, not continuing the run) any process count
+        reads process 0's state, whose fields other than the source's position serve all.
         """
         error: Exception | None = None
         try:
-            found = self._read_own_host(step)
+            found = self._read_own_host(step, source_position)
         except (ConfigError, FormatError) as exc:
             error = exc
         if jax.process_count() > 1:
@@ -156,14 +160,17 @@ class Checkpointer:
             raise error
         return found
 
-    def _read_own_host(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _read_own_host(
+        self, step: int, source_position: bool = True
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         host_file = self._host_file(step, ".json")
         host = json.loads(host_file.read_text()) if host_file.is_file() else None
         if host is None or host.get("process_count", 1) != jax.process_count():
-            # Another number of processes: process 0's state serves all when it is portable.
+            # Another number of processes: process 0's state serves all when it is portable
+            # (or when the source's position is not wanted).
             first = self.directory / "host" / f"{step}.p0.json"
             shared = json.loads(first.read_text()) if first.is_file() else None
-            if shared is not None and shared.get("portable"):
+            if shared is not None and (shared.get("portable") or not source_position):
                 return shared, {}
             count = (host or shared or {}).get("process_count")
             if count is None or count == jax.process_count():

@@ -99,7 +99,7 @@ class Trainer:
                 self.config = with_cache_settings(self.config)
             self.config = self.config.with_model_metadata()
         tr = self.config.training
-        _initialize_distributed(tr)
+        initialize_distributed(tr)
         self.mesh = _build_mesh(tr)
         data_axis = 1 if self.mesh is None else self.mesh.shape["data"]
         if tr.train_batch_size_tokens % data_axis:  # data=-1 resolved to the device count
@@ -1105,7 +1105,7 @@ class Trainer:
         self, checkpointer: Checkpointer, directory: str | Path, source: bool, step: int
     ) -> int:
         try:
-            host, arrays = checkpointer.read_host(step)
+            host, arrays = checkpointer.read_host(step, source_position=source)
         except ConfigError:
             raise
         except Exception as exc:  # a truncated or missing host file
@@ -1355,8 +1355,9 @@ def _build_mesh(training: Any) -> Any:
     return make_mesh(data, model)
 
 
-def _initialize_distributed(training: Any) -> None:
-    """jax.distributed.initialize from the config (once per process)."""
+def initialize_distributed(training: Any) -> None:
+    """jax.distributed.initialize from the config's training settings (once per process);
+    must come before anything starts JAX's backend (loading a model, jax.process_count())."""
     if training.coordinator_address is None:
         return
     if jax.distributed.is_initialized():
