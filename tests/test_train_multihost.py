@@ -291,15 +291,25 @@ def test_a_per_process_position_refuses_another_process_count(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_a_mesh_that_does_not_split_batches_over_processes_is_refused(tmp_path: Path) -> None:
-    """With 'data' of size 1 each process would feed half a batch the mesh replicates."""
-    config = dict(CONFIG, mesh={"data": 1, "model": 4})
+@pytest.mark.parametrize(
+    ("mesh", "message"),
+    [
+        # with 'data' of size 1 each process would feed half a batch the mesh replicates
+        ({"data": 1, "model": 4}, "'data' axis must split batches"),
+        # two devices, both process 0's (the message blamed the data axis, and 0 rows)
+        ({"data": 2}, r"takes 2 of the 4 devices, all of process\(es\) \[0\]"),
+    ],
+)
+def test_a_mesh_that_does_not_split_batches_over_processes_is_refused(
+    tmp_path: Path, mesh: dict, message: str
+) -> None:
+    config = dict(CONFIG, mesh=mesh)
     procs = _launch(WORKER.format(config=config), str(tmp_path / "out"))
     try:
         for proc in procs:
             _, stderr = proc.communicate(timeout=300)
             assert proc.returncode != 0
-            assert "ConfigError" in stderr and "'data' axis must split batches" in stderr, stderr
+            assert "ConfigError" in stderr and re.search(message, stderr), stderr[-3000:]
     finally:
         _kill(procs)
     assert not (tmp_path / "out").exists()
@@ -357,6 +367,17 @@ import jsae
 process_id, port, config = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 jsae.train(dict(config, coordinator_address="127.0.0.1:" + port, num_processes=2,
                 process_id=process_id))
+from jsae.activations.config import LanguageModelSettings
+from jsae.activations.pipeline import activation_store, load_model_for, train_saes
+settings = LanguageModelSettings(model_name=config["model_name"], context_size=16,
+                                 dataset_path=config["dataset_path"], streaming=False)
+hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+store = activation_store(settings, load_model_for(settings), batch_size=64, hook_names=hooks)
+try:
+    train_saes(dict.fromkeys(hooks, {"d_in": 16, "d_sae": 32}), store)
+except jsae.ConfigError as refused:
+    print("refused:", refused, file=sys.stderr)
+store.close()
 jax.distributed.shutdown()
 """
 
@@ -366,7 +387,8 @@ def test_two_processes_train_on_a_model_and_one_reads_their_checkpoint(tmp_path:
     """The config's coordinator settings start both processes before the model is loaded (it
     used to start JAX's backend first: "initialize() must be called before any JAX calls");
     and `jsae.load` of their checkpoint, whose source positions are per process, gives one
-    process the SAE of the run (it used to refuse: "written by 2 process(es)")."""
+    process the SAE of the run (it used to refuse: "written by 2 process(es)"). train_saes is
+    refused on several processes."""
     from jsae.activations.toy import make_corpus, make_model_dir, make_tokenizer, save_text_dataset
 
     corpus = make_corpus(120, seed=3)
@@ -391,7 +413,9 @@ def test_two_processes_train_on_a_model_and_one_reads_their_checkpoint(tmp_path:
         "log_to_wandb": False,
         "progress_bar": False,
     }
-    _finish(_launch(MODEL_WORKER, json.dumps(config)))
+    errors = _finish(_launch(MODEL_WORKER, json.dumps(config)))
+    # several SAEs in threads would interleave their collectives (silently wrong, or a crash)
+    assert all("refused: train_saes trains each SAE in a thread" in e for e in errors), errors
     saved = load_file(out / "sae_weights.safetensors")
     read = jsae.load(ckpt)  # the final checkpoint (step 6), on this one process
     for name, value in saved.items():

@@ -476,8 +476,17 @@ def train_saes(
     """
     import threading
 
+    import jax
+
     from jsae.training import TrainConfig, Trainer
 
+    if jax.process_count() > 1:
+        raise ConfigError(
+            "train_saes trains each SAE in a thread of its own, and on several processes the "
+            "SAEs' collectives would pair up in a different order on each process. Cache the "
+            "hooks' activations once (jsae cache --hook A --hook B ...) and train each SAE from "
+            "the cache in its own multi-process run (use_cached_activations, hook_name)."
+        )
     unknown = sorted(set(configs) - set(store.hook_names))
     missing = sorted(set(store.hook_names) - set(configs))
     if unknown or missing:

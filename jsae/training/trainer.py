@@ -303,6 +303,15 @@ class Trainer:
             return SingleDeviceSharding(jax.local_devices()[0])
         sharding = NamedSharding(self.mesh, P("data", None))
         if jax.process_count() > 1:
+            spanned = {d.process_index for d in self.mesh.devices.flat}
+            if len(spanned) < jax.process_count():
+                raise ConfigError(
+                    f"mesh {dict(self.mesh.shape)} takes {self.mesh.size} of the "
+                    f"{jax.device_count()} devices, all of process(es) {sorted(spanned)}: on "
+                    f"several processes the mesh must span every process's devices (data x "
+                    f"model = {jax.device_count()}, e.g. mesh: {{data: {jax.process_count()}, "
+                    f"model: {jax.local_device_count()}}}, or data: -1)."
+                )
             # Each process feeds local_rows rows of its own: its devices must hold exactly that
             # many distinct rows of the global batch (not the whole batch, replicated).
             shape = (self.batch_size, self.cfg.d_in)
