@@ -301,6 +301,8 @@ class SAEConfig:
         if self.apply_b_dec_to_input is None:
             set_(self, "apply_b_dec_to_input", not arch.is_transcoder)
         arch.validate(self)
+        if arch.is_transcoder and self.d_out is None:  # cfg.json spells it out: SAELens needs it
+            set_(self, "d_out", self.d_in)
 
     @property
     def jax_dtype(self) -> Any:

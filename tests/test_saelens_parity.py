@@ -139,6 +139,9 @@ JSAE_CASES = {
     "skip_transcoder": dict(architecture="skip_transcoder", d_out=20),
     "jumprelu_transcoder": dict(architecture="jumprelu_transcoder", d_out=20),
     "jumprelu_skip_transcoder": dict(architecture="jumprelu_skip_transcoder", d_out=20),
+    # d_out left to default to d_in: cfg.json must spell it out (it held null, which SAELens
+    # cannot load)
+    "square_skip_transcoder": dict(architecture="skip_transcoder"),
     "bf16_jumprelu": dict(architecture="jumprelu", dtype="bfloat16"),
 }
 SAELENS_CLASS = {

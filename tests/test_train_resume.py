@@ -194,6 +194,23 @@ def test_resume_refuses_different_sae_settings(tmp_path: Path) -> None:
         jsae.Trainer(_list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "empty")), chunks)
 
 
+def test_a_transcoder_resumes_with_d_out_spelled_out_or_left_to_d_in(tmp_path: Path) -> None:
+    """d_out unset means d_in: spelling it out on resume is the same SAE (it was refused:
+    "differ in ['d_out']"), in either direction."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(size=(32, 8)).astype(np.float32),) * 2 for _ in range(4)]
+    base = {**_list_config(tmp_path), "architecture": "jumprelu_transcoder"}
+    for saved, resumed in ((None, 8), (8, None)):
+        ckpt = tmp_path / f"ckpt_{saved}"
+        trainer = jsae.Trainer({**base, "d_out": saved, "checkpoint_path": str(ckpt)}, pairs)
+        _stepped(trainer, 2)
+        assert trainer.final_sae().cfg.to_dict()["d_out"] == 8  # cfg.json: never null
+        again = jsae.Trainer({**base, "d_out": resumed, "resume_from_checkpoint": str(ckpt)}, pairs)
+        assert again.steps_done == 2
+        with pytest.raises(jsae.ConfigError, match=r"differ from the checkpoint's in \['d_out'\]"):
+            jsae.Trainer({**base, "d_out": 16, "resume_from_checkpoint": str(ckpt)}, pairs)
+
+
 def test_resume_may_switch_the_sparse_path(tmp_path: Path) -> None:
     """use_sparse_activations changes only how the same losses are computed."""
     rng = np.random.default_rng(0)

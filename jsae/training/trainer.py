@@ -1124,6 +1124,9 @@ class Trainer:
         current = self.config.to_dict()["sae"]
         speed_only = ("use_sparse_activations",)  # the same losses either way
         saved_sae = saved_sae or current
+        if self.settings.is_transcoder:  # d_out unset means d_in: the same SAE either way
+            saved_sae = {**saved_sae, "d_out": saved_sae.get("d_out") or saved_sae.get("d_in")}
+            current = {**current, "d_out": self.cfg.output_dim}
         diff = sorted(k for k in current if k not in speed_only and saved_sae.get(k) != current[k])
         if "metadata" in diff:  # name the entries (hook_name, model_name, ...)
             saved_meta, meta = saved_sae.get("metadata") or {}, current["metadata"] or {}
