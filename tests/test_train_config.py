@@ -535,18 +535,30 @@ def test_saelens_autocast_switches_set_mixed_precision_unless_given() -> None:
 
 
 def test_a_transcoder_from_a_language_model_is_refused_up_front() -> None:
-    """The model source reads one hook; a transcoder needs input and output activations."""
-    with pytest.raises(jsae.ConfigError, match=r"transcoders from a language model.*targets_path"):
-        TrainConfig.from_dict(
-            {
-                "architecture": "transcoder",
-                "d_in": 16,
-                "d_sae": 64,
-                "d_out": 16,
-                "model_name": "gpt2",
-                "hook_name": "blocks.0.hook_resid_mid",
-            }
-        )
+    """The model source reads one hook; a transcoder needs input and output activations. The
+    refusal comes before the model is loaded (gpt2 is not on this machine); pairs passed in
+    train, as for any SAE given its activations (they used to be refused too)."""
+    config = {
+        "architecture": "transcoder",
+        "d_in": 16,
+        "d_sae": 64,
+        "d_out": 16,
+        "model_name": "gpt2",
+        "hook_name": "blocks.0.hook_resid_mid",
+        "train_batch_size_tokens": 32,
+        "training_tokens": 64,
+        "output_path": None,
+        "checkpoint_path": None,
+        "log_to_wandb": False,
+        "progress_bar": False,
+    }
+    for build in (jsae.train, jsae.Trainer):
+        with pytest.raises(jsae.ConfigError, match=r"transcoders from a language model.*targets_"):
+            build(config)
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(size=(32, 16)).astype(np.float32),) * 2 for _ in range(2)]
+    sae = jsae.train(config, pairs)
+    assert sae.cfg.architecture == "transcoder" and sae.cfg.d_out == 16
 
 
 def test_cli_overrides_complete_a_file_before_it_is_validated(tmp_path: Path, capsys) -> None:

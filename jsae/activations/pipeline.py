@@ -389,6 +389,7 @@ def train_language_model_sae(
     from jsae.training.trainer import initialize_distributed
 
     config = TrainConfig.coerce(config)
+    config.refuse_transcoder_from_a_model()
     initialize_distributed(config.training)  # before the model or jax.process_count()
     config = with_cache_settings(config).with_model_metadata()
     lm, tr = config.model, config.training

@@ -223,6 +223,7 @@ def _model_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
 
     from jsae.activations.pipeline import activation_store, load_model_for
 
+    config.refuse_transcoder_from_a_model()
     lm = config.model
     return activation_store(
         lm,
@@ -236,6 +237,7 @@ def _model_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
 def _cache_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
     from jsae.activations.pipeline import cached_source
 
+    config.refuse_transcoder_from_a_model()
     return cached_source(config.model, batch_size=rows, seed=config.training.seed)
 
 
