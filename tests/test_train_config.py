@@ -611,3 +611,29 @@ def test_cli_help_after_the_overrides_prints_the_help(capsys) -> None:
         main(["train", "lr=1e-3", "--help"])
     assert exit_.value.code == 0
     assert "usage: jsae train" in capsys.readouterr().out
+
+
+def test_metadata_that_contradicts_how_activations_are_read_draws_a_warning() -> None:
+    """Given metadata wins (a hub id for a local model path is a fair label), but a hook or
+    context other than the one read would make later evals run elsewhere: say so."""
+    base = {"d_in": 16, "d_sae": 32, "model_name": "/models/gpt2", "context_size": 16,
+            "hook_name": "blocks.0.hook_resid_post"}  # fmt: skip
+    config = TrainConfig.from_dict(
+        {**base, "metadata": {"hook_name": "blocks.1.hook_resid_post", "context_size": 8}}
+    )
+    with pytest.warns(UserWarning) as caught:
+        labelled = config.with_model_metadata()
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2
+    assert (
+        "metadata gives context_size=8, but the activations are read with context_size=16"
+        in (messages[0])
+    )
+    assert "hook_name='blocks.1.hook_resid_post'" in messages[1]
+    assert labelled.sae.metadata["hook_name"] == "blocks.1.hook_resid_post"  # it still wins
+    relabelled = TrainConfig.from_dict(
+        {**base, "metadata": {"model_name": "gpt2", "seqpos_slice": [None]}}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert relabelled.with_model_metadata().sae.metadata["model_name"] == "gpt2"

@@ -890,12 +890,26 @@ class TrainConfig:
         """This config with the SAE metadata (model_name, hook_name, context_size, ...) filled
         from the model/data settings, when the activations come from the model or its cache.
 
-        Values already in `metadata` win. Other sources keep the metadata as given: a model's
-        defaults (context_size, prepend_bos) would misdescribe activations from elsewhere.
+        Values already in `metadata` win (a hub id for a local model_name, say), with a warning
+        where they contradict how the activations are read (hook_name, hook_head_index,
+        context_size, prepend_bos, seqpos_slice): the saved SAE would be evaluated elsewhere.
+        Other sources keep the metadata as given: a model's defaults (context_size,
+        prepend_bos) would misdescribe activations from elsewhere.
         """
         if self.data.activation_source not in MODEL_SOURCES:
             return self
-        return self.with_metadata_defaults(self.model.sae_metadata())
+        implied, given = self.model.sae_metadata(), unfreeze(self.sae.metadata)
+        for key in ("hook_name", "hook_head_index", "context_size", "prepend_bos", "seqpos_slice"):
+            said, read = given.get(key), implied.get(key)
+            listed = isinstance(said, list | tuple) and isinstance(read, list | tuple)
+            if said is not None and (list(said) != list(read) if listed else said != read):
+                warnings.warn(
+                    f"metadata gives {key}={said!r}, but the activations are read with "
+                    f"{key}={read!r}; the saved SAE will say {said!r} (and be evaluated so). "
+                    f"Leave {key} out of metadata to record how it was trained.",
+                    stacklevel=3,
+                )
+        return self.with_metadata_defaults(implied)
 
     def with_metadata_defaults(self, implied: Mapping[str, Any]) -> TrainConfig:
         """This config with `implied` SAE metadata filled in where `metadata` has no value
