@@ -95,7 +95,7 @@ def test_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
     ("change", "message"),
     [
         ({"k": -1}, r"0 < k <= d_sae=64"),
-        ({"k": 65}, r"0 < k <= d_sae=64"),
+        ({"k": 65}, r"0 < k <= d_sae=64, got k=65\.$"),
         ({"k": 2.5}, "k must be an integer"),
         ({"k": None}, "needs k"),
         (

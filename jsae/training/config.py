@@ -395,7 +395,7 @@ class SAESettings:
             kind = "an integer" if integral else "a number"
             raise ConfigError(f"k must be {kind}, got {k!r}.")
         if not 0 < k <= d_sae:
-            raise ConfigError(f"k must satisfy 0 < k <= d_sae={d_sae}, got k={k}.")
+            raise ConfigError(f"k must satisfy 0 < k <= d_sae={d_sae}, got k={k:g}.")
         if integral:
             object.__setattr__(self, "k", int(k))
 
