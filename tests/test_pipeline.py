@@ -168,6 +168,95 @@ def test_train_from_a_jsae_cache(assets, tmp_path) -> None:
     assert sae.cfg.d_sae == 64 and results is None
 
 
+MLP_IN, MLP_OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+
+
+def _rows_of(reference: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Index of each of `rows` among `reference`'s rows (each must match one to 1e-4)."""
+    d = ((rows[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
+    idx = d.argmin(1)
+    assert np.sqrt(d[np.arange(len(rows)), idx]).max() < 1e-4
+    return idx
+
+
+def test_a_transcoder_trains_on_a_model_hook_to_hook(assets, tmp_path, capsys) -> None:
+    """hook_name -> hook_name_out: every (x, y) row pair is one token's MLP input and output
+    (checked against the model run over the same contexts); `jsae train` saves a transcoder
+    labelled with both hooks, and a resumed run ends as an uninterrupted one."""
+    from jsae.activations.pipeline import load_model_for, token_source, training_source
+    from jsae.training import TrainConfig, Trainer
+
+    cfg = _config(assets, tmp_path / "tc", architecture="skip_transcoder", hook_name=MLP_IN,
+                  hook_name_out=MLP_OUT, training_tokens=32 * 8)  # fmt: skip
+    config = TrainConfig.coerce(cfg).with_model_metadata()
+    model = load_model_for(config.model)
+    pairs = training_source(config, model)
+    got = [tuple(np.asarray(a) for a in next(pairs)) for _ in range(4)]
+    x, y = (np.concatenate(part) for part in zip(*got, strict=True))
+    tokens = token_source(config.model, model.tokenizer).next_batch(4 * 8)  # >= the buffer
+    _, cache = model.run_with_cache(tokens, [MLP_IN, MLP_OUT])
+    idx = _rows_of(np.asarray(cache[MLP_IN]).reshape(-1, 32), x)
+    np.testing.assert_allclose(y, np.asarray(cache[MLP_OUT]).reshape(-1, 32)[idx], atol=1e-5)
+    assert not np.allclose(x, y)
+    pairs.close()
+
+    assert main(["train", "--config", str(_write(tmp_path / "tc.yaml", cfg))]) == 0
+    assert "no evals" in capsys.readouterr().out
+    sae = jsae.load(tmp_path / "tc")
+    meta = sae.cfg.metadata
+    assert (sae.cfg.architecture, sae.cfg.d_out, meta.hook_name, meta.hook_name_out) == (
+        "skip_transcoder",
+        32,
+        MLP_IN,
+        MLP_OUT,
+    )
+
+    ckpt = tmp_path / "ckpt"
+    stepped = {**cfg, "output_path": None, "checkpoint_path": str(ckpt)}
+    whole = Trainer({**stepped, "checkpoint_path": None})
+    first = Trainer(stepped)
+    for _ in range(3):
+        first.step()
+    first.save_checkpoint()
+    first.close()
+    resumed = Trainer({**stepped, "resume_from_checkpoint": str(ckpt)})
+    for trainer, steps in ((whole, 8), (resumed, 5)):
+        for _ in range(steps):
+            trainer.step()
+    for name, value in whole.final_sae().params.items():
+        assert np.array_equal(np.asarray(resumed.final_sae().params[name]), np.asarray(value))
+
+    with pytest.raises(jsae.ConfigError, match="set hook_name_out to the hook it writes"):
+        jsae.train({**cfg, "hook_name_out": None, "output_path": None})
+    with pytest.raises(jsae.ConfigError, match="hook_name_out is the hook a transcoder writes"):
+        jsae.train({**cfg, "architecture": "standard", "output_path": None})
+
+
+def test_a_transcoder_trains_from_a_cache_of_both_hooks(assets, tmp_path) -> None:
+    """From `jsae cache --hook IN --hook OUT`: each (x, y) pair is one cached token's rows."""
+    from jsae.activations.cache import read_manifest
+    from jsae.activations.pipeline import training_source
+    from jsae.training import TrainConfig
+
+    cache = tmp_path / "cache"
+    args = ["--out", str(cache), "--n-tokens", "256", "--hook", MLP_IN, "--hook", MLP_OUT,
+            f"model_name={assets['model']}", f"dataset_path={assets['data']}",
+            "streaming=false", "context_size=16", "store_batch_size_prompts=4"]  # fmt: skip
+    assert main(["cache", *args]) == 0
+    cfg = _config(assets, tmp_path / "tc", architecture="transcoder", hook_name=MLP_IN,
+                  hook_name_out=MLP_OUT, use_cached_activations=True,
+                  cached_activations_path=str(cache), training_tokens=32 * 4)  # fmt: skip
+    pairs = training_source(TrainConfig.coerce(cfg))
+    x, y = (np.asarray(a) for a in next(pairs))
+    shards = [cache / "shards" / s["name"] for s in read_manifest(cache)["shards"]]
+    cached_in = np.concatenate([np.load(d / "0.npy") for d in shards])
+    cached_out = np.concatenate([np.load(d / "1.npy") for d in shards])
+    idx = _rows_of(cached_in, x)
+    np.testing.assert_allclose(y, cached_out[idx], atol=1e-6)
+    sae = jsae.train({**cfg, "output_path": None})
+    assert sae.cfg.metadata.hook_name_out == MLP_OUT and sae.cfg.d_out == 32
+
+
 def _two_hook_store(assets):
     """(settings, store, hooks): one activation store serving two hooks of the test model."""
     from jsae.activations.config import LanguageModelSettings

@@ -534,10 +534,10 @@ def test_saelens_autocast_switches_set_mixed_precision_unless_given() -> None:
     assert (config.training.compute_dtype, config.model.model_dtype) == (None, "float32")
 
 
-def test_a_transcoder_from_a_language_model_is_refused_up_front() -> None:
-    """The model source reads one hook; a transcoder needs input and output activations. The
-    refusal comes before the model is loaded (gpt2 is not on this machine); pairs passed in
-    train, as for any SAE given its activations (they used to be refused too)."""
+def test_a_transcoder_on_a_model_without_its_target_hook_is_refused_up_front() -> None:
+    """A transcoder on a model needs the hook it writes (hook_name_out): refused before the
+    model is loaded (gpt2 is not on this machine); pairs passed in train, as for any SAE given
+    its activations (they used to be refused too)."""
     config = {
         "architecture": "transcoder",
         "d_in": 16,
@@ -553,7 +553,7 @@ def test_a_transcoder_from_a_language_model_is_refused_up_front() -> None:
         "progress_bar": False,
     }
     for build in (jsae.train, jsae.Trainer):
-        with pytest.raises(jsae.ConfigError, match=r"transcoders from a language model.*targets_"):
+        with pytest.raises(jsae.ConfigError, match=r"set hook_name_out to the hook it writes"):
             build(config)
     rng = np.random.default_rng(0)
     pairs = [(rng.normal(size=(32, 16)).astype(np.float32),) * 2 for _ in range(2)]

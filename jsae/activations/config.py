@@ -50,6 +50,12 @@ class LanguageModelSettings:
     hook_head_index: int | None = option(
         None, "for head-shaped hooks (attn.hook_z): train on one head instead of all heads"
     )
+    hook_name_out: str | None = option(
+        None, "transcoders: the hook whose activations they learn to write (blocks.8.hook_mlp_out)"
+    )
+    hook_head_index_out: int | None = option(
+        None, "transcoders: one head of a head-shaped hook_name_out"
+    )
     # data
     dataset_path: str | None = option(
         None, "dataset: hub id, save_to_disk directory, or .jsonl/.json/.parquet/.csv/.txt file"
@@ -220,6 +226,8 @@ class LanguageModelSettings:
             "model_from_pretrained_kwargs": unfreeze(self.model_from_pretrained_kwargs) or None,
             "hook_name": self.hook_name,
             "hook_head_index": self.hook_head_index,
+            "hook_name_out": self.hook_name_out,
+            "hook_head_index_out": self.hook_head_index_out,
             "context_size": self.context_size,
             "prepend_bos": self.prepend_bos,
             "seqpos_slice": list(self.seqpos_slice),

@@ -103,6 +103,10 @@ def activation_store(
     for name in names:
         model.hook_shape(name)  # unknown hooks raise here, listing the valid names
     source = token_source(settings, getattr(model, "tokenizer", None))
+    heads: Any = settings.hook_head_index  # one head index for every hook, or per hook:
+    out = settings.hook_name_out
+    if out is not None and out in names and out != settings.hook_name:  # a transcoder's target
+        heads = {h: settings.hook_head_index_out if h == out else heads for h in names}
     return ActivationStore(
         model,
         source,
@@ -112,7 +116,7 @@ def activation_store(
         n_batches_in_buffer=settings.n_batches_in_buffer,
         activations_mixing_fraction=settings.activations_mixing_fraction,
         seqpos_slice=settings.seqpos_slice,
-        hook_head_index=settings.hook_head_index,
+        hook_head_index=heads,
         exclude_special_tokens=settings.exclude_special_tokens,
         dtype=settings.activation_dtype,
         seed=seed,
@@ -144,6 +148,57 @@ def cached_source(
         seed=seed,
         exclude_token_ids=None if exclude is None else exclude.tolist(),
     )
+
+
+def transcoder_hooks(config: Any) -> list[str] | None:
+    """[hook_name, hook_name_out] when `config` trains a transcoder on a model or cache (None
+    for an SAE); refused, before any work, when hook_name_out is missing."""
+    sae, lm = config.sae, config.model
+    if not sae.is_transcoder:
+        return None
+    if not lm.hook_name_out:
+        raise ConfigError(
+            f"a {sae.architecture} learns one hook's activations from another's: set "
+            "hook_name_out to the hook it writes (e.g. blocks.0.hook_mlp_out, with hook_name "
+            "blocks.0.ln2.hook_normalized), or pass (x, y) pairs to jsae.train."
+        )
+    return [lm.hook_name, lm.hook_name_out]
+
+
+def training_source(config: Any, model: Any = None, *, tokenizer: Any = None) -> Any:
+    """The activations of a run that reads a language model (or its `jsae cache`): `[B, d_in]`
+    batches of `hook_name`, or for a transcoder `(x, y)` pairs of `hook_name` and
+    `hook_name_out` at the same tokens. `config` is a `TrainConfig`."""
+    import jax
+
+    from jsae.activations.pairs import HookPairs
+
+    lm, tr, sae = config.model, config.training, config.sae
+    hooks = transcoder_hooks(config)
+    transcoder = hooks is not None
+    if lm.use_cached_activations:
+        source: Any = cached_source(
+            lm,
+            batch_size=tr.train_batch_size_tokens // jax.process_count(),
+            seed=tr.seed,
+            tokenizer=tokenizer,
+            hook_names=hooks,
+        )
+    else:
+        if model is None:
+            raise ConfigError("set model_name (or use_cached_activations) to train on a model.")
+        widths: Any = sae.d_in
+        if transcoder and lm.hook_name_out != lm.hook_name:
+            widths = {lm.hook_name: sae.d_in, lm.hook_name_out: sae.output_dim}
+        source = activation_store(
+            lm,
+            model,
+            batch_size=tr.train_batch_size_tokens,
+            seed=tr.seed,
+            d_in=widths,
+            hook_names=hooks,
+        )
+    return HookPairs(source, lm.hook_name, lm.hook_name_out) if transcoder else source
 
 
 # The settings a cache records that describe its activations (and so the SAE trained on them).
@@ -389,27 +444,16 @@ def train_language_model_sae(
     from jsae.training.trainer import initialize_distributed
 
     config = TrainConfig.coerce(config)
-    config.refuse_transcoder_from_a_model()
     initialize_distributed(config.training)  # before the model or jax.process_count()
     config = with_cache_settings(config).with_model_metadata()
     lm, tr = config.model, config.training
+    transcoder_hooks(config)  # a transcoder without hook_name_out: refused before the model
     if model is None and lm.model_name is not None:
         model = load_model_for(lm)
-    if lm.use_cached_activations:
-        source: Any = cached_source(
-            lm,
-            batch_size=tr.train_batch_size_tokens // jax.process_count(),
-            seed=tr.seed,
-            tokenizer=getattr(model, "tokenizer", None),
-        )
-    else:
-        if model is None:
-            raise ConfigError("set model_name (or use_cached_activations) to train on a model.")
-        source = activation_store(
-            lm, model, batch_size=tr.train_batch_size_tokens, seed=tr.seed, d_in=config.sae.d_in
-        )
+    source = training_source(config, model, tokenizer=getattr(model, "tokenizer", None))
     trainer = Trainer(config, source, init=init)
-    if model is not None:
+    transcoder = config.sae.is_transcoder  # the evals measure an SAE of its own input
+    if model is not None and not transcoder:
         trainer.evaluator = spliced_evaluator(lm, model, activation_scale=lambda: trainer.scale)
     t0 = time.perf_counter()
     sae = trainer.fit()
@@ -418,7 +462,10 @@ def train_language_model_sae(
     if hasattr(source, "close"):
         source.close()
     results = None
-    if final_evals and model is not None:
+    if final_evals and model is not None and transcoder:
+        if log:
+            log("no evals: they measure an SAE of its own input, not a transcoder")
+    elif final_evals and model is not None:
         prompts = lm.eval_batch_size_prompts or lm.store_batch_size_prompts
         cfg = eval_config or evals.EvalConfig.everything(
             batch_size_prompts=prompts,

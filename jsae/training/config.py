@@ -799,6 +799,11 @@ class TrainConfig:
                 f"d_sae={sae.d_sae} cannot be split over mesh model={model}; choose d_sae "
                 "divisible by the model axis."
             )
+        if self.model.hook_name_out is not None and not sae.is_transcoder:
+            raise ConfigError(
+                f"hook_name_out is the hook a transcoder writes; a {sae.architecture} SAE "
+                "reconstructs hook_name itself. Remove hook_name_out, or train a transcoder."
+            )
         if data > 1 and tr.train_batch_size_tokens % data:
             raise ConfigError(
                 f"train_batch_size_tokens={tr.train_batch_size_tokens} cannot be split over "
@@ -871,20 +876,6 @@ class TrainConfig:
         hook, head = self.sae_hook()
         all_heads = hook is not None and hook.rsplit(".", 1)[-1] == "hook_z" and head is None
         return "hook_z" if all_heads and not self.sae.is_transcoder else "none"
-
-    def refuse_transcoder_from_a_model(self) -> None:
-        """Refuse to build a model (or cache) source for a transcoder: it reads one hook, and a
-        transcoder learns one hook's activations from another's. (Pairs the caller passes in
-        are fine: the model settings then only describe the SAE.)"""
-        sae = self.sae
-        if sae.is_transcoder and self.data.activation_source in MODEL_SOURCES:
-            raise ConfigError(
-                f"a {sae.architecture} learns one hook's activations from another's, but the "
-                f"{self.data.activation_source} source reads one hook: training transcoders from "
-                "a language model is not supported yet. Pass (x, y) pairs of [B, d_in] and "
-                "[B, d_out] arrays to jsae.train, or use activation_source 'npy' with "
-                "targets_path."
-            )
 
     def with_model_metadata(self) -> TrainConfig:
         """This config with the SAE metadata (model_name, hook_name, context_size, ...) filled

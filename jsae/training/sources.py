@@ -219,26 +219,16 @@ class NpyDirectorySource:
 
 
 def _model_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
-    import jax
+    from jsae.activations.pipeline import load_model_for, training_source, transcoder_hooks
 
-    from jsae.activations.pipeline import activation_store, load_model_for
-
-    config.refuse_transcoder_from_a_model()
-    lm = config.model
-    return activation_store(
-        lm,
-        load_model_for(lm),
-        batch_size=rows * jax.process_count(),
-        seed=config.training.seed,
-        d_in=config.sae.d_in,
-    )
+    transcoder_hooks(config)  # refused before the model loads
+    return training_source(config, load_model_for(config.model))
 
 
 def _cache_factory(config: TrainConfig, rows: int) -> Iterable[Any]:
-    from jsae.activations.pipeline import cached_source
+    from jsae.activations.pipeline import training_source
 
-    config.refuse_transcoder_from_a_model()
-    return cached_source(config.model, batch_size=rows, seed=config.training.seed)
+    return training_source(config)
 
 
 register_source("synthetic", _synthetic_factory)
