@@ -714,13 +714,13 @@ def test_one_large_array_resumes_without_saving_its_rows(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "ckpt" / "host").iterdir()) == ["5.p0.json"]
     host = json.loads((tmp_path / "ckpt" / "host" / "5.p0.json").read_text())
     assert host["feeder"]["tail_rows"] == 32 * 15 + 7
+    with pytest.raises(jsae.ConfigError, match=r"100 rows in the 1 item.* had 487 of them"):
+        jsae.Trainer(
+            _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), rows[:100]
+        )
     resumed = jsae.Trainer(
         _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), rows
     )
     resumed.fit()
     for name, value in uninterrupted.sae.params.items():
         assert np.array_equal(np.asarray(resumed.sae.params[name]), np.asarray(value)), name
-    with pytest.raises(jsae.ConfigError, match=r"100 rows in the 1 item.* had 487 of them"):
-        jsae.Trainer(
-            _list_config(tmp_path, resume_from_checkpoint=str(tmp_path / "ckpt")), rows[:100]
-        )
