@@ -890,7 +890,8 @@ class TrainConfig:
         if self.data.activation_source not in MODEL_SOURCES:
             return self
         implied, given = self.model.sae_metadata(), unfreeze(self.sae.metadata)
-        for key in ("hook_name", "hook_head_index", "context_size", "prepend_bos", "seqpos_slice"):
+        read_with = ("hook_name", "hook_head_index", "hook_name_out", "hook_head_index_out")
+        for key in (*read_with, "context_size", "prepend_bos", "seqpos_slice"):
             said, read = given.get(key), implied.get(key)
             listed = isinstance(said, list | tuple) and isinstance(read, list | tuple)
             if said is not None and (list(said) != list(read) if listed else said != read):
