@@ -275,6 +275,42 @@ def _two_hook_store(assets):
     return settings, store, hooks
 
 
+def _hook_configs(root: Path, steps: int, **extra) -> dict[str, dict]:
+    """A small standard SAE's config for each hook of `_two_hook_store`, writing under root."""
+    return {
+        h: {
+            "architecture": "standard",
+            "d_in": 32,
+            "d_sae": 48,
+            "train_batch_size_tokens": 32,
+            "training_tokens": 32 * steps,
+            "log_to_wandb": False,
+            "progress_bar": False,
+            "checkpoint_path": str(root / f"ckpt{i}"),
+            "output_path": str(root / f"sae{i}"),
+            **extra,
+        }
+        for i, h in enumerate(TWO_HOOKS)
+    }
+
+
+def _ctrl_c_at_step(monkeypatch, n: int) -> None:
+    """The user presses Ctrl-C (SIGINT to this process) as HOOK's SAE takes step n + 1."""
+    import os
+    import signal
+
+    from jsae.training import Trainer
+
+    step = Trainer.step
+
+    def pressing(self, *args):
+        if self.steps_done == n and self.cfg.metadata.hook_name == HOOK:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "step", pressing)
+
+
 def test_several_saes_from_one_forward(assets, tmp_path) -> None:
     from jsae.activations.pipeline import train_saes
 
@@ -307,38 +343,15 @@ def test_ctrl_c_stops_every_sae_of_train_saes(assets, tmp_path, monkeypatch) -> 
     """Ctrl-C while train_saes waits: every SAE stops after its current step and checkpoints,
     as fit() alone does, and the caller gets one TrainingInterrupted naming them all (the
     training threads used to go on to the end in the background)."""
-    import os
-    import signal
     import threading
 
     from jsae.activations.pipeline import train_saes
     from jsae.errors import TrainingInterrupted
-    from jsae.training import Trainer
 
     settings, store, hooks = _two_hook_store(assets)
     total = 100_000  # steps: far more than run before the interrupt
-    configs = {
-        h: {
-            "architecture": "standard",
-            "d_in": 32,
-            "d_sae": 48,
-            "train_batch_size_tokens": 32,
-            "training_tokens": 32 * total,
-            "log_to_wandb": False,
-            "progress_bar": False,
-            "checkpoint_path": str(tmp_path / f"ckpt{i}"),
-            "output_path": str(tmp_path / f"sae{i}"),
-        }
-        for i, h in enumerate(hooks)
-    }
-    step = Trainer.step
-
-    def ctrl_c_at_step_3(self, *args):  # the user presses Ctrl-C while the SAEs train
-        if self.steps_done == 3 and self.cfg.metadata.hook_name == HOOK:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, *args)
-
-    monkeypatch.setattr(Trainer, "step", ctrl_c_at_step_3)
+    configs = _hook_configs(tmp_path, total)
+    _ctrl_c_at_step(monkeypatch, 3)
     with pytest.raises(TrainingInterrupted, match=r"hook_resid_post: .*SIGINT.*; .*hook_mlp_out"):
         train_saes(configs, store, settings=settings)
     assert not [t for t in threading.enumerate() if t.name.startswith("jsae-train")]
@@ -353,59 +366,28 @@ def test_train_saes_resumes_each_sae_as_if_uninterrupted(assets, tmp_path, monke
     """After Ctrl-C, train_saes on a new store with resume_from_checkpoint='auto' ends with
     the parameters of an uninterrupted run for every SAE, though they stopped at different
     steps; so does a resume in which one hook's SAE starts again from nothing."""
-    import os
     import shutil
-    import signal
 
     from jsae.activations.pipeline import train_saes
     from jsae.errors import TrainingInterrupted
-    from jsae.training import Trainer
-
-    total = 14
-
-    def configs(root, **extra):
-        return {
-            h: {
-                "architecture": "standard",
-                "d_in": 32,
-                "d_sae": 48,
-                "train_batch_size_tokens": 32,
-                "training_tokens": 32 * total,
-                "log_to_wandb": False,
-                "progress_bar": False,
-                "checkpoint_path": str(root / f"ckpt{i}"),
-                "output_path": str(root / f"sae{i}"),
-                **extra,
-            }
-            for i, h in enumerate(hooks)
-        }
 
     def run(root, **extra):
         settings, store, _ = _two_hook_store(assets)
         try:
-            return train_saes(configs(root, **extra), store, settings=settings)
+            return train_saes(_hook_configs(root, 14, **extra), store, settings=settings)
         finally:
             store.close()
 
-    hooks = TWO_HOOKS
     expected = run(tmp_path / "whole")
-
-    step = Trainer.step
-
-    def ctrl_c_at_step_5(self, *args):
-        if self.steps_done == 5 and self.cfg.metadata.hook_name == HOOK:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, *args)
-
-    monkeypatch.setattr(Trainer, "step", ctrl_c_at_step_5)
+    _ctrl_c_at_step(monkeypatch, 5)
     with pytest.raises(TrainingInterrupted):
         run(tmp_path / "cut")
-    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.undo()
     shutil.copytree(tmp_path / "cut" / "ckpt0", tmp_path / "half" / "ckpt0")
 
     resumed = run(tmp_path / "cut", resume_from_checkpoint="auto")
     half = run(tmp_path / "half", resume_from_checkpoint="auto")  # hook 1 starts afresh
-    for h in hooks:
+    for h in TWO_HOOKS:
         want = np.asarray(expected[h].W_dec)
         assert np.array_equal(np.asarray(resumed[h].W_dec), want)
         assert np.array_equal(np.asarray(half[h].W_dec), want)
