@@ -208,3 +208,20 @@ def test_overwrite_replaces_only_a_cache(setup, tmp_path) -> None:
     assert new["complete"] and new["settings"]["prepend_bos"] is False
     assert old["settings"]["prepend_bos"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "project"]
+
+
+def test_a_hook_name_left_out_by_hook_options_is_named(setup, tmp_path, capsys) -> None:
+    """`--hook` replaces hook_name (as its help says); a hook_name set in the settings and not
+    among the --hook hooks is named, not dropped without a word."""
+    from jsae.activations.cache import read_manifest
+    from jsae.cli import main
+
+    _, settings, _ = setup
+    common = ["--n-tokens", "32", f"model_name={settings.model_name}",
+              f"dataset_path={settings.dataset_path}", "streaming=false", "context_size=16",
+              "store_batch_size_prompts=2", f"hook_name={HOOKS[0]}"]  # fmt: skip
+    assert main(["cache", "--out", str(tmp_path / "c"), "--hook", HOOKS[1], *common]) == 0
+    assert f"hook_name={HOOKS[0]} (from the settings) is not among them" in capsys.readouterr().err
+    assert read_manifest(tmp_path / "c")["hook_names"] == [HOOKS[1]]
+    assert main(["cache", "--out", str(tmp_path / "d"), "--hook", HOOKS[0], *common]) == 0
+    assert "not among them" not in capsys.readouterr().err

@@ -12,6 +12,7 @@ complete shard; train on the result with `use_cached_activations: true` and
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_sources(args.config, args.overrides)
     settings.require("model_name", "dataset_path")
+    if args.hook and settings.hook_name and settings.hook_name not in args.hook:
+        print(
+            f"jsae cache: caching the --hook hooks {args.hook}; hook_name={settings.hook_name} "
+            "(from the settings) is not among them: add --hook for it to cache it too.",
+            file=sys.stderr,
+        )
     cache_activations(
         settings,
         args.out,
