@@ -137,3 +137,12 @@ def assert_close(actual, expected, atol: float = 1e-5, rtol: float = 1e-5, what:
     e = np.asarray(expected, np.float64)
     assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
     np.testing.assert_allclose(a, e, atol=atol, rtol=rtol, err_msg=what)
+
+
+def matching_rows(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Index of each of `rows` among `reference`'s rows (each must match one to 1e-4): where
+    shuffled activation rows came from."""
+    d = ((rows[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
+    idx = d.argmin(1)
+    assert np.sqrt(d[np.arange(len(rows)), idx]).max() < 1e-4
+    return idx

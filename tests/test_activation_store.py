@@ -7,6 +7,7 @@ import json
 import datasets
 import numpy as np
 import pytest
+from helpers import matching_rows
 from transformers import GPT2Config
 
 import jsae.models
@@ -48,14 +49,6 @@ def _reference(model, corpus, n_contexts: int, names, **kw) -> tuple[np.ndarray,
     return tokens, {k: np.asarray(v) for k, v in cache.items()}
 
 
-def _match(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Index of each row in reference (rows must match one reference row to 1e-5)."""
-    d = ((rows[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
-    idx = d.argmin(1)
-    assert np.sqrt(d[np.arange(len(rows)), idx]).max() < 1e-4
-    return idx
-
-
 def test_batches_are_shuffled_model_activations(model, corpus) -> None:
     # BOS rows are identical in every context (position 0 sees only itself): leave them out
     store = ActivationStore(
@@ -72,7 +65,7 @@ def test_batches_are_shuffled_model_activations(model, corpus) -> None:
     assert all(b.shape == (16, 32) for b in batches)
     _, cache = _reference(model, corpus, 2 * 4 * 3, [RESID])
     ref = cache[RESID].reshape(-1, 32)
-    idx = _match(np.concatenate(batches), ref)
+    idx = matching_rows(np.concatenate(batches), ref)
     assert len(set(idx.tolist())) == len(idx), "no row served twice"
     first = idx[:16] // CTX
     assert len(set(first.tolist())) >= 4, "a batch mixes tokens of several contexts"
@@ -93,7 +86,7 @@ def test_several_hooks_share_one_forward_and_one_shuffle(model, corpus) -> None:
     assert store.d_in == {RESID: 32, Z: 32, "hook_embed": 32}
     batch = next(store)
     _, cache = _reference(model, corpus, 4, [RESID, Z, "hook_embed"])
-    idx = _match(np.asarray(batch[RESID]), cache[RESID].reshape(-1, 32))
+    idx = matching_rows(np.asarray(batch[RESID]), cache[RESID].reshape(-1, 32))
     for h in (Z, "hook_embed"):  # the same tokens, row for row, at every hook
         np.testing.assert_allclose(batch[h], cache[h].reshape(-1, 32)[idx], atol=1e-5)
 
@@ -118,7 +111,7 @@ def test_head_index_seqpos_slice_and_special_tokens(model) -> None:
     tokens, cache = _reference(model, short_docs, 16, [Z])
     assert (tokens[:, 1::2] == bos).any(), "the test data must contain BOS at kept positions"
     ref = cache[Z][:, 1::2, 2]  # [16, 8 positions, d_head]
-    idx = _match(rows, ref.reshape(-1, 8))
+    idx = matching_rows(rows, ref.reshape(-1, 8))
     positions = 1 + 2 * (idx % 8)
     contexts = idx // 8
     assert (tokens[contexts, positions] != bos).all(), "special tokens are excluded"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import matching_rows
 
 import jsae
 import jsae.models
@@ -171,14 +172,6 @@ def test_train_from_a_jsae_cache(assets, tmp_path) -> None:
 MLP_IN, MLP_OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
 
 
-def _rows_of(reference: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Index of each of `rows` among `reference`'s rows (each must match one to 1e-4)."""
-    d = ((rows[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
-    idx = d.argmin(1)
-    assert np.sqrt(d[np.arange(len(rows)), idx]).max() < 1e-4
-    return idx
-
-
 def test_a_transcoder_trains_on_a_model_hook_to_hook(assets, tmp_path, capsys) -> None:
     """hook_name -> hook_name_out: every (x, y) row pair is one token's MLP input and output
     (checked against the model run over the same contexts); `jsae train` saves a transcoder
@@ -195,7 +188,7 @@ def test_a_transcoder_trains_on_a_model_hook_to_hook(assets, tmp_path, capsys) -
     x, y = (np.concatenate(part) for part in zip(*got, strict=True))
     tokens = token_source(config.model, model.tokenizer).next_batch(4 * 8)  # >= the buffer
     _, cache = model.run_with_cache(tokens, [MLP_IN, MLP_OUT])
-    idx = _rows_of(np.asarray(cache[MLP_IN]).reshape(-1, 32), x)
+    idx = matching_rows(x, np.asarray(cache[MLP_IN]).reshape(-1, 32))
     np.testing.assert_allclose(y, np.asarray(cache[MLP_OUT]).reshape(-1, 32)[idx], atol=1e-5)
     assert not np.allclose(x, y)
     pairs.close()
@@ -251,7 +244,7 @@ def test_a_transcoder_trains_from_a_cache_of_both_hooks(assets, tmp_path) -> Non
     shards = [cache / "shards" / s["name"] for s in read_manifest(cache)["shards"]]
     cached_in = np.concatenate([np.load(d / "0.npy") for d in shards])
     cached_out = np.concatenate([np.load(d / "1.npy") for d in shards])
-    idx = _rows_of(cached_in, x)
+    idx = matching_rows(x, cached_in)
     np.testing.assert_allclose(y, cached_out[idx], atol=1e-6)
     sae = jsae.train({**cfg, "output_path": None})
     assert sae.cfg.metadata.hook_name_out == MLP_OUT and sae.cfg.d_out == 32

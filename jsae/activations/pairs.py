@@ -8,7 +8,6 @@ row gives the transcoder's inputs and targets. The pairs keep the source's resum
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -36,8 +35,11 @@ class HookPairs:
     def state(self, include_buffer: bool = False) -> dict[str, Any]:
         """The source's position (with its buffered rows, when it has them and they are asked
         for: a checkpoint of an activation store)."""
-        takes = "include_buffer" in inspect.signature(self.source.state).parameters
-        return self.source.state(include_buffer=include_buffer) if takes else self.source.state()
+        from jsae.training.sources import takes_buffer
+
+        if takes_buffer(self.source):
+            return self.source.state(include_buffer=include_buffer)
+        return self.source.state()
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.source.restore(state)

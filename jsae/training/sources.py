@@ -379,7 +379,7 @@ class Feeder:
         and the rows a buffering source holds (`state(include_buffer=True)`, as the activation
         store has), without which a resumed run would lose them and train on other batches."""
         state = self._source_state
-        if isinstance(self.source, ResumableSource) and _takes_buffer(self.source):
+        if isinstance(self.source, ResumableSource) and takes_buffer(self.source):
             state = self.source.state(include_buffer=True)  # no pull since: same position
         state, arrays = _arrays_out(state, "source")
         info: dict[str, Any] = {"items_read": self.items_read, "source": state}
@@ -481,7 +481,8 @@ def batch_problem(array: Any, width: int | None, what: str, rows: int | None = N
     return None
 
 
-def _takes_buffer(source: Any) -> bool:
+def takes_buffer(source: Any) -> bool:
+    """Whether `source.state()` takes `include_buffer` (a source holding rows, like the store)."""
     import inspect
 
     try:
