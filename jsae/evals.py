@@ -294,6 +294,40 @@ def _sae_input(acts: jax.Array, mode: str, head_index: int | None) -> jax.Array:
     return acts
 
 
+@dataclass(frozen=True)
+class _Site:
+    """Where an SAE reads (or a transcoder writes): a hook, cut to one head, all heads, or as is."""
+
+    hook: str
+    mode: str
+    head: int | None
+
+    def read(self, acts: jax.Array) -> jax.Array:
+        return _sae_input(acts, self.mode, self.head)  # [B, T, d]
+
+    def write(self, acts: jax.Array, value: jax.Array) -> jax.Array:
+        """`acts` with the site replaced by `value [B, T, d]`."""
+        value = value.astype(acts.dtype)
+        if self.mode == "head":
+            return acts.at[:, :, self.head].set(value)
+        return value.reshape(acts.shape)
+
+
+def _site(model: Any, hook: str, head: int | None, width: int, *, output: bool = False) -> _Site:
+    """The site of `hook` on `model`, checked to hold `width` numbers per token (the SAE's
+    d_in, or a transcoder's d_out when `output`)."""
+    shape = tuple(model.hook_shape(hook))  # an unknown hook raises, listing the valid names
+    mode = _head_mode(head, shape)
+    d = shape[-1] if mode == "head" else math.prod(shape)
+    if d != width:
+        dim, knobs = ("d_out", "_out") if output else ("d_in", "")
+        raise ShapeError(
+            f"the activations at {hook} have {d} numbers per token, but the SAE's {dim} is "
+            f"{width}; check hook_name{knobs} and hook_head_index{knobs}."
+        )
+    return _Site(hook, mode, head)
+
+
 def _reconstruct(sae: Any, x: jax.Array, scale: float | None) -> tuple[jax.Array, jax.Array]:
     """(x̂, f) for `x [..., d]`, scaling into and out of the SAE's training scale."""
     xs = x if scale is None else x * scale
@@ -315,41 +349,60 @@ def _cached(model: Any, key: tuple, build: Callable[[], Callable]) -> Callable:
     return per_model[key]
 
 
-def _acts_fn(model: Any, hook: str, mode: str, head: int | None) -> Callable:
-    """Jitted: token batch -> SAE inputs `[B, T, d]` (the forward stops at the hook)."""
+def _acts_fn(model: Any, site: _Site, target: _Site | None) -> Callable:
+    """Jitted: token batch -> (SAE inputs `[B, T, d_in]`, transcoder targets `[B, T, d_out]`
+    or None); one forward that stops at the deeper hook."""
+    names = list(dict.fromkeys([site.hook] + ([target.hook] if target else [])))
 
     def fn(params, tokens):
-        _, cache = model.apply_with_cache(params, tokens, [hook], stop_at_layer=True)
-        return _sae_input(cache[hook], mode, head)
+        _, cache = model.apply_with_cache(params, tokens, names, stop_at_layer=True)
+        return site.read(cache[site.hook]), target.read(cache[target.hook]) if target else None
 
     return jax.jit(fn)
 
 
-def _downstream_fn(
-    model: Any, hook: str, mode: str, head: int | None, scale: float | None
-) -> Callable:
-    """Jitted: per-token CE (clean, spliced, ablated) and KL (spliced, ablated) of a batch."""
+def _downstream_fn(model: Any, site: _Site, target: _Site | None, scale: float | None) -> Callable:
+    """Jitted: per-token CE (clean, spliced, ablated) and KL (spliced, ablated) of a batch.
 
-    def splice(sae, mask):
-        def hook_fn(acts):
-            x = _sae_input(acts, mode, head)
-            x_hat, _ = _reconstruct(sae, x, scale)
-            x_hat = jnp.where(mask[..., None], x_hat, x)  # excluded tokens stay untouched
-            if mode == "head":
-                return acts.at[:, :, head].set(x_hat)
-            return x_hat.reshape(acts.shape)
+    An SAE replaces its input by its reconstruction; a transcoder (`target` set) reads its
+    input at `site` and replaces the activation at `target`. Ablation zeroes what is replaced.
+    """
+    out_site = target or site
 
-        return hook_fn
+    def spliced_hooks(sae, mask):
+        carried: list[jax.Array] = []  # the transcoder's input, from its read hook (one trace)
+
+        def read(acts):
+            carried.append(site.read(acts))
+            return acts
+
+        def write(acts):
+            if out_site.hook == site.hook:
+                x = site.read(acts)
+            elif carried:
+                x = carried.pop()
+            else:
+                raise ConfigError(
+                    f"the transcoder writes {out_site.hook}, which the model computes before its "
+                    f"input {site.hook}: hook_name must come before hook_name_out."
+                )
+            y = out_site.read(acts)
+            y_hat, _ = _reconstruct(sae, x, scale)
+            y_hat = jnp.where(mask[..., None], y_hat, y)  # excluded tokens stay untouched
+            return out_site.write(acts, y_hat)
+
+        hooks = {out_site.hook: write}
+        if out_site.hook != site.hook:
+            hooks[site.hook] = read
+        return hooks
 
     def ablate(acts):
-        if mode == "head":
-            return acts.at[:, :, head].set(0.0)
-        return jnp.zeros_like(acts)
+        return out_site.write(acts, jnp.zeros_like(out_site.read(acts)))
 
     def fn(params, sae, tokens, mask):
         clean = model.apply(params, tokens)
-        spliced = model.apply_with_hooks(params, tokens, {hook: splice(sae, mask)})
-        ablated = model.apply_with_hooks(params, tokens, {hook: ablate})
+        spliced = model.apply_with_hooks(params, tokens, spliced_hooks(sae, mask))
+        ablated = model.apply_with_hooks(params, tokens, {out_site.hook: ablate})
         return {
             "ce_loss_without_sae": per_token_ce(clean, tokens),
             "ce_loss_with_sae": per_token_ce(spliced, tokens),
@@ -362,12 +415,16 @@ def _downstream_fn(
 
 
 @partial(jax.jit, static_argnames="scale")
-def _batch_stats(sae: Any, x: jax.Array, mask: jax.Array, scale: float | None) -> tuple:
-    """Per-token statistics of one batch `x [B, T, d]`, and per-latent prompt counts."""
-    x_hat, f = _reconstruct(sae, x, scale)
+def _batch_stats(
+    sae: Any, x: jax.Array, y: jax.Array | None, mask: jax.Array, scale: float | None
+) -> tuple:
+    """Per-token statistics of one batch `x [B, T, d_in]` against its target (`y [B, T, d_out]`
+    for a transcoder, else x itself), and per-latent prompt counts."""
+    target = x if y is None else y
+    y_hat, f = _reconstruct(sae, x, scale)
     B, T = mask.shape
     stats = _token_stats(
-        x.reshape(B * T, -1), x_hat.reshape(B * T, -1), f.reshape(B * T, -1), mask.reshape(-1)
+        target.reshape(B * T, -1), y_hat.reshape(B * T, -1), f.reshape(B * T, -1), mask.reshape(-1)
     )
     prompts = (((f != 0) & mask[..., None]).sum(1) > 0).sum(0)  # [d_sae]
     return stats, prompts
@@ -415,6 +472,8 @@ def run_evals(
     activation_scale: float | None = None,
     hook_name: str | None = None,
     hook_head_index: int | None = None,
+    hook_name_out: str | None = None,
+    hook_head_index_out: int | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
     """(metrics by group, per-latent metrics), as SAELens's `run_evals` returns them.
 
@@ -423,6 +482,10 @@ def run_evals(
     batches feed the CE/KL metrics, the next `n_eval_sparsity_variance_batches` the rest.
     `activation_scale` multiplies activations on their way into the SAE (and divides its
     output), for SAEs trained on scaled activations whose scale was not folded in.
+
+    A transcoder reads `hook_name` and is measured against, and spliced in at, `hook_name_out`
+    (both default to the SAE's metadata): the reconstruction metrics compare its output with
+    the output hook's activations, and the ablation baseline zeroes the output hook.
     """
     cfg = eval_config or EvalConfig.everything()
     if not (
@@ -437,22 +500,28 @@ def run_evals(
         raise ConfigError("n_eval_sparsity_variance_batches must be > 0 for these metrics.")
     from jsae.sae import cfg_arch
 
-    if cfg_arch(sae.cfg).is_transcoder:
-        raise ConfigError(
-            "run_evals measures an SAE that reconstructs its own input; a transcoder writes to "
-            "another hook. Evaluate its reconstruction of the output hook instead."
-        )
-    hook = hook_name or sae.cfg.metadata.hook_name
+    meta = sae.cfg.metadata
+    hook = hook_name or meta.hook_name
     if hook is None:
         raise ConfigError("the SAE's metadata has no hook_name; pass hook_name=...")
-    head = hook_head_index if hook_head_index is not None else sae.cfg.metadata.hook_head_index
-    shape = tuple(model.hook_shape(hook))  # an unknown hook raises, listing the valid names
-    mode = _head_mode(head, shape)
-    d = shape[-1] if mode == "head" else math.prod(shape)
-    if d != sae.cfg.d_in:
-        raise ShapeError(
-            f"the activations at {hook} have d_in={d} but the SAE expects {sae.cfg.d_in}; "
-            "check hook_name and hook_head_index."
+    head = hook_head_index if hook_head_index is not None else meta.hook_head_index
+    site = _site(model, hook, head, sae.cfg.d_in)
+    target = None
+    if cfg_arch(sae.cfg).is_transcoder:
+        hook_out = hook_name_out or meta.hook_name_out
+        if hook_out is None:
+            raise ConfigError(
+                "this transcoder's metadata has no hook_name_out; pass hook_name_out=... (the "
+                "hook its output replaces, e.g. 'blocks.L.hook_mlp_out')."
+            )
+        head_out = (
+            hook_head_index_out if hook_head_index_out is not None else meta.hook_head_index_out
+        )
+        target = _site(model, hook_out, head_out, sae.cfg.output_dim, output=True)
+    elif hook_name_out is not None or hook_head_index_out is not None:
+        raise ConfigError(
+            "hook_name_out / hook_head_index_out are for transcoders; this SAE reconstructs "
+            f"its own input at {hook}."
         )
     context_size = getattr(tokens, "context_size", None)
     if context_size is not None:
@@ -475,9 +544,7 @@ def run_evals(
 
     if cfg.downstream:
         fn = _cached(
-            model,
-            ("down", hook, mode, head, scale),
-            lambda: _downstream_fn(model, hook, mode, head, scale),
+            model, ("down", site, target, scale), lambda: _downstream_fn(model, site, target, scale)
         )
         values: dict[str, list[np.ndarray]] = {}
         for t in _take(batches, cfg.n_eval_reconstruction_batches, "reconstruction"):
@@ -507,13 +574,18 @@ def run_evals(
             }
 
     if cfg.activations_based:
-        acts = _cached(model, ("acts", hook, mode, head), lambda: _acts_fn(model, hook, mode, head))
+        acts = _cached(model, ("acts", site, target), lambda: _acts_fn(model, site, target))
         token_batches = _take(batches, cfg.n_eval_sparsity_variance_batches, "sparsity/variance")
         n_tokens["sparsity_variance"] = sum(t.size for t in token_batches)
-        pairs = ((acts(model.params, jnp.asarray(t)), mask_of(t)) for t in token_batches)
+
+        def items():
+            for t in token_batches:
+                x, y = acts(model.params, jnp.asarray(t))
+                yield (x, mask_of(t)) if target is None else (x, y, mask_of(t))
+
         groups, features = activation_metrics(
             sae,
-            pairs,
+            items(),
             cfg.replace(compute_featurewise_weight_based_metrics=False),
             activation_scale=scale,
         )
@@ -532,27 +604,45 @@ def run_evals(
 
 def activation_metrics(
     sae: Any,
-    batches: Iterable[tuple[Any, Any]],
+    batches: Iterable[tuple[Any, ...]],
     eval_config: EvalConfig | None = None,
     *,
     activation_scale: float | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
-    """Reconstruction, shrinkage and sparsity metrics from `(x [B, T, d_in], mask [B, T])` pairs.
+    """Reconstruction, shrinkage and sparsity metrics from `(x [B, T, d_in], mask [B, T])` pairs,
+    or for a transcoder `(x, y [B, T, d_out], mask)` triples (its output is compared with y).
 
     The part of `run_evals` that needs no model: `mask` marks the tokens that count (False
     for excluded special tokens); each of the B rows is one prompt.
     """
+    from jsae.sae import cfg_arch
+
     cfg = eval_config or EvalConfig.everything()
     scale = None if activation_scale is None else float(activation_scale)
+    transcoder = cfg_arch(sae.cfg).is_transcoder
+    d_in, d_out = sae.cfg.d_in, sae.cfg.output_dim
     acc = _Accumulator(sae.cfg.d_sae)
-    for x, mask in batches:
-        x, mask = jnp.asarray(x), np.asarray(mask, bool)
-        if x.ndim != 3 or x.shape[-1] != sae.cfg.d_in or mask.shape != x.shape[:2]:
+    for item in batches:
+        if len(item) != (3 if transcoder else 2):
             raise ShapeError(
-                f"expected x [B, T, d_in={sae.cfg.d_in}] and mask [B, T], got {tuple(x.shape)} "
+                "a transcoder is measured on (x, y, mask) triples: inputs, the targets at its "
+                "output hook, and the mask"
+                if transcoder
+                else f"expected (x, mask) pairs, got a tuple of {len(item)}."
+            )
+        x, mask = jnp.asarray(item[0]), np.asarray(item[-1], bool)
+        y = jnp.asarray(item[1]) if transcoder else None
+        if x.ndim != 3 or x.shape[-1] != d_in or mask.shape != x.shape[:2]:
+            raise ShapeError(
+                f"expected x [B, T, d_in={d_in}] and mask [B, T], got {tuple(x.shape)} "
                 f"and {mask.shape}."
             )
-        stats, prompts = _batch_stats(sae, x, jnp.asarray(mask), scale)
+        if y is not None and y.shape != (*x.shape[:2], d_out):
+            raise ShapeError(
+                f"expected transcoder targets y [B, T, d_out={d_out}] beside x {tuple(x.shape)}, "
+                f"got {tuple(y.shape)}."
+            )
+        stats, prompts = _batch_stats(sae, x, y, jnp.asarray(mask), scale)
         acc.add(jax.device_get(stats), mask, np.asarray(prompts))
     if acc.n_tokens == 0:
         raise ConfigError("no (unmasked) tokens to evaluate.")
@@ -573,24 +663,41 @@ def evaluate_activations(
     n_batches: int = 1,
     activation_scale: float | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
-    """`activation_metrics` on plain activation batches `[N, d_in]` (cache, synthetic, held out).
+    """`activation_metrics` on plain activation batches `[N, d_in]` (cache, synthetic, held out);
+    for a transcoder, `(x [N, d_in], y [N, d_out])` pairs, as its training source yields them.
 
     Every row counts, and each row is its own prompt for the consistent-activation heuristic.
     """
+    from jsae.sae import cfg_arch
+
+    transcoder = cfg_arch(sae.cfg).is_transcoder
     it = iter(activations)
-    pairs = []
+    items = []
     for _ in range(n_batches):
         try:
-            x = jnp.asarray(next(it))
+            batch = next(it)
         except StopIteration:
             break
-        if x.ndim != 2:
-            raise ShapeError(f"activation batches must be [N, d_in], got {tuple(x.shape)}.")
-        pairs.append((x[:, None, :], np.ones((x.shape[0], 1), bool)))
-    if not pairs:
+        if transcoder and not (isinstance(batch, tuple | list) and len(batch) == 2):
+            raise ShapeError(
+                "a transcoder is evaluated on (x, y) pairs: inputs [N, d_in] and the targets "
+                "[N, d_out] at its output hook."
+            )
+        arrays = [jnp.asarray(a) for a in (batch if transcoder else [batch])]
+        for a in arrays:
+            if a.ndim != 2:
+                raise ShapeError(f"activation batches must be [N, d], got {tuple(a.shape)}.")
+        if transcoder and arrays[0].shape[0] != arrays[1].shape[0]:
+            raise ShapeError(
+                f"x has {arrays[0].shape[0]} rows but y has {arrays[1].shape[0]}; a "
+                "transcoder's pairs must have equal rows."
+            )
+        mask = np.ones((arrays[0].shape[0], 1), bool)
+        items.append((*(a[:, None, :] for a in arrays), mask))
+    if not items:
         raise ConfigError("no activation batches to evaluate.")
     cfg = eval_config or EvalConfig.everything(compute_kl=False, compute_ce_loss=False)
-    return activation_metrics(sae, pairs, cfg, activation_scale=activation_scale)
+    return activation_metrics(sae, items, cfg, activation_scale=activation_scale)
 
 
 def _activation_groups(acc: _Accumulator, cfg: EvalConfig) -> dict[str, dict[str, float]]:
@@ -632,15 +739,19 @@ def _density_metrics(acc: _Accumulator) -> dict[str, list[float]]:
 
 
 def weight_based_metrics(sae: Any) -> dict[str, list[float]]:
-    """Per latent: encoder column norm, cosine(encoder column, decoder row), encoder bias."""
+    """Per latent: encoder column norm, cosine(encoder column, decoder row), encoder bias.
+
+    The cosine is left out for a transcoder whose d_out differs from d_in (its encoder and
+    decoder live in different spaces; SAELens fails there).
+    """
     W_enc = np.asarray(sae.params["W_enc"], np.float64)  # [d_in, d_sae]
-    W_dec = np.asarray(sae.params["W_dec"], np.float64)  # [d_sae, d_in]
+    W_dec = np.asarray(sae.params["W_dec"], np.float64)  # [d_sae, d_out]
     enc_norm = np.linalg.norm(W_enc, axis=0)
-    dec_norm = np.linalg.norm(W_dec, axis=1)
-    out = {
-        "encoder_norm": enc_norm.tolist(),
-        "encoder_decoder_cosine_sim": ((W_enc.T * W_dec).sum(-1) / (enc_norm * dec_norm)).tolist(),
-    }
+    out = {"encoder_norm": enc_norm.tolist()}
+    if W_dec.shape[1] == W_enc.shape[0]:
+        dec_norm = np.linalg.norm(W_dec, axis=1)
+        cos = (W_enc.T * W_dec).sum(-1) / (enc_norm * dec_norm)
+        out["encoder_decoder_cosine_sim"] = cos.tolist()
     if "b_enc" in sae.params:
         out["encoder_bias"] = np.asarray(sae.params["b_enc"], np.float64).tolist()
     return out

@@ -50,6 +50,41 @@ CASES = [
         "w_scale": 0.5,
     },
 ]
+TRANSCODER_CASES = [  # input and output hooks as a transcoder reads and replaces them
+    {
+        "architecture": "transcoder",
+        "hook_name": "blocks.1.hook_resid_mid",  # (TransformerLens's ln2.hook_normalized is
+        "hook_head_index": None,  # jsae's before the gain: not the same value, models.md)
+        "hook_name_out": "blocks.1.hook_mlp_out",
+        "hook_head_index_out": None,
+        "d_in": 32,
+        "d_out": 32,
+        "d_sae": 48,
+        "w_scale": 0.3,
+    },
+    {
+        "architecture": "skip_transcoder",
+        "hook_name": "blocks.1.attn.hook_z",  # all heads, flattened
+        "hook_head_index": None,
+        "hook_name_out": "blocks.1.hook_attn_out",
+        "hook_head_index_out": None,
+        "d_in": 32,
+        "d_out": 32,
+        "d_sae": 24,
+        "w_scale": 0.3,
+    },
+    {
+        "architecture": "jumprelu_transcoder",
+        "hook_name": "blocks.0.hook_resid_post",
+        "hook_head_index": None,
+        "hook_name_out": "blocks.1.attn.hook_z",  # one head replaced
+        "hook_head_index_out": 2,
+        "d_in": 32,
+        "d_out": 8,
+        "d_sae": 24,
+        "w_scale": 0.4,
+    },
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +105,18 @@ def reference(tmp_path_factory):
         "n_recon": N_RECON,
         "n_sparsity": N_SPARSITY,
         "cases": CASES,
+        "transcoder_cases": TRANSCODER_CASES,
     }
     (root / "spec.json").write_text(json.dumps(spec))
     run_reference("saelens_evals.py", "end2end", root)
     return root, json.loads((root / "outputs.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def transcoder_reference(reference):
+    root, _ = reference
+    run_reference("saelens_evals.py", "transcoders", root)
+    return root, json.loads((root / "transcoder_outputs.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +156,48 @@ def test_run_evals_matches_saelens(reference, model, case: int) -> None:
         assert_close(np.nan_to_num(ours), np.nan_to_num(theirs), rtol=2e-4, atol=2e-5, what=key)
     perf = metrics["model_performance_preservation"]
     assert perf["ce_loss_with_ablation"] != pytest.approx(perf["ce_loss_without_sae"], rel=1e-3)
+
+
+def _assert_metrics_match(metrics, features, ref) -> None:
+    assert set(ref["metrics"]) == set(metrics)
+    for group, values in ref["metrics"].items():
+        assert set(values) <= set(metrics[group]), group  # jsae adds sparsity counts
+        for key, expected in values.items():
+            assert_close(metrics[group][key], expected, rtol=2e-4, atol=2e-5, what=f"{group}/{key}")
+    assert set(ref["features"]) == set(features)
+    for key, expected in ref["features"].items():
+        ours, theirs = np.asarray(features[key], float), np.asarray(expected, float)
+        assert np.array_equal(np.isnan(ours), np.isnan(theirs)), key
+        assert_close(np.nan_to_num(ours), np.nan_to_num(theirs), rtol=2e-4, atol=2e-5, what=key)
+
+
+@pytest.mark.parametrize("case", range(len(TRANSCODER_CASES)))
+def test_transcoder_evals_match_saelens_at_the_output_hook(
+    transcoder_reference, model, case: int
+) -> None:
+    """A transcoder is scored against, spliced in at and ablated at its output hook, fed from
+    its input hook in the same forward pass: SAELens's `run_evals` computes the same metrics
+    for an SAE of the output hook that encodes the transcoder's input (see the reference)."""
+    root, outputs = transcoder_reference
+    ref = outputs[case]
+    sae = jsae.load(root / f"transcoder_{case}")
+    assert sae.cfg.architecture == TRANSCODER_CASES[case]["architecture"]
+    tokens = [np.asarray(b, np.int32) for b in ref["batches"]]
+    assert len(tokens) == N_RECON + N_SPARSITY
+    metrics, features = evals.run_evals(
+        sae,
+        model,
+        tokens,
+        evals.EvalConfig.everything(
+            batch_size_prompts=BATCH,
+            n_eval_reconstruction_batches=N_RECON,
+            n_eval_sparsity_variance_batches=N_SPARSITY,
+        ),
+    )
+    _assert_metrics_match(metrics, features, ref)
+    perf = metrics["model_performance_preservation"]
+    assert perf["ce_loss_with_ablation"] != pytest.approx(perf["ce_loss_without_sae"], rel=1e-3)
+    assert 0 < metrics["sparsity"]["l0"] < sae.cfg.d_sae
 
 
 def test_identity_sae_recovers_all_the_loss(model) -> None:

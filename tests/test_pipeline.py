@@ -193,8 +193,10 @@ def test_a_transcoder_trains_on_a_model_hook_to_hook(assets, tmp_path, capsys) -
     assert not np.allclose(x, y)
     pairs.close()
 
-    assert main(["train", "--config", str(_write(tmp_path / "tc.yaml", cfg))]) == 0
-    assert "no evals" in capsys.readouterr().out
+    logged = tmp_path / "tc-metrics.jsonl"
+    during = {"wandb_log_frequency": 4, "eval_every_n_wandb_logs": 1, "metrics_path": str(logged)}
+    assert main(["train", "--config", str(_write(tmp_path / "tc.yaml", {**cfg, **during}))]) == 0
+    assert "ce_loss_score" in capsys.readouterr().out
     sae = jsae.load(tmp_path / "tc")
     meta = sae.cfg.metadata
     assert (sae.cfg.architecture, sae.cfg.d_out, meta.hook_name, meta.hook_name_out) == (
@@ -203,6 +205,23 @@ def test_a_transcoder_trains_on_a_model_hook_to_hook(assets, tmp_path, capsys) -
         MLP_IN,
         MLP_OUT,
     )
+    # Evals during and after training measure the transcoder at its output hook.
+    rows = [json.loads(line) for line in logged.read_text().splitlines()]
+    evaluated_at = [r["step"] for r in rows if "model_performance_preservation/ce_loss_score" in r]
+    assert evaluated_at == [3, 7]  # every 4 steps (steps count from 0)
+    results = json.loads((tmp_path / "tc" / "eval_results.json").read_text())
+    from jsae import evals
+    from jsae.activations.pipeline import token_source as tokens_of
+
+    eval_cfg = evals.EvalConfig.from_dict(
+        {k: v for k, v in results["eval_cfg"].items() if k not in ("dataset", "context_size")}
+    )
+    direct, _ = evals.run_evals(sae, model, tokens_of(config.model, model.tokenizer,
+                                                      shuffle_seed=4321), eval_cfg)  # fmt: skip
+    assert evals.flatten_metrics(direct) == pytest.approx(evals.flatten_metrics(results["metrics"]))
+    assert results["metrics"]["shrinkage"]["l2_norm_in"] == pytest.approx(
+        float(np.linalg.norm(np.asarray(cache[MLP_OUT]), axis=-1).mean()), rel=0.2
+    )  # the output hook's norm (~0.07 here), not the input's (layer-normed: ~sqrt(32) * gain)
 
     ckpt = tmp_path / "ckpt"
     stepped = {**cfg, "output_path": None, "checkpoint_path": str(ckpt)}

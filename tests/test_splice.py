@@ -193,6 +193,37 @@ def test_transcoder_reads_one_hook_and_writes_another(model, tokens):
         model.run_with_saes(tokens, backwards)
 
 
+@pytest.mark.parametrize(
+    "src, head, dst, head_out, d_in, d_out",
+    [
+        ("blocks.0.attn.hook_z", None, "blocks.0.hook_attn_out", None, 64, 64),  # all heads
+        ("blocks.0.attn.hook_z", 1, "blocks.1.attn.hook_z", 2, 16, 16),  # head to head
+        ("blocks.0.hook_resid_post", None, "blocks.0.hook_resid_post", None, 64, 64),  # itself
+    ],
+)
+def test_transcoder_views_of_head_shaped_and_shared_hooks(
+    model, tokens, src, head, dst, head_out, d_in, d_out
+):
+    """A transcoder reads (and writes) one head where its metadata names one, every head
+    flattened otherwise (as it trained), and may read and write views of one hook."""
+    meta = {"hook_name_out": dst, "hook_head_index": head, "hook_head_index_out": head_out}
+    tc = make_sae(architecture="transcoder", hook=src, d_in=d_in, d_out=d_out, metadata=meta)
+    _, cache = model.run_with_cache(tokens, [src])
+    x = cache[src]
+    x = x[:, :, head] if head is not None else x.reshape(*x.shape[:2], -1)
+    out = tc.forward(x)  # [B, T, d_out]
+
+    def by_hand(y):
+        if head_out is not None:
+            return y.at[:, :, head_out].set(out)
+        return out.reshape(y.shape)
+
+    expected = model.run_with_hooks(tokens, {dst: by_hand})
+    assert np.abs(np.asarray(expected) - np.asarray(model(tokens))).max() > 1e-3
+    assert_close(model.run_with_saes(tokens, tc), expected, atol=1e-5, rtol=1e-5)
+    assert_close(model.run_with_saes(tokens, tc, use_error_term=True), model(tokens), 1e-5, 0)
+
+
 def _gemma2():
     from transformers import Gemma2Config
 
@@ -226,7 +257,10 @@ def test_transcoders_on_the_mlp_input_hooks(model, tokens, family, src):
     )
 
 
-def test_compiled_once_for_new_weights(model, tokens):
+def test_compiled_once_for_new_weights(tokens):
+    model = jsae.HookedModel.from_config(  # its own: the compile cache holds at most 64 entries
+        GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=16), seed=3
+    )
     model.run_with_saes(tokens, make_sae(0))
     compiled = len(model._jitted)
     model.run_with_saes(tokens, make_sae(1))

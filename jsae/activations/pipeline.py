@@ -369,6 +369,18 @@ def cache_activations(
 # ------------------------------------------------------------------------------ evaluation
 
 
+def eval_hooks(settings: LanguageModelSettings, sae: Any) -> dict[str, Any]:
+    """The hook arguments of `run_evals` for `sae` from the settings (the output hook only
+    for a transcoder)."""
+    from jsae.sae import cfg_arch
+
+    hooks = {"hook_name": settings.hook_name, "hook_head_index": settings.hook_head_index}
+    if cfg_arch(sae.cfg).is_transcoder and settings.hook_name_out is not None:
+        hooks["hook_name_out"] = settings.hook_name_out
+        hooks["hook_head_index_out"] = settings.hook_head_index_out
+    return hooks
+
+
 def spliced_evaluator(
     settings: LanguageModelSettings,
     model: Any,
@@ -408,8 +420,7 @@ def spliced_evaluator(
             cfg,
             exclude_special_tokens=exclude,
             activation_scale=scale,
-            hook_name=settings.hook_name,
-            hook_head_index=settings.hook_head_index,
+            **eval_hooks(settings, sae),
         )
         return evals.flatten_metrics(metrics)
 
@@ -452,8 +463,7 @@ def train_language_model_sae(
         model = load_model_for(lm)
     source = training_source(config, model, tokenizer=getattr(model, "tokenizer", None))
     trainer = Trainer(config, source, init=init)
-    transcoder = config.sae.is_transcoder  # the evals measure an SAE of its own input
-    if model is not None and not transcoder:
+    if model is not None:
         trainer.evaluator = spliced_evaluator(lm, model, activation_scale=lambda: trainer.scale)
     t0 = time.perf_counter()
     sae = trainer.fit()
@@ -462,10 +472,7 @@ def train_language_model_sae(
     if hasattr(source, "close"):
         source.close()
     results = None
-    if final_evals and model is not None and transcoder:
-        if log:
-            log("no evals: they measure an SAE of its own input, not a transcoder")
-    elif final_evals and model is not None:
+    if final_evals and model is not None:
         prompts = lm.eval_batch_size_prompts or lm.store_batch_size_prompts
         cfg = eval_config or evals.EvalConfig.everything(
             batch_size_prompts=prompts,
@@ -479,8 +486,7 @@ def train_language_model_sae(
             held_out,
             cfg,
             exclude_special_tokens=lm.exclude_special_tokens or True,
-            hook_name=lm.hook_name,
-            hook_head_index=lm.hook_head_index,
+            **eval_hooks(lm, sae),
         )
         results = {
             "metrics": metrics,

@@ -170,12 +170,29 @@ class _Carry:
         return hash(_Carry)
 
 
+def _cut(acts: jax.Array, head_index: int | None) -> jax.Array:
+    """A transcoder's view of a hook: one head, all heads flattened, or the activation as is."""
+    if head_index is not None:
+        _check_head_axis(acts, head_index, "transcoder")
+        return acts[..., head_index, :]
+    return acts.reshape(*acts.shape[:2], -1) if acts.ndim == 4 else acts
+
+
+def _paste(acts: jax.Array, value: jax.Array, head_index: int | None) -> jax.Array:
+    """`acts` with the transcoder's view of it replaced by `value`."""
+    value = value.astype(acts.dtype)
+    if head_index is not None:
+        return acts.at[..., head_index, :].set(value)
+    return value.reshape(acts.shape)
+
+
 @dataclass(frozen=True)
 class _TranscoderRead:
     carry: _Carry = field(default_factory=_Carry)
+    head_index: int | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        self.carry.value = x
+        self.carry.value = _cut(x, self.head_index)
         return x
 
 
@@ -185,24 +202,44 @@ class _TranscoderWrite:
     edit: Any = None
     carry: _Carry = field(default_factory=_Carry)
     use_error_term: bool = False
+    head_index: int | None = None  # of the output hook
 
-    def __call__(self, y: jax.Array) -> jax.Array:
+    def __call__(self, acts: jax.Array) -> jax.Array:
         x, self.carry.value = self.carry.value, None
         if x is None:
             raise ConfigError(
                 f"transcoder output hook {self.sae.cfg.metadata.hook_name_out!r} ran before its "
                 f"input hook {self.sae.cfg.metadata.hook_name!r}: the input must come first."
             )
+        y = _cut(acts, self.head_index)
         out = self.sae.forward(x, edit_features=self.edit)
         if self.use_error_term:
             clean = out if self.edit is None else self.sae.forward(x)
             out = out + jax.lax.stop_gradient(y - clean.astype(y.dtype))
-        return out.astype(y.dtype)
+        return _paste(acts, out, self.head_index)
 
 
-jax.tree_util.register_dataclass(_TranscoderRead, data_fields=[], meta_fields=["carry"])
+@dataclass(frozen=True)
+class _TranscoderReadWrite:
+    """A transcoder whose input and output are views of the same hook."""
+
+    read: _TranscoderRead
+    write: _TranscoderWrite
+
+    def __call__(self, acts: jax.Array) -> jax.Array:
+        return self.write(self.read(acts))
+
+
 jax.tree_util.register_dataclass(
-    _TranscoderWrite, data_fields=["sae", "edit"], meta_fields=["carry", "use_error_term"]
+    _TranscoderRead, data_fields=[], meta_fields=["carry", "head_index"]
+)
+jax.tree_util.register_dataclass(
+    _TranscoderWrite,
+    data_fields=["sae", "edit"],
+    meta_fields=["carry", "use_error_term", "head_index"],
+)
+jax.tree_util.register_dataclass(
+    _TranscoderReadWrite, data_fields=["read", "write"], meta_fields=[]
 )
 
 
@@ -219,7 +256,9 @@ def splice_sae(
     """Hooks that splice `sae` in at `hook_name` (default: the SAE's `metadata.hook_name`).
 
     A transcoder reads its input at `hook_name` and replaces the activation at
-    `metadata.hook_name_out` with its output.
+    `metadata.hook_name_out` with its output (one head of either where `hook_head_index` /
+    `hook_head_index_out` say so; a head-shaped hook's heads are otherwise flattened, as the
+    transcoder was trained).
     """
     meta = sae.cfg.metadata
     name = hook_name or meta.hook_name
@@ -235,10 +274,11 @@ def splice_sae(
                 "output replaces (e.g. 'blocks.L.hook_mlp_out')."
             )
         carry = _Carry()
-        return {
-            name: _TranscoderRead(carry),
-            meta.hook_name_out: _TranscoderWrite(sae, edit, carry, use_error_term),
-        }
+        read = _TranscoderRead(carry, meta.hook_head_index)
+        write = _TranscoderWrite(sae, edit, carry, use_error_term, meta.hook_head_index_out)
+        if meta.hook_name_out == name:
+            return {name: _TranscoderReadWrite(read, write)}
+        return {name: read, meta.hook_name_out: write}
     head = getattr(meta, "hook_head_index", None)
     return {name: SAESplice(sae, edit, use_error_term, head)}
 

@@ -70,6 +70,8 @@ def _defaults_from_sae(sae) -> dict:
         "model_name",
         "hook_name",
         "hook_head_index",
+        "hook_name_out",
+        "hook_head_index_out",
         "context_size",
         "prepend_bos",
         "dataset_path",
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     import jsae
     from jsae import evals
     from jsae.activations.config import settings_from_sources
-    from jsae.activations.pipeline import load_model_for, token_source
+    from jsae.activations.pipeline import eval_hooks, load_model_for, token_source
     from jsae.fsutil import atomic_write_bytes
 
     sae = jsae.from_pretrained(args.sae, args.sae_id) if args.sae_id else jsae.load(args.sae)
@@ -111,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         exclude_special_tokens=not args.include_special_tokens,
         activation_scale=args.activation_scale,
-        hook_name=settings.hook_name,
-        hook_head_index=settings.hook_head_index,
+        **eval_hooks(settings, sae),
     )
     print(evals.format_metrics(metrics))
     if args.features:

@@ -19,8 +19,17 @@ random SAELens SAE per case (hook_name, hook_head_index) is saved to DIR/sae_<i>
 SAELens's `run_evals` (every metric, exclude_special_tokens=True) runs on an
 `ActivationsStore.from_sae` over the dataset. Writes DIR/outputs.json: per case the metrics,
 the per-latent metrics and the token batches used.
+
+`transcoders`: after `end2end` in the same DIR, random SAELens transcoders (DIR/spec.json
+`transcoder_cases`: architecture, hook_name[/head] in, hook_name_out[/head] out) are saved to
+DIR/transcoder_<i> and evaluated by SAELens's own `run_evals` at their output hook, through
+`TranscoderAtOutput`: an SAE whose `encode` ignores the activation it is given and encodes the
+transcoder's input, captured by a permanent TransformerLens hook at the input hook during the
+same forward pass. So the spliced forward, the zero ablation, the masks and every formula are
+SAELens's and TransformerLens's. Writes DIR/transcoder_outputs.json.
 """
 
+import copy
 import json
 import sys
 import warnings
@@ -197,5 +206,146 @@ def end2end(directory):
     (directory / "outputs.json").write_text(json.dumps(results))
 
 
+class TranscoderAtOutput(torch.nn.Module):
+    """A transcoder seen by SAELens's evals as an SAE of its output hook (see the docstring)."""
+
+    def __init__(self, transcoder, head_in):
+        super().__init__()
+        self.transcoder, self.head_in, self.x = transcoder, head_in, None
+        meta = transcoder.cfg.metadata
+        self.cfg = copy.copy(transcoder.cfg)
+        self.cfg.metadata = type(meta)(
+            hook_name=meta.hook_name_out,
+            hook_head_index=meta.hook_head_index_out,
+            context_size=meta.context_size,
+            prepend_bos=meta.prepend_bos,
+        )
+        self.W_enc, self.W_dec, self.b_enc = transcoder.W_enc, transcoder.W_dec, transcoder.b_enc
+        self.device = transcoder.device
+
+    hook_z_reshaping_mode = False  # the captured input is flattened by `capture` itself
+
+    def turn_off_forward_pass_hook_z_reshaping(self):
+        pass
+
+    def capture(self, acts, hook):  # the permanent hook at the transcoder's input
+        if self.head_in is not None:
+            self.x = acts[:, :, self.head_in]
+        else:
+            self.x = acts.flatten(-2, -1) if acts.ndim == 4 else acts
+        return acts
+
+    def encode(self, _output_activation):
+        return self.transcoder.encode(self.x)
+
+    def decode(self, f):
+        out = self.transcoder.decode(f)
+        if hasattr(self.transcoder, "W_skip"):
+            out = out + self.x @ self.transcoder.W_skip.T
+        return out
+
+
+def transcoders(directory):
+    from datasets import load_dataset
+    from sae_lens import (
+        JumpReLUTranscoder,
+        JumpReLUTranscoderConfig,
+        SkipTranscoder,
+        SkipTranscoderConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        Transcoder,
+        TranscoderConfig,
+    )
+    from sae_lens.evals import get_eval_everything_config, run_evals
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.training.activation_scaler import ActivationScaler
+    from sae_lens.training.activations_store import ActivationsStore
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    directory = Path(directory)
+    spec = json.loads((directory / "spec.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(directory / "model")
+    model = tiny_hooked_gpt2(GPT2LMHeadModel.from_pretrained(directory / "model").eval(), tokenizer)
+    dataset = load_dataset("json", data_files=spec["data_files"], split="train")
+    classes = {
+        "transcoder": (Transcoder, TranscoderConfig),
+        "skip_transcoder": (SkipTranscoder, SkipTranscoderConfig),
+        "jumprelu_transcoder": (JumpReLUTranscoder, JumpReLUTranscoderConfig),
+    }
+    results = []
+    for i, case in enumerate(spec["transcoder_cases"]):
+        torch.manual_seed(spec["seed"] + 100 + i)
+        meta = SAEMetadata(
+            hook_name=case["hook_name"],
+            hook_head_index=case["hook_head_index"],
+            hook_name_out=case["hook_name_out"],
+            hook_head_index_out=case["hook_head_index_out"],
+            context_size=spec["context_size"],
+            prepend_bos=True,
+        )
+        cls, cfg_cls = classes[case["architecture"]]
+        tc = cls(
+            cfg_cls(
+                d_in=case["d_in"],
+                d_sae=case["d_sae"],
+                d_out=case["d_out"],
+                apply_b_dec_to_input=False,
+                metadata=meta,
+            )
+        )
+        with torch.no_grad():
+            tc.W_enc.normal_(0, case["w_scale"])
+            tc.W_dec.normal_(0, case["w_scale"])
+            tc.b_enc.normal_(-0.2, 0.1)
+            tc.b_dec.normal_(0, 0.05)
+            if hasattr(tc, "W_skip"):
+                tc.W_skip.normal_(0, 0.1)
+            if hasattr(tc, "threshold"):
+                tc.threshold.uniform_(0.0, 0.3)
+        tc.save_model(str(directory / f"transcoder_{i}"))
+        shim = TranscoderAtOutput(tc, case["hook_head_index"])
+        # a plain SAE at the output hook only gives the store its hook and context settings
+        like = StandardSAE(
+            StandardSAEConfig(d_in=case["d_out"], d_sae=4, metadata=shim.cfg.metadata)
+        )
+        store = ActivationsStore.from_sae(
+            model,
+            like,
+            dataset,
+            context_size=spec["context_size"],
+            streaming=False,
+            store_batch_size_prompts=spec["batch_size_prompts"],
+        )
+        batches = []
+        original = store.get_batch_tokens
+
+        def recording(batch_size=None, _original=original, _batches=batches, **kw):
+            out = _original(batch_size, **kw)
+            _batches.append(out.tolist())
+            return out
+
+        store.get_batch_tokens = recording
+        square = case["d_in"] == case["d_out"]  # SAELens's encoder-decoder cosine needs it
+        cfg = get_eval_everything_config(
+            batch_size_prompts=spec["batch_size_prompts"],
+            n_eval_reconstruction_batches=spec["n_recon"],
+            n_eval_sparsity_variance_batches=spec["n_sparsity"],
+        )
+        cfg.compute_featurewise_weight_based_metrics = square
+        model.reset_hooks(including_permanent=True)
+        model.add_hook(case["hook_name"], shim.capture, is_permanent=True)
+        with torch.no_grad():
+            scalars, features = run_evals(
+                shim, store, model, ActivationScaler(), cfg, exclude_special_tokens=True
+            )
+        model.reset_hooks(including_permanent=True)
+        if not square:
+            features["encoder_norm"] = tc.W_enc.norm(dim=0).tolist()
+            features["encoder_bias"] = tc.b_enc.tolist()
+        results.append({"metrics": scalars, "features": features, "batches": batches})
+    (directory / "transcoder_outputs.json").write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
-    {"metrics": metrics, "end2end": end2end}[sys.argv[1]](sys.argv[2])
+    {"metrics": metrics, "end2end": end2end, "transcoders": transcoders}[sys.argv[1]](sys.argv[2])
