@@ -35,6 +35,9 @@ Formulas (x the SAE input, x̂ its reconstruction, f the latents, per unmasked t
   (CE_ablation - CE_clean)`; `kl_div_score = (KL_ablation - KL_sae) / KL_ablation` with
   `KL(p_clean || p_new)` per token. "Ablation" replaces the activation by zeros.
 
+A transcoder is measured where it stands in: x is the activation at its `hook_name_out`, x̂ its
+output from the input at `hook_name`, and the splice and the ablation act on `hook_name_out`.
+
 Tokens listed in `exclude_special_tokens` (default: the tokenizer's BOS/EOS/PAD/SEP) are left
 out of every metric and keep their original activation when the SAE is spliced in.
 """

@@ -192,6 +192,58 @@ def test_evaluate_activations_without_a_model() -> None:
         evals.evaluate_activations(identity_sae(6), [])
 
 
+def _linear_transcoder(A: np.ndarray, b: np.ndarray) -> jsae.SAE:
+    """A skip transcoder whose output is exactly x @ A.T + b (no latent ever fires)."""
+    d_out, d_in = A.shape
+    cfg = jsae.SAEConfig(architecture="skip_transcoder", d_in=d_in, d_sae=8, d_out=d_out)
+    return jsae.SAE.from_params(
+        cfg,
+        {
+            "W_enc": np.zeros((d_in, 8)),
+            "b_enc": -np.ones(8),
+            "W_dec": np.ones((8, d_out)),
+            "b_dec": b,
+            "W_skip": A,
+        },
+    )
+
+
+def test_a_transcoder_is_scored_against_its_target() -> None:
+    """The metrics compare the transcoder's output with y, the activation it stands in for:
+    exact where y is its output, and the closed-form explained variance where y is not."""
+    rng = np.random.default_rng(5)
+    A, b = rng.normal(size=(4, 6)), rng.normal(size=4)
+    tc = _linear_transcoder(A, b)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = (x @ A.T + b).astype(np.float32)
+    metrics, features = evals.evaluate_activations(tc, [(x, y)])
+    assert metrics["reconstruction_quality"]["explained_variance"] == pytest.approx(1, abs=1e-6)
+    assert metrics["reconstruction_quality"]["mse"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["sparsity"]["l0"] == 0.0
+    assert metrics["shrinkage"]["l2_norm_in"] == pytest.approx(np.linalg.norm(y, axis=1).mean())
+    assert "encoder_decoder_cosine_sim" not in features  # d_out != d_in: no shared space
+    assert len(features["encoder_norm"]) == 8
+    noisy = y + rng.normal(0, 0.5, y.shape).astype(np.float32)
+    metrics, _ = evals.evaluate_activations(tc, [(x, noisy)])
+    assert metrics["reconstruction_quality"]["explained_variance"] == pytest.approx(
+        evals.explained_variance(noisy, y), rel=1e-5
+    )
+    triples = [(x[None], noisy[None], np.ones((1, 64), bool))]  # [B=1, T=64, d]
+    same, _ = evals.activation_metrics(tc, triples)
+    assert evals.flatten_metrics(same) == pytest.approx(evals.flatten_metrics(metrics))
+
+    with pytest.raises(ShapeError, match=r"\(x, y\) pairs"):
+        evals.evaluate_activations(tc, [x])
+    with pytest.raises(ShapeError, match="equal rows"):
+        evals.evaluate_activations(tc, [(x, y[:10])])
+    with pytest.raises(ShapeError, match="d_out=4"):
+        evals.evaluate_activations(tc, [(x, x)])
+    with pytest.raises(ShapeError, match=r"\(x, y, mask\) triples"):
+        evals.activation_metrics(tc, [(x[None], np.ones((1, 64), bool))])
+    with pytest.raises(ShapeError, match=r"\(x, mask\) pairs"):
+        evals.activation_metrics(identity_sae(6), triples)
+
+
 def test_bad_eval_input() -> None:
     with pytest.raises(ConfigError, match="unknown eval options"):
         evals.EvalConfig.from_dict({"compute_kll": True})

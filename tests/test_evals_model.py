@@ -324,3 +324,35 @@ def test_jsae_eval_command(reference, tmp_path, capsys) -> None:
     # nothing to evaluate on: the error names the missing setting
     assert main(["eval", str(sae_dir)]) == 2
     assert "dataset_path" in capsys.readouterr().err
+
+
+def test_jsae_eval_command_on_a_transcoder(transcoder_reference, model, tmp_path, capsys) -> None:
+    """`jsae eval` takes both hooks (and the output head) from a transcoder's metadata and
+    prints what run_evals computes for it over the same token stream."""
+    from jsae.activations.config import LanguageModelSettings
+    from jsae.activations.pipeline import token_source
+    from jsae.cli import main
+
+    root, _ = transcoder_reference
+    tc = jsae.load(root / "transcoder_2")  # resid_post -> one head of the next layer's hook_z
+    assert tc.cfg.metadata.hook_head_index_out == 2
+    meta = tc.cfg.metadata.replace(model_name=str(root / "model"))
+    jsae.SAE(tc.cfg.replace(metadata=meta), tc.params).save(tmp_path / "tc")
+    out = tmp_path / "results.json"
+    data = root / "corpus.jsonl"
+    args = ["eval", str(tmp_path / "tc"), f"dataset_path={data}", "streaming=false",
+            "--batch-size-prompts", "2", "--n-eval-reconstruction-batches", "2",
+            "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "ce_loss_score" in capsys.readouterr().out
+    result = json.loads(out.read_text())["metrics"]
+    settings = LanguageModelSettings(
+        model_name=str(root / "model"), dataset_path=str(data), streaming=False, context_size=CTX
+    )
+    cfg = evals.EvalConfig.everything(batch_size_prompts=2, n_eval_reconstruction_batches=2)
+    tokens = token_source(settings, model.tokenizer, shuffle_seed=42)
+    direct, _ = evals.run_evals(tc, model, tokens, cfg)
+    assert evals.flatten_metrics(result) == pytest.approx(evals.flatten_metrics(direct))
+    # an output hook of another width is refused, naming the settings to check
+    assert main([*args, "hook_name_out=blocks.1.hook_attn_out"]) == 2
+    assert "d_out is 8; check hook_name_out and hook_head_index_out" in capsys.readouterr().err
