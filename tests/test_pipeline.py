@@ -340,6 +340,9 @@ def test_several_saes_from_one_forward(assets, tmp_path) -> None:
     configs = {h: {**base, "output_path": str(tmp_path / f"sae{i}")} for i, h in enumerate(hooks)}
     with pytest.raises(jsae.ConfigError, match=r"names hook_name='blocks\.9\.hook_z'"):
         train_saes({**configs, HOOK: {**base, "metadata": {"hook_name": "blocks.9.hook_z"}}}, store)
+    tc = {**base, "architecture": "transcoder", "output_path": None}
+    with pytest.raises(jsae.ConfigError, match=r"for \['blocks\.0\.hook_resid_post'\] are tr"):
+        train_saes({**configs, HOOK: tc}, store)
     saes = train_saes(configs, store, settings=settings)
     assert set(saes) == set(hooks)
     assert not np.allclose(np.asarray(saes[hooks[0]].W_dec), np.asarray(saes[hooks[1]].W_dec))

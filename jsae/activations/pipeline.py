@@ -551,6 +551,13 @@ def train_saes(
     configs = {
         h: _with_hook_metadata(TrainConfig.coerce(c), h, settings) for h, c in configs.items()
     }
+    transcoders = sorted(h for h, c in configs.items() if c.sae.is_transcoder)
+    if transcoders:
+        raise ConfigError(
+            f"train_saes trains an SAE of each hook's own activations; the configs for "
+            f"{transcoders} are transcoders, which learn one hook from another. Train each with "
+            "jsae.train / jsae train and hook_name_out (one forward serves both of its hooks)."
+        )
     views = store.hook_iterators(max_lag)
     trainers = {h: Trainer(cfg, views[h]) for h, cfg in configs.items()}
     for h, trainer in trainers.items():
