@@ -223,6 +223,21 @@ def test_transcoder_views_of_head_shaped_and_shared_hooks(
     assert_close(model.run_with_saes(tokens, tc), expected, atol=1e-5, rtol=1e-5)
     assert_close(model.run_with_saes(tokens, tc, use_error_term=True), model(tokens), 1e-5, 0)
 
+    # steering adds decoder rows where the transcoder writes (they live in its output space)
+    row = 3.0 * tc.W_dec[5]  # [d_out]
+
+    def steered(y):
+        if head_out is not None:
+            return y.at[:, :, head_out].add(row)
+        return y + row.reshape(y.shape[2:])
+
+    assert_close(
+        model.run_with_hooks(tokens, feature_steering(tc, [5], [3.0])),
+        replaced(model, tokens, dst, steered),
+        1e-5,
+        1e-5,
+    )
+
 
 def _gemma2():
     from transformers import Gemma2Config

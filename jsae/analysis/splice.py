@@ -95,7 +95,8 @@ class Steer:
 
     On an attention hook `[B, T, n_heads, d_head]`: `head_index` adds a `[d_head]` vector to
     that head only; `flat_heads` reads a `[n_heads * d_head]` vector (a hook_z SAE's decoder
-    row) as one `[d_head]` piece per head.
+    row) as one `[d_head]` piece per head. `per_token_shape` reshapes the vector to whatever
+    the activation's per-token shape is (a transcoder's decoder row, flat whatever it writes).
     """
 
     vector: Any
@@ -103,6 +104,7 @@ class Steer:
     positions: Any = None
     head_index: int | None = None
     flat_heads: bool = False
+    per_token_shape: bool = False
 
     def __call__(self, x: jax.Array) -> jax.Array:
         delta = (jnp.asarray(self.scale) * jnp.asarray(self.vector)).astype(x.dtype)
@@ -113,6 +115,8 @@ class Steer:
         if self.flat_heads:
             _check_head_axis(x, None, "steering vector")
             delta = delta.reshape(x.shape[-2:])  # [n_heads, d_head]
+        elif self.per_token_shape:
+            delta = delta.reshape(x.shape[2:])
         if self.positions is None:
             return x + delta
         return x.at[:, pos].add(delta)
@@ -144,7 +148,9 @@ jax.tree_util.register_dataclass(
     SAESplice, data_fields=["sae", "edit"], meta_fields=["use_error_term", "head_index"]
 )
 jax.tree_util.register_dataclass(
-    Steer, data_fields=["vector", "scale", "positions"], meta_fields=["head_index", "flat_heads"]
+    Steer,
+    data_fields=["vector", "scale", "positions"],
+    meta_fields=["head_index", "flat_heads", "per_token_shape"],
 )
 jax.tree_util.register_dataclass(Ablate, data_fields=["value"], meta_fields=[])
 
@@ -314,16 +320,25 @@ def feature_steering(
 ) -> dict[str, Hook]:
     """Add `sum_i coefficients[i] * W_dec[indices[i]]` at the SAE's hook (steering vectors).
 
-    The vector goes where the SAE reads: one head for an SAE with `hook_head_index`, every
-    head's slice for a `hook_z` SAE over all heads.
+    The vector goes where the SAE writes: its hook (one head for an SAE with
+    `hook_head_index`, every head's slice for a `hook_z` SAE over all heads), or a
+    transcoder's output hook `hook_name_out` (its decoder rows live there, not at its input).
     """
     idx = jnp.atleast_1d(jnp.asarray(indices, jnp.int32))
     coef = jnp.broadcast_to(jnp.asarray(coefficients, sae.W_dec.dtype), idx.shape)
-    vector = coef @ sae.W_dec[idx]  # [d_in]
-    name = hook_name or sae.cfg.metadata.hook_name
+    vector = coef @ sae.W_dec[idx]  # [d_out]
+    meta = sae.cfg.metadata
+    transcoder = cfg_arch(sae.cfg).is_transcoder
+    name = hook_name or (meta.hook_name_out if transcoder else meta.hook_name)
     if not name:
-        raise ConfigError("this SAE's metadata has no hook_name: pass hook_name=...")
-    head = getattr(sae.cfg.metadata, "hook_head_index", None)
+        key = "hook_name_out" if transcoder else "hook_name"
+        raise ConfigError(
+            f"this {'transcoder' if transcoder else 'SAE'}'s metadata has no {key}: pass "
+            "hook_name=... (the hook its decoder writes)."
+        )
+    if transcoder:  # a head-shaped output hook without a head index: its heads, flattened
+        return {name: Steer(vector, head_index=meta.hook_head_index_out, per_token_shape=True)}
+    head = meta.hook_head_index
     flat_heads = sae.cfg.reshape_activations == "hook_z"
     return {name: Steer(vector, head_index=head, flat_heads=flat_heads)}
 
