@@ -321,14 +321,46 @@ def _site(model: Any, hook: str, head: int | None, width: int, *, output: bool =
     d_in, or a transcoder's d_out when `output`)."""
     shape = tuple(model.hook_shape(hook))  # an unknown hook raises, listing the valid names
     mode = _head_mode(head, shape)
+    dim, knobs = ("d_out", "_out") if output else ("d_in", "")
+    if mode == "head" and (len(shape) != 2 or not -shape[0] <= head < shape[0]):
+        has = f"{shape[0]} heads" if len(shape) == 2 else f"no head axis (shape {shape})"
+        raise ShapeError(
+            f"hook_head_index{knobs}={head}, but {hook} has {has}; use an index in range, or "
+            f"leave hook_head_index{knobs} unset for a hook without heads."
+        )
     d = shape[-1] if mode == "head" else math.prod(shape)
     if d != width:
-        dim, knobs = ("d_out", "_out") if output else ("d_in", "")
         raise ShapeError(
             f"the activations at {hook} have {d} numbers per token, but the SAE's {dim} is "
             f"{width}; check hook_name{knobs} and hook_head_index{knobs}."
         )
     return _Site(hook, mode, head)
+
+
+def transcoder_spliceable(model: Any, hook: str, hook_out: str) -> bool:
+    """Whether `model` computes `hook` no later than `hook_out` (a transcoder reading `hook`
+    can then replace `hook_out` in the same forward pass); found by tracing, not by names."""
+    if hook == hook_out:
+        return True
+    seen: list[str] = []
+
+    def note(name: str) -> Callable[[jax.Array], jax.Array]:
+        def fn(acts: jax.Array) -> jax.Array:
+            seen.append(name)
+            return acts
+
+        return fn
+
+    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    hooks = {hook: note(hook), hook_out: note(hook_out)}
+    jax.eval_shape(lambda p, t: model.apply_with_hooks(p, t, hooks), model.params, ids)
+    return seen.index(hook) < seen.index(hook_out)
+
+
+def _score(ablated: float, with_sae: float, clean: float = 0.0) -> float:
+    """(ablated - with_sae) / (ablated - clean): NaN where ablating changes nothing."""
+    gap = ablated - clean
+    return (ablated - with_sae) / gap if gap != 0 else float("nan")
 
 
 def _reconstruct(sae: Any, x: jax.Array, scale: float | None) -> tuple[jax.Array, jax.Array]:
@@ -521,6 +553,12 @@ def run_evals(
             hook_head_index_out if hook_head_index_out is not None else meta.hook_head_index_out
         )
         target = _site(model, hook_out, head_out, sae.cfg.output_dim, output=True)
+        if cfg.downstream and not transcoder_spliceable(model, hook, hook_out):
+            raise ConfigError(
+                f"this transcoder writes {hook_out}, which the model computes before its input "
+                f"{hook}, so it cannot be spliced in (compute_kl / compute_ce_loss). Turn those "
+                "off for its reconstruction and sparsity metrics."
+            )
     elif hook_name_out is not None or hook_head_index_out is not None:
         raise ConfigError(
             "hook_name_out / hook_head_index_out are for transcoders; this SAE reconstructs "
@@ -562,7 +600,7 @@ def run_evals(
         if cfg.compute_kl:
             abl, with_sae = means["kl_div_with_ablation"], means["kl_div_with_sae"]
             metrics["model_behavior_preservation"] = {
-                "kl_div_score": (abl - with_sae) / abl,
+                "kl_div_score": _score(abl, with_sae),
                 "kl_div_with_ablation": abl,
                 "kl_div_with_sae": with_sae,
             }
@@ -570,7 +608,7 @@ def run_evals(
             abl, with_sae = means["ce_loss_with_ablation"], means["ce_loss_with_sae"]
             clean = means["ce_loss_without_sae"]
             metrics["model_performance_preservation"] = {
-                "ce_loss_score": (abl - with_sae) / (abl - clean),
+                "ce_loss_score": _score(abl, with_sae, clean),
                 "ce_loss_with_ablation": abl,
                 "ce_loss_with_sae": with_sae,
                 "ce_loss_without_sae": clean,
@@ -629,7 +667,7 @@ def activation_metrics(
         if len(item) != (3 if transcoder else 2):
             raise ShapeError(
                 "a transcoder is measured on (x, y, mask) triples: inputs, the targets at its "
-                "output hook, and the mask"
+                f"output hook, and the mask; got a tuple of {len(item)}."
                 if transcoder
                 else f"expected (x, mask) pairs, got a tuple of {len(item)}."
             )
@@ -687,9 +725,12 @@ def evaluate_activations(
                 "[N, d_out] at its output hook."
             )
         arrays = [jnp.asarray(a) for a in (batch if transcoder else [batch])]
-        for a in arrays:
-            if a.ndim != 2:
-                raise ShapeError(f"activation batches must be [N, d], got {tuple(a.shape)}.")
+        widths = [sae.cfg.d_in, sae.cfg.output_dim]
+        for name, a, width in zip(("x", "y"), arrays, widths, strict=False):
+            if a.ndim != 2 or a.shape[1] != width:
+                what = f"a transcoder's {name}" if transcoder else "activation batches"
+                dim = "d_in" if name == "x" else "d_out"
+                raise ShapeError(f"{what} must be [N, {dim}={width}], got {tuple(a.shape)}.")
         if transcoder and arrays[0].shape[0] != arrays[1].shape[0]:
             raise ShapeError(
                 f"x has {arrays[0].shape[0]} rows but y has {arrays[1].shape[0]}; a "

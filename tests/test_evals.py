@@ -252,3 +252,6 @@ def test_bad_eval_input() -> None:
     with pytest.raises(ConfigError, match="no \\(unmasked\\) tokens"):
         evals.activation_metrics(identity_sae(6), [(np.zeros((2, 3, 6)), np.zeros((2, 3), bool))])
     assert evals.flatten_metrics({"a": {"b": 1}, "c": 2}) == {"a/b": 1, "c": 2}
+    # a score whose ablation changes nothing is undefined (it raised ZeroDivisionError)
+    assert np.isnan(evals._score(0.0, 0.1)) and np.isnan(evals._score(2.0, 2.5, 2.0))
+    assert evals._score(3.0, 2.5, 2.0) == 0.5

@@ -240,6 +240,13 @@ def test_bad_eval_input_through_a_model(model) -> None:
     )
     with pytest.raises(ShapeError, match="hook_head_index"):
         evals.run_evals(wrong_width, model, tokens, hook_head_index=0)
+    # a head index out of range, or on a hook without heads, would read a clamped head and
+    # drop the writes (JAX indexing): refused, naming the setting
+    with pytest.raises(ShapeError, match=r"hook_head_index=7, but blocks\.1\.attn\.hook_z has 4 h"):
+        evals.run_evals(identity_sae(8), model, tokens, hook_name="blocks.1.attn.hook_z",
+                        hook_head_index=7)  # fmt: skip
+    with pytest.raises(ShapeError, match=r"hook_head_index=0, but .* has no head axis"):
+        evals.run_evals(sae, model, tokens, hook_name="blocks.1.hook_resid_pre", hook_head_index=0)
     ok = jsae.SAE(sae.cfg.replace(metadata={"hook_name": "blocks.0.hook_resid_post"}), sae.params)
     rows = datasets.Dataset.from_dict({"input_ids": np.zeros((4, 40), np.int32).tolist()})
     long_source = TokenSource(rows, context_size=40, process_index=0, process_count=1)
@@ -356,3 +363,25 @@ def test_jsae_eval_command_on_a_transcoder(transcoder_reference, model, tmp_path
     # an output hook of another width is refused, naming the settings to check
     assert main([*args, "hook_name_out=blocks.1.hook_attn_out"]) == 2
     assert "d_out is 8; check hook_name_out and hook_head_index_out" in capsys.readouterr().err
+
+
+def test_a_transcoder_that_writes_before_it_reads(model) -> None:
+    """An output hook the model computes before the input hook cannot be spliced: CE and KL are
+    refused with what to do, and the reconstruction and sparsity metrics still work."""
+    meta = {"hook_name": "blocks.1.hook_mlp_out", "hook_name_out": "blocks.0.hook_mlp_out"}
+    cfg = jsae.SAEConfig(architecture="transcoder", d_in=32, d_sae=16, d_out=32, metadata=meta)
+    tc = jsae.SAE.init(cfg, 0)
+    assert not evals.transcoder_spliceable(model, "blocks.1.hook_mlp_out", "blocks.0.hook_mlp_out")
+    assert evals.transcoder_spliceable(model, "blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out")
+    assert evals.transcoder_spliceable(model, "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_in")
+    tokens = [np.random.default_rng(0).integers(1, 300, (2, 12)) for _ in range(2)]
+    cfg = evals.EvalConfig.everything(
+        batch_size_prompts=2, n_eval_reconstruction_batches=1, n_eval_sparsity_variance_batches=1
+    )
+    with pytest.raises(ConfigError, match=r"computes before its input blocks\.1\.hook_mlp_out"):
+        evals.run_evals(tc, model, tokens, cfg)
+    metrics, _ = evals.run_evals(
+        tc, model, tokens, cfg.replace(compute_kl=False, compute_ce_loss=False)
+    )
+    assert "model_performance_preservation" not in metrics
+    assert np.isfinite(metrics["reconstruction_quality"]["explained_variance"])

@@ -240,8 +240,28 @@ def test_a_transcoder_trains_on_a_model_hook_to_hook(assets, tmp_path, capsys) -
 
     with pytest.raises(jsae.ConfigError, match="set hook_name_out to the hook it writes"):
         jsae.train({**cfg, "hook_name_out": None, "output_path": None})
+    z = {"hook_name": "blocks.1.attn.hook_z", "hook_name_out": "blocks.1.attn.hook_z"}
+    with pytest.raises(jsae.ConfigError, match=r"different heads \(0 in, 1 out\)"):
+        jsae.train({**cfg, **z, "hook_head_index": 0, "hook_head_index_out": 1, "d_in": 8,
+                    "d_out": 8, "output_path": None})  # fmt: skip
     with pytest.raises(jsae.ConfigError, match="hook_name_out is the hook a transcoder writes"):
         jsae.train({**cfg, "architecture": "standard", "output_path": None})
+
+
+def test_a_transcoder_that_writes_before_it_reads_trains_with_the_evals_it_can_have(
+    assets, tmp_path, capsys
+) -> None:
+    """Predicting an earlier hook from a later one trains (the pairs need no order), and its
+    evals leave out CE loss and KL, which would splice it in where its input is not yet known."""
+    from jsae.activations.pipeline import train_language_model_sae
+
+    cfg = _config(assets, tmp_path / "tc", architecture="transcoder", hook_name=MLP_OUT,
+                  hook_name_out="blocks.0.hook_mlp_out", training_tokens=32 * 4,
+                  wandb_log_frequency=2, eval_every_n_wandb_logs=1)  # fmt: skip
+    _, results = train_language_model_sae(cfg)
+    assert "evals without CE loss and KL" in capsys.readouterr().out
+    assert "model_performance_preservation" not in results["metrics"]
+    assert np.isfinite(results["metrics"]["reconstruction_quality"]["mse"])
 
 
 def test_a_transcoder_trains_from_a_cache_of_both_hooks(assets, tmp_path) -> None:

@@ -298,6 +298,25 @@ def test_compiled_once_for_new_weights(tokens):
     assert len(model._jitted) == compiled  # a transcoder's new hooks reuse the compiled forward
 
 
+def test_transcoders_rewired_compile_anew(tokens):
+    """Two transcoders spliced with their inputs swapped (hook_name overrides) are a different
+    intervention: the compiled forward of the first wiring must not serve the second."""
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=16)
+    model = jsae.HookedModel.from_config(cfg, seed=3)
+    a = make_sae(1, "blocks.0.hook_resid_pre", architecture="transcoder", d_out=64,
+                 metadata={"hook_name_out": "blocks.0.hook_mlp_out"})  # fmt: skip
+    b = make_sae(2, "blocks.1.hook_resid_pre", architecture="transcoder", d_out=64,
+                 metadata={"hook_name_out": "blocks.1.hook_mlp_out"})  # fmt: skip
+    mid = "blocks.0.hook_resid_mid"
+    first = merge_hooks(splice_sae(a), splice_sae(b, hook_name=mid))
+    second = merge_hooks(
+        splice_sae(a, hook_name=mid), splice_sae(b, hook_name=a.cfg.metadata.hook_name)
+    )
+    model.run_with_hooks(tokens, first)
+    fresh = jsae.HookedModel.from_config(cfg, seed=3).run_with_hooks(tokens, second)
+    assert_close(model.run_with_hooks(tokens, second), fresh, 1e-6, 0)
+
+
 def test_bad_splices(model, tokens):
     with pytest.raises(jsae.ConfigError, match="two SAEs hook"):
         sae_hooks([make_sae(0), make_sae(1)])

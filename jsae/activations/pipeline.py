@@ -162,6 +162,13 @@ def transcoder_hooks(config: Any) -> list[str] | None:
             "hook_name_out to the hook it writes (e.g. blocks.0.hook_mlp_out, with hook_name "
             "blocks.0.ln2.hook_normalized), or pass (x, y) pairs to jsae.train."
         )
+    if lm.hook_name_out == lm.hook_name and lm.hook_head_index_out != lm.hook_head_index:
+        raise ConfigError(
+            f"hook_name and hook_name_out are both {lm.hook_name} with different heads "
+            f"({lm.hook_head_index} in, {lm.hook_head_index_out} out): training reads one view "
+            "of a hook once, so it would learn the input from itself. Cache the hook with all "
+            "heads and pass the (x, y) head pairs to jsae.train instead."
+        )
     return [lm.hook_name, lm.hook_name_out]
 
 
@@ -387,13 +394,15 @@ def spliced_evaluator(
     *,
     eval_config: Any = None,
     activation_scale: Callable[[], float | None] | float | None = None,
+    downstream: bool = True,
 ) -> Callable[[Any, int], dict[str, Any]]:
     """`evaluator(sae, step) -> {"group/key": value}`: run_evals on the next eval batches.
 
     Batches come from the settings' dataset through a separately shuffled stream (the
     training stream is untouched; it is not a held-out split). `activation_scale` (a number
     or a callable giving it) scales activations into the SAE while a training-time scale is
-    not yet folded in.
+    not yet folded in. `downstream=False` leaves out CE loss and KL (the spliced forwards)
+    from the default `eval_config`.
     """
     from jsae import evals
 
@@ -402,8 +411,8 @@ def spliced_evaluator(
         batch_size_prompts=prompts,
         n_eval_reconstruction_batches=settings.n_eval_batches,
         n_eval_sparsity_variance_batches=settings.n_eval_batches,
-        compute_kl=True,
-        compute_ce_loss=True,
+        compute_kl=downstream,
+        compute_ce_loss=downstream,
         compute_l2_norms=True,
         compute_sparsity_metrics=True,
         compute_variance_metrics=True,
@@ -463,8 +472,18 @@ def train_language_model_sae(
         model = load_model_for(lm)
     source = training_source(config, model, tokenizer=getattr(model, "tokenizer", None))
     trainer = Trainer(config, source, init=init)
+    splice = model is None or not config.sae.is_transcoder
+    if not splice:
+        splice = evals.transcoder_spliceable(model, lm.hook_name, lm.hook_name_out)
+        if not splice and log:
+            log(
+                f"evals without CE loss and KL: the transcoder writes {lm.hook_name_out}, which "
+                f"the model computes before its input {lm.hook_name}, so it cannot be spliced in"
+            )
     if model is not None:
-        trainer.evaluator = spliced_evaluator(lm, model, activation_scale=lambda: trainer.scale)
+        trainer.evaluator = spliced_evaluator(
+            lm, model, activation_scale=lambda: trainer.scale, downstream=splice
+        )
     t0 = time.perf_counter()
     sae = trainer.fit()
     if log:
@@ -478,6 +497,8 @@ def train_language_model_sae(
             batch_size_prompts=prompts,
             n_eval_reconstruction_batches=lm.n_eval_batches,
             n_eval_sparsity_variance_batches=lm.n_eval_batches,
+            compute_kl=splice,
+            compute_ce_loss=splice,
         )
         held_out = token_source(lm, model.tokenizer, shuffle_seed=4321)
         metrics, features = evals.run_evals(

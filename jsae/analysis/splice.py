@@ -125,7 +125,12 @@ class Steer:
 def _check_head_axis(x: jax.Array, head_index: int | None, what: str) -> None:
     """Refuse a per-head intervention on an activation without a head axis (indexing
     `[B, T, d]` at a head index would silently edit a sequence position instead)."""
-    if x.ndim != 4 or (head_index is not None and not -x.shape[2] <= head_index < x.shape[2]):
+    if x.ndim == 4 and head_index is not None and not -x.shape[2] <= head_index < x.shape[2]:
+        raise ConfigError(
+            f"this {what} acts on attention head {head_index}, but the hook has {x.shape[2]} "
+            f"heads: use a head index in 0..{x.shape[2] - 1}."
+        )
+    if x.ndim != 4:
         where = "" if head_index is None else f" (head {head_index})"
         raise ConfigError(
             f"this {what} acts per attention head{where}, but the hook's activation has shape "
@@ -162,18 +167,20 @@ jax.tree_util.register_dataclass(Ablate, data_fields=["value"], meta_fields=[])
 class _Carry:
     """Passes the transcoder's input from its read hook to its write hook within one trace.
 
-    It is a static field of both hooks, so it is part of the compile-cache key: every carry
-    compares equal (it holds nothing between traces), or each `splice_sae` call would compile
-    the model again.
+    It is a static field of both hooks, so it is part of the compile-cache key. Carries compare
+    by `link`, the (input, output) views they connect, not by identity (they hold nothing
+    between traces): a new `splice_sae` call reuses the compiled forward, while hooks that
+    pair their inputs and outputs differently compile their own.
     """
 
+    link: tuple = ()
     value: Any = None
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Carry)
+        return isinstance(other, _Carry) and other.link == self.link
 
     def __hash__(self) -> int:
-        return hash(_Carry)
+        return hash((_Carry, self.link))
 
 
 def _cut(acts: jax.Array, head_index: int | None) -> jax.Array:
@@ -279,7 +286,7 @@ def splice_sae(
                 "this transcoder's metadata has no hook_name_out: set it to the hook its "
                 "output replaces (e.g. 'blocks.L.hook_mlp_out')."
             )
-        carry = _Carry()
+        carry = _Carry((name, meta.hook_head_index, meta.hook_name_out, meta.hook_head_index_out))
         read = _TranscoderRead(carry, meta.hook_head_index)
         write = _TranscoderWrite(sae, edit, carry, use_error_term, meta.hook_head_index_out)
         if meta.hook_name_out == name:
