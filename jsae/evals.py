@@ -518,9 +518,10 @@ def run_evals(
     `activation_scale` multiplies activations on their way into the SAE (and divides its
     output), for SAEs trained on scaled activations whose scale was not folded in.
 
-    A transcoder reads `hook_name` and is measured against, and spliced in at, `hook_name_out`
-    (both default to the SAE's metadata): the reconstruction metrics compare its output with
-    the output hook's activations, and the ablation baseline zeroes the output hook.
+    A transcoder reads `hook_name` and is measured against, and spliced in at, `hook_name_out`:
+    the reconstruction metrics compare its output with the output hook's activations, and the
+    ablation baseline zeroes the output hook. Hooks default to the SAE's metadata, and the
+    metadata's head indices apply where the hooks are the metadata's.
     """
     cfg = eval_config or EvalConfig.everything()
     if not (
@@ -539,7 +540,10 @@ def run_evals(
     hook = hook_name or meta.hook_name
     if hook is None:
         raise ConfigError("the SAE's metadata has no hook_name; pass hook_name=...")
-    head = hook_head_index if hook_head_index is not None else meta.hook_head_index
+    # the metadata's head index belongs to the metadata's hook
+    head = hook_head_index
+    if head is None and hook == meta.hook_name:
+        head = meta.hook_head_index
     site = _site(model, hook, head, sae.cfg.d_in)
     target = None
     if cfg_arch(sae.cfg).is_transcoder:
@@ -549,9 +553,9 @@ def run_evals(
                 "this transcoder's metadata has no hook_name_out; pass hook_name_out=... (the "
                 "hook its output replaces, e.g. 'blocks.L.hook_mlp_out')."
             )
-        head_out = (
-            hook_head_index_out if hook_head_index_out is not None else meta.hook_head_index_out
-        )
+        head_out = hook_head_index_out
+        if head_out is None and hook_out == meta.hook_name_out:
+            head_out = meta.hook_head_index_out
         target = _site(model, hook_out, head_out, sae.cfg.output_dim, output=True)
         if cfg.downstream and not transcoder_spliceable(model, hook, hook_out):
             raise ConfigError(

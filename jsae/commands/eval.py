@@ -68,10 +68,8 @@ def _defaults_from_sae(sae) -> dict:
     out = {}
     for key in (
         "model_name",
-        "hook_name",
-        "hook_head_index",
+        "hook_name",  # (its head indices apply in run_evals where the hooks are the SAE's)
         "hook_name_out",
-        "hook_head_index_out",
         "context_size",
         "prepend_bos",
         "dataset_path",
