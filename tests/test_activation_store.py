@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import datasets
+import jax
 import numpy as np
 import pytest
 from helpers import matching_rows
@@ -219,6 +220,48 @@ def test_hook_views_resume_where_each_consumer_stood(model, corpus) -> None:
         assert np.array_equal(want, np.asarray(next(alone[hooks[1]])))
     with pytest.raises(ConfigError, match=r"taken by train_saes.*resume it with train_saes"):
         ActivationStore(model, _source(model, corpus), **alone_kw).restore(behind)
+
+
+def test_a_pair_view_yields_two_hooks_rows_in_step_and_resumes(model, corpus) -> None:
+    """A transcoder's view of two hooks yields (x, y) of the same rows: each batch equals the
+    single-hook views' batches of the same step; checkpointed with unconsumed pairs, it resumes
+    on a new store with exactly the pairs it would have read."""
+    a, b = RESID, "blocks.1.hook_mlp_out"
+    kw = dict(hook_names=[a, b], batch_size=8, store_batch_size_prompts=2, n_batches_in_buffer=2)
+    reads = {"x": [a], "y": [b], "pair": [a, b]}
+
+    def views_of():
+        return ActivationStore(model, _source(model, corpus), **kw).hook_iterators(8, reads)
+
+    full = views_of()
+    want = {n: [] for n in reads}
+    for _ in range(3):  # in turns: no view runs max_lag ahead of another
+        for n in reads:
+            want[n] += [next(full[n]) for _ in range(3)]
+    for (x, y), xa, yb in zip(want["pair"], want["x"], want["y"], strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(xa))
+        assert np.array_equal(np.asarray(y), np.asarray(yb))
+    assert not np.allclose(np.asarray(want["x"][0]), np.asarray(want["y"][0]))
+
+    first = views_of()
+    for n, count in (("x", 5), ("y", 5), ("pair", 2)):
+        for _ in range(count):
+            next(first[n])
+    states = {n: v.state(include_buffer=True) for n, v in first.items()}
+    assert len(states["pair"]["pending"]) == len(states["pair"]["pending_out"]) == 3
+    resumed = views_of()
+    for n, v in resumed.items():
+        v.restore(states[n])
+    for n, start in (("x", 5), ("y", 5), ("pair", 2)):
+        for expected in want[n][start:]:
+            got = next(resumed[n])
+            for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+                assert np.array_equal(np.asarray(e), np.asarray(g))
+    single = ActivationStore(model, _source(model, corpus), **kw).hook_iterators(8)
+    with pytest.raises(ConfigError, match=r"read \['blocks\.0\.hook_resid_post'"):
+        single[a].restore({**states["pair"], "hook": a})
+    with pytest.raises(ConfigError, match="a view reads one or two of the store's hooks"):
+        ActivationStore(model, _source(model, corpus), **kw).hook_iterators(8, {"z": ["nope"]})
 
 
 def test_process_share_of_the_batch(model, corpus) -> None:

@@ -289,8 +289,9 @@ def test_a_transcoder_trains_from_a_cache_of_both_hooks(assets, tmp_path) -> Non
     assert sae.cfg.metadata.hook_name_out == MLP_OUT and sae.cfg.d_out == 32
 
 
-def _two_hook_store(assets):
-    """(settings, store, hooks): one activation store serving two hooks of the test model."""
+def _two_hook_store(assets, hooks=TWO_HOOKS):
+    """(settings, store, hooks): one activation store serving two (or `hooks`) hooks of the
+    test model."""
     from jsae.activations.config import LanguageModelSettings
     from jsae.activations.pipeline import activation_store, load_model_for
 
@@ -302,14 +303,18 @@ def _two_hook_store(assets):
         store_batch_size_prompts=4,
         n_batches_in_buffer=4,
     )
-    hooks = TWO_HOOKS
     store = activation_store(settings, load_model_for(settings), batch_size=32, hook_names=hooks)
     return settings, store, hooks
 
 
-def _hook_configs(root: Path, steps: int, **extra) -> dict[str, dict]:
-    """A small standard SAE's config for each hook of `_two_hook_store`, writing under root."""
-    return {
+MID = "blocks.1.hook_resid_mid"
+WITH_TRANSCODER = [HOOK, MLP_OUT, MID]  # an SAE on HOOK and a transcoder MID -> MLP_OUT
+
+
+def _hook_configs(root: Path, steps: int, transcoder: bool = False, **extra) -> dict[str, dict]:
+    """A small standard SAE's config for each hook of `_two_hook_store`, writing under root;
+    with `transcoder`, an SAE on HOOK and a transcoder from MID to MLP_OUT instead."""
+    configs = {
         h: {
             "architecture": "standard",
             "d_in": 32,
@@ -322,8 +327,11 @@ def _hook_configs(root: Path, steps: int, **extra) -> dict[str, dict]:
             "output_path": str(root / f"sae{i}"),
             **extra,
         }
-        for i, h in enumerate(TWO_HOOKS)
+        for i, h in enumerate([HOOK, MID] if transcoder else TWO_HOOKS)
     }
+    if transcoder:
+        configs[MID].update(architecture="transcoder", hook_name_out=MLP_OUT)
+    return configs
 
 
 def _ctrl_c_at_step(monkeypatch, n: int) -> None:
@@ -361,8 +369,12 @@ def test_several_saes_from_one_forward(assets, tmp_path) -> None:
     with pytest.raises(jsae.ConfigError, match=r"names hook_name='blocks\.9\.hook_z'"):
         train_saes({**configs, HOOK: {**base, "metadata": {"hook_name": "blocks.9.hook_z"}}}, store)
     tc = {**base, "architecture": "transcoder", "output_path": None}
-    with pytest.raises(jsae.ConfigError, match=r"for \['blocks\.0\.hook_resid_post'\] are tr"):
+    with pytest.raises(
+        jsae.ConfigError, match=r"transcoder for blocks\.0\.hook_resid_post needs h"
+    ):
         train_saes({**configs, HOOK: tc}, store)
+    with pytest.raises(jsae.ConfigError, match=r"missing \['blocks\.1\.hook_mlp_out'\]"):
+        train_saes({HOOK: base}, store)
     saes = train_saes(configs, store, settings=settings)
     assert set(saes) == set(hooks)
     assert not np.allclose(np.asarray(saes[hooks[0]].W_dec), np.asarray(saes[hooks[1]].W_dec))
@@ -397,19 +409,26 @@ def test_ctrl_c_stops_every_sae_of_train_saes(assets, tmp_path, monkeypatch) -> 
     store.close()
 
 
-def test_train_saes_resumes_each_sae_as_if_uninterrupted(assets, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("transcoder", [False, True], ids=["saes", "sae+transcoder"])
+def test_train_saes_resumes_each_sae_as_if_uninterrupted(
+    assets, tmp_path, monkeypatch, transcoder
+) -> None:
     """After Ctrl-C, train_saes on a new store with resume_from_checkpoint='auto' ends with
     the parameters of an uninterrupted run for every SAE, though they stopped at different
-    steps; so does a resume in which one hook's SAE starts again from nothing."""
+    steps; so does a resume in which one hook's SAE starts again from nothing. Also with a
+    transcoder among them (its view yields (x, y) pairs of two of the store's hooks)."""
     import shutil
 
     from jsae.activations.pipeline import train_saes
     from jsae.errors import TrainingInterrupted
 
+    hooks = WITH_TRANSCODER if transcoder else TWO_HOOKS
+
     def run(root, **extra):
-        settings, store, _ = _two_hook_store(assets)
+        settings, store, _ = _two_hook_store(assets, hooks)
         try:
-            return train_saes(_hook_configs(root, 14, **extra), store, settings=settings)
+            configs = _hook_configs(root, 14, transcoder=transcoder, **extra)
+            return train_saes(configs, store, settings=settings)
         finally:
             store.close()
 
@@ -422,7 +441,10 @@ def test_train_saes_resumes_each_sae_as_if_uninterrupted(assets, tmp_path, monke
 
     resumed = run(tmp_path / "cut", resume_from_checkpoint="auto")
     half = run(tmp_path / "half", resume_from_checkpoint="auto")  # hook 1 starts afresh
-    for h in TWO_HOOKS:
+    if transcoder:
+        meta = jsae.load(tmp_path / "whole" / "sae1").cfg.metadata
+        assert (meta.hook_name, meta.hook_name_out) == (MID, MLP_OUT)
+    for h in expected:
         want = np.asarray(expected[h].W_dec)
         assert np.array_equal(np.asarray(resumed[h].W_dec), want)
         assert np.array_equal(np.asarray(half[h].W_dec), want)

@@ -16,6 +16,9 @@ sees the stream it would have seen uninterrupted, and the model does not run aga
 batches already trained on (it runs again only for the few skipped ones). A view restored on
 a store of other hooks (one SAE finished alone on a store of its hook) cannot use the saved
 store; it reads its stream again from the start, which is the same whatever hooks share it.
+
+A consumer may read two hooks (a transcoder: its input and its target): its view yields
+`(x, y)` pairs of the same rows, and its state holds both hooks' unconsumed batches.
 """
 
 from __future__ import annotations
@@ -23,10 +26,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,25 +40,45 @@ if TYPE_CHECKING:
 
 
 class HookViews:
-    """Fan-out of a multi-hook store: one bounded queue per hook, filled by one producer."""
+    """Fan-out of a multi-hook store: one bounded queue per consumer, filled by one producer.
 
-    def __init__(self, store: ActivationStore, max_lag: int) -> None:
+    `reads` maps each consumer's name to the hooks it reads (default: one consumer per hook,
+    named after it); a consumer of two hooks gets `(x, y)` pairs of the same rows.
+    """
+
+    def __init__(
+        self, store: ActivationStore, max_lag: int, reads: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.store = store
         self.max_lag = max(1, int(max_lag))
+        reads = {h: (h,) for h in store.hook_names} if reads is None else reads
+        self.reads = {name: tuple(hooks) for name, hooks in reads.items()}
+        for name, hooks in self.reads.items():
+            unknown = [h for h in hooks if h not in store.hook_names]
+            if unknown or not 1 <= len(hooks) <= 2:
+                raise ConfigError(
+                    f"the view {name!r} reads {list(hooks)}: a view reads one or two of the "
+                    f"store's hooks {store.hook_names}."
+                )
         self.lock = threading.Lock()  # one producer at a time
         # The store's position and each view's bookkeeping; held while the store produces a
         # batch, never while waiting on a consumer, so a view's state() never deadlocks.
         self.meta = threading.Lock()
-        self.queues = {h: queue.Queue(maxsize=self.max_lag) for h in store.hook_names}
-        self.closed: set[str] = set()  # hooks whose consumer stopped: nothing more is queued
+        self.queues = {name: queue.Queue(maxsize=self.max_lag) for name in self.reads}
+        self.closed: set[str] = set()  # consumers that stopped: nothing more is queued for them
         self.produced = 0  # batches the store has yielded to these views (P)
         self.started = False  # after the first read or state: restoring is over
-        self.restored: dict[str, Mapping[str, Any]] = {}  # hook -> its view's restored state
-        self.views = {h: HookView(self, h) for h in store.hook_names}
+        self.restored: dict[str, Mapping[str, Any]] = {}  # name -> its view's restored state
+        self.views = {name: HookView(self, name, hooks) for name, hooks in self.reads.items()}
 
-    def close(self, hook: str) -> None:
-        """The consumer of `hook` is done (finished or failed); stop queueing for it."""
-        self.closed.add(hook)
+    def close(self, name: str) -> None:
+        """The consumer `name` is done (finished or failed); stop queueing for it."""
+        self.closed.add(name)
+
+    def _item(self, view: HookView, rows: Mapping[str, Any], place: bool) -> Any:
+        """What `view` is handed of one batch: its hook's rows, or a pair of two hooks' rows."""
+        items = [self.store.place(rows[h]) if place else rows[h] for h in view.reads]
+        return items[0] if len(items) == 1 else tuple(items)
 
     def start(self) -> None:
         """Put the restored positions into effect (once, under `meta`, at the first read)."""
@@ -75,22 +97,23 @@ class HookViews:
         base = min(full.values(), key=lambda s: int(s["produced"]))
         self.store.restore(base["store"])
         self.produced = int(base["produced"])
-        for hook, state in full.items():
-            view, consumed = self.views[hook], int(state["consumed"])
+        for name, state in full.items():
+            view, consumed = self.views[name], int(state["consumed"])
             behind = self.produced - consumed
             if behind <= 0:
                 view.skip = -behind
                 continue
-            pending = np.asarray(state["pending"])  # [P_hook - consumed, B_local, d_in]
-            if len(pending) < behind:
+            keys = _PENDING[: len(view.reads)]
+            pending = [np.asarray(state[k]) for k in keys]  # [P_view - consumed, B_local, d]
+            if min(len(p) for p in pending) < behind:
                 raise ConfigError(
-                    f"the checkpoint of the view of {hook} holds {len(pending)} unconsumed "
+                    f"the checkpoint of the view of {name} holds {len(pending[0])} unconsumed "
                     f"batches but {behind} are needed; it does not belong with the others."
                 )
-            for rows in pending[:behind]:
-                rows = jnp.asarray(rows)
-                view.outstanding.append(rows)
-                view.preloaded.append(self.store.place(rows))
+            for i in range(behind):
+                rows = {h: jnp.asarray(p[i]) for h, p in zip(view.reads, pending, strict=True)}
+                view.outstanding.append(self._item(view, rows, place=False))
+                view.preloaded.append(self._item(view, rows, place=True))
 
     def fill(self) -> None:
         """Produce the next batch (one model forward) and queue it for every open hook."""
@@ -99,17 +122,17 @@ class HookViews:
             batch = self.store.next_rows()  # {hook: [B_local, d_in]}
             self.produced += 1
             receivers = []
-            for hook, view in self.views.items():
-                if hook in self.closed:
+            for name, view in self.views.items():
+                if name in self.closed:
                     continue
                 if view.skip:  # already trained on before the resume
                     view.skip -= 1
                     continue
-                view.outstanding.append(batch[hook])
-                receivers.append(hook)
-        for hook in receivers:
-            placed, q = self.store.place(batch[hook]), self.queues[hook]
-            while hook not in self.closed:  # waits while that consumer is max_lag behind
+                view.outstanding.append(self._item(view, batch, place=False))
+                receivers.append(name)
+        for name in receivers:
+            placed, q = self._item(self.views[name], batch, place=True), self.queues[name]
+            while name not in self.closed:  # waits while that consumer is max_lag behind
                 try:
                     q.put(placed, timeout=0.05)
                     break
@@ -117,15 +140,20 @@ class HookViews:
                     continue
 
 
-class HookView:
-    """Iterator over one hook's batches of a shared multi-hook store (a resumable source)."""
+_PENDING = ("pending", "pending_out")  # state keys of a view's unconsumed batches, per hook
 
-    def __init__(self, views: HookViews, hook: str) -> None:
-        self._views, self.hook = views, hook
+
+class HookView:
+    """Iterator over one consumer's batches of a shared multi-hook store (a resumable source):
+    arrays of one hook, or `(x, y)` pairs of two."""
+
+    def __init__(self, views: HookViews, name: str, reads: tuple[str, ...] | None = None) -> None:
+        self._views, self.hook = views, name  # `hook`: the consumer's name (its hook, usually)
+        self.reads = reads or (name,)
         self.consumed = 0  # batches handed to the consumer
         self.skip = 0  # batches to pass over after a resume (their SAE had trained on them)
-        self.outstanding: deque[jax.Array] = deque()  # produced for this hook, not consumed
-        self.preloaded: deque[jax.Array] = deque()  # saved batches a resume hands out first
+        self.outstanding: deque[Any] = deque()  # produced for this consumer, not consumed
+        self.preloaded: deque[Any] = deque()  # saved batches a resume hands out first
 
     def close(self) -> None:
         """No more batches will be read from this view (the others no longer wait for it)."""
@@ -134,7 +162,7 @@ class HookView:
     def __iter__(self) -> HookView:
         return self
 
-    def __next__(self) -> jax.Array:
+    def __next__(self) -> Any:
         views = self._views
         with views.meta:
             views.start()
@@ -146,7 +174,7 @@ class HookView:
             self.outstanding.popleft()
         return batch
 
-    def _from_queue(self) -> jax.Array:
+    def _from_queue(self) -> Any:
         q = self._views.queues[self.hook]
         while True:
             try:
@@ -170,20 +198,24 @@ class HookView:
         views = self._views
         with views.meta:
             views.start()
-            pending = [np.asarray(x) for x in self.outstanding]
-            width = views.store.d_in[self.hook]
-            return {
+            items = [x if isinstance(x, tuple) else (x,) for x in self.outstanding]
+            state = {
                 "hook": self.hook,
                 "hooks": list(views.store.hook_names),
                 "consumed": self.consumed,
                 "produced": views.produced,
-                "pending": np.stack(pending)
-                if pending
-                else np.zeros(
-                    (0, views.store.local_batch_size, width), jax_dtype(views.store.dtype)
-                ),
                 "store": views.store.state(include_buffer=True),
             }
+            if self.reads != (self.hook,):
+                state["reads"] = list(self.reads)
+            for i, (key, hook) in enumerate(zip(_PENDING, self.reads, strict=False)):
+                empty = (0, views.store.local_batch_size, views.store.d_in[hook])
+                state[key] = (
+                    np.stack([np.asarray(item[i]) for item in items])
+                    if items
+                    else np.zeros(empty, jax_dtype(views.store.dtype))
+                )
+            return state
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a `state()`; every hook's view is restored before any is read."""
@@ -204,6 +236,12 @@ class HookView:
                 raise ConfigError(
                     f"this checkpoint is of the view of {state.get('hook')!r}, not {self.hook!r}; "
                     "resume each hook's SAE from its own checkpoint."
+                )
+            saved_reads = list(state.get("reads", [self.hook]))
+            if saved_reads != list(self.reads):
+                raise ConfigError(
+                    f"this checkpoint of {self.hook!r} read {saved_reads}, this view reads "
+                    f"{list(self.reads)}; resume it with the hooks it trained on."
                 )
             hooks = state.get("hooks")
             if hooks is not None and list(hooks) != list(views.store.hook_names):

@@ -544,8 +544,11 @@ def train_saes(
     `configs` maps each of the store's hook names to its training config (a `TrainConfig` or a
     dict of SAELens field names). Each SAE trains in its own thread with the full trainer
     (logging, checkpoints, output), consuming its hook's batches in lockstep with the others.
-    Each SAE's metadata names its hook, and, given the store's `settings`, the model, context
-    and dataset too (as SAELens's multi-SAE runner records them). To resume after an
+    A transcoder's config, under its input hook, names its target with `hook_name_out` (also
+    a hook of the store); it trains on `(x, y)` pairs of the same rows, so per-layer
+    transcoders train from one forward too. Every store hook must be read by some config.
+    Each SAE's metadata names its hook(s), and, given the store's `settings`, the model,
+    context and dataset too (as SAELens's multi-SAE runner records them). To resume after an
     interrupt, call it again with `resume_from_checkpoint: auto` in the configs and a new store
     built with the same settings: each SAE continues where it stopped.
     """
@@ -562,31 +565,32 @@ def train_saes(
             "hooks' activations once (jsae cache --hook A --hook B ...) and train each SAE from "
             "the cache in its own multi-process run (use_cached_activations, hook_name)."
         )
-    unknown = sorted(set(configs) - set(store.hook_names))
-    missing = sorted(set(store.hook_names) - set(configs))
+    coerced = {h: TrainConfig.coerce(c) for h, c in configs.items()}
+    targets = {h: _target_hook(h, c, store) for h, c in coerced.items() if c.sae.is_transcoder}
+    unknown = sorted(set(coerced) - set(store.hook_names))
+    missing = sorted(set(store.hook_names) - set(coerced) - set(targets.values()))
     if unknown or missing:
         raise ConfigError(
-            f"train_saes needs one config per hook of the store {store.hook_names}: "
-            f"missing {missing}, not in the store {unknown}."
+            f"train_saes needs a config for each hook of the store {store.hook_names} (a hook a "
+            f"transcoder writes counts as read): missing {missing}, not in the store {unknown}."
         )
     configs = {
-        h: _with_hook_metadata(TrainConfig.coerce(c), h, settings) for h, c in configs.items()
+        h: _with_hook_metadata(c, h, settings, target=targets.get(h), store=store)
+        for h, c in coerced.items()
     }
-    transcoders = sorted(h for h, c in configs.items() if c.sae.is_transcoder)
-    if transcoders:
-        raise ConfigError(
-            f"train_saes trains an SAE of each hook's own activations; the configs for "
-            f"{transcoders} are transcoders, which learn one hook from another. Train each with "
-            "jsae.train / jsae train and hook_name_out (one forward serves both of its hooks)."
-        )
-    views = store.hook_iterators(max_lag)
+    reads = {h: (h, targets[h]) if h in targets else (h,) for h in configs}
+    views = store.hook_iterators(max_lag, reads)
     trainers = {h: Trainer(cfg, views[h]) for h, cfg in configs.items()}
     for h, trainer in trainers.items():
-        if trainer.cfg.d_in != store.d_in[h]:
-            raise ConfigError(
-                f"the SAE for {h} has d_in={trainer.cfg.d_in} but the activations have "
-                f"{store.d_in[h]}."
-            )
+        widths = [("d_in", trainer.cfg.d_in, h)]
+        if h in targets:
+            widths.append(("d_out", trainer.cfg.output_dim, targets[h]))
+        for dim, width, hook in widths:
+            if width != store.d_in[hook]:
+                raise ConfigError(
+                    f"the SAE for {h} has {dim}={width} but the activations of {hook} have "
+                    f"{store.d_in[hook]}."
+                )
     results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}
 
@@ -631,8 +635,27 @@ def train_saes(
     return results
 
 
-def _with_hook_metadata(config: Any, hook: str, settings: LanguageModelSettings | None) -> Any:
-    """`config` with the metadata of an SAE on `hook` of a store built from `settings`."""
+def _target_hook(hook: str, config: Any, store: ActivationStore) -> str:
+    """The store hook a transcoder's config under `hook` writes (its `hook_name_out`)."""
+    out = config.model.hook_name_out or unfreeze(config.sae.metadata).get("hook_name_out")
+    if not out or out == hook or out not in store.hook_names:
+        raise ConfigError(
+            f"the transcoder for {hook} needs hook_name_out, another hook of the store "
+            f"{store.hook_names} (its target); it has {out!r}."
+        )
+    return out
+
+
+def _with_hook_metadata(
+    config: Any,
+    hook: str,
+    settings: LanguageModelSettings | None,
+    *,
+    target: str | None = None,
+    store: ActivationStore | None = None,
+) -> Any:
+    """`config` with the metadata of an SAE on `hook` of a store built from `settings` (and,
+    for a transcoder, of its `target` hook)."""
     given = unfreeze(config.sae.metadata)
     if given.get("hook_name") not in (None, hook):
         raise ConfigError(
@@ -640,4 +663,8 @@ def _with_hook_metadata(config: Any, hook: str, settings: LanguageModelSettings 
             "remove it (train_saes fills it in) or give the config to its own hook."
         )
     implied = {} if settings is None else settings.sae_metadata()
-    return config.with_metadata_defaults({**implied, "hook_name": hook})
+    hooks: dict[str, Any] = {"hook_name": hook}
+    if target is not None:
+        heads = getattr(store, "head_index", {}) or {}
+        hooks.update(hook_name_out=target, hook_head_index_out=heads.get(target))
+    return config.with_metadata_defaults({**implied, **hooks})

@@ -307,7 +307,9 @@ class ActivationStore:
             return jax.make_array_from_process_local_data(self.sharding, x)
         return jax.device_put(x, self.sharding)
 
-    def hook_iterators(self, max_lag: int = 4) -> dict[str, Iterator[jax.Array]]:
+    def hook_iterators(
+        self, max_lag: int = 4, reads: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, Iterator[Any]]:
         """One iterator per hook over the shared stream, safe to consume from several threads.
 
         Each batch is produced once (one model forward) and handed to every hook's iterator;
@@ -315,11 +317,12 @@ class ActivationStore:
         consumers run in lockstep and memory stays bounded (see `train_saes`). The iterators
         are resumable sources: a checkpoint of each restores the stream each consumer saw, on a
         new store built with the same settings, without running the model again over the
-        batches already consumed.
+        batches already consumed. `reads` names other consumers instead: `{name: [hook]}`, or
+        `{name: [hook_in, hook_out]}` for one of `(x, y)` pairs (a transcoder).
         """
         from jsae.activations.hook_views import HookViews
 
-        return HookViews(self, max_lag).views
+        return HookViews(self, max_lag, reads).views
 
     # -------------------------------------------------------------- state
 
