@@ -75,10 +75,11 @@ class HookViews:
         """The consumer `name` is done (finished or failed); stop queueing for it."""
         self.closed.add(name)
 
-    def _item(self, view: HookView, rows: Mapping[str, Any], place: bool) -> Any:
-        """What `view` is handed of one batch: its hook's rows, or a pair of two hooks' rows."""
-        items = [self.store.place(rows[h]) if place else rows[h] for h in view.reads]
-        return items[0] if len(items) == 1 else tuple(items)
+    def _placed(self, rows: tuple) -> Any:
+        """What a view hands out of one batch's rows (one per hook it reads): the hook's rows
+        on the device, or a pair of two hooks' rows."""
+        placed = tuple(self.store.place(r) for r in rows)
+        return placed[0] if len(placed) == 1 else placed
 
     def start(self) -> None:
         """Put the restored positions into effect (once, under `meta`, at the first read)."""
@@ -111,9 +112,9 @@ class HookViews:
                     f"batches but {behind} are needed; it does not belong with the others."
                 )
             for i in range(behind):
-                rows = {h: jnp.asarray(p[i]) for h, p in zip(view.reads, pending, strict=True)}
-                view.outstanding.append(self._item(view, rows, place=False))
-                view.preloaded.append(self._item(view, rows, place=True))
+                rows = tuple(jnp.asarray(p[i]) for p in pending)
+                view.outstanding.append(rows)
+                view.preloaded.append(self._placed(rows))
 
     def fill(self) -> None:
         """Produce the next batch (one model forward) and queue it for every open hook."""
@@ -128,10 +129,11 @@ class HookViews:
                 if view.skip:  # already trained on before the resume
                     view.skip -= 1
                     continue
-                view.outstanding.append(self._item(view, batch, place=False))
-                receivers.append(name)
-        for name in receivers:
-            placed, q = self._item(self.views[name], batch, place=True), self.queues[name]
+                rows = tuple(batch[h] for h in view.reads)
+                view.outstanding.append(rows)
+                receivers.append((name, rows))
+        for name, rows in receivers:
+            placed, q = self._placed(rows), self.queues[name]
             while name not in self.closed:  # waits while that consumer is max_lag behind
                 try:
                     q.put(placed, timeout=0.05)
@@ -152,7 +154,7 @@ class HookView:
         self.reads = reads or (name,)
         self.consumed = 0  # batches handed to the consumer
         self.skip = 0  # batches to pass over after a resume (their SAE had trained on them)
-        self.outstanding: deque[Any] = deque()  # produced for this consumer, not consumed
+        self.outstanding: deque[tuple] = deque()  # rows per read hook, not yet consumed
         self.preloaded: deque[Any] = deque()  # saved batches a resume hands out first
 
     def close(self) -> None:
@@ -198,7 +200,7 @@ class HookView:
         views = self._views
         with views.meta:
             views.start()
-            items = [x if isinstance(x, tuple) else (x,) for x in self.outstanding]
+            items = list(self.outstanding)
             state = {
                 "hook": self.hook,
                 "hooks": list(views.store.hook_names),
