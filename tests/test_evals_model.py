@@ -50,6 +50,11 @@ CASES = [
         "w_scale": 0.5,
     },
 ]
+EVERYTHING = evals.EvalConfig.everything(
+    batch_size_prompts=BATCH,
+    n_eval_reconstruction_batches=N_RECON,
+    n_eval_sparsity_variance_batches=N_SPARSITY,
+)
 TRANSCODER_CASES = [  # input and output hooks as a transcoder reads and replaces them
     {
         "architecture": "transcoder",
@@ -140,20 +145,9 @@ def test_run_evals_matches_saelens(reference, model, case: int) -> None:
         sae,
         model,
         source,
-        evals.EvalConfig.everything(
-            batch_size_prompts=BATCH,
-            n_eval_reconstruction_batches=N_RECON,
-            n_eval_sparsity_variance_batches=N_SPARSITY,
-        ),
+        EVERYTHING,
     )
-    assert set(ref["metrics"]) == set(metrics)
-    for group, values in ref["metrics"].items():
-        for key, expected in values.items():
-            assert_close(metrics[group][key], expected, rtol=2e-4, atol=2e-5, what=f"{group}/{key}")
-    for key, expected in ref["features"].items():
-        ours, theirs = np.asarray(features[key], float), np.asarray(expected, float)
-        assert np.array_equal(np.isnan(ours), np.isnan(theirs)), key
-        assert_close(np.nan_to_num(ours), np.nan_to_num(theirs), rtol=2e-4, atol=2e-5, what=key)
+    _assert_metrics_match(metrics, features, ref)
     perf = metrics["model_performance_preservation"]
     assert perf["ce_loss_with_ablation"] != pytest.approx(perf["ce_loss_without_sae"], rel=1e-3)
 
@@ -188,11 +182,7 @@ def test_transcoder_evals_match_saelens_at_the_output_hook(
         sae,
         model,
         tokens,
-        evals.EvalConfig.everything(
-            batch_size_prompts=BATCH,
-            n_eval_reconstruction_batches=N_RECON,
-            n_eval_sparsity_variance_batches=N_SPARSITY,
-        ),
+        EVERYTHING,
     )
     _assert_metrics_match(metrics, features, ref)
     perf = metrics["model_performance_preservation"]

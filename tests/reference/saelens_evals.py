@@ -127,6 +127,30 @@ def tiny_hooked_gpt2(hf, tokenizer):
     return model
 
 
+def recording_store(model, sae, dataset, spec):
+    """(SAELens's ActivationsStore for `sae`, the list its token batches are recorded in)."""
+    from sae_lens.training.activations_store import ActivationsStore
+
+    store = ActivationsStore.from_sae(
+        model,
+        sae,
+        dataset,
+        context_size=spec["context_size"],
+        streaming=False,
+        store_batch_size_prompts=spec["batch_size_prompts"],
+    )
+    batches = []
+    original = store.get_batch_tokens
+
+    def recording(batch_size=None, **kw):
+        out = original(batch_size, **kw)
+        batches.append(out.tolist())
+        return out
+
+    store.get_batch_tokens = recording
+    return store, batches
+
+
 def end2end(directory):
     import shutil
 
@@ -135,7 +159,6 @@ def end2end(directory):
     from sae_lens.evals import get_eval_everything_config, run_evals
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.training.activation_scaler import ActivationScaler
-    from sae_lens.training.activations_store import ActivationsStore
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     directory = Path(directory)
@@ -176,23 +199,7 @@ def end2end(directory):
             sae.b_enc.normal_(-0.2, 0.1)
             sae.b_dec.normal_(0, 0.05)
         sae.save_model(str(directory / f"sae_{i}"))
-        store = ActivationsStore.from_sae(
-            model,
-            sae,
-            dataset,
-            context_size=spec["context_size"],
-            streaming=False,
-            store_batch_size_prompts=spec["batch_size_prompts"],
-        )
-        batches = []
-        original = store.get_batch_tokens
-
-        def recording(batch_size=None, _original=original, _batches=batches, **kw):
-            out = _original(batch_size, **kw)
-            _batches.append(out.tolist())
-            return out
-
-        store.get_batch_tokens = recording
+        store, batches = recording_store(model, sae, dataset, spec)
         cfg = get_eval_everything_config(
             batch_size_prompts=spec["batch_size_prompts"],
             n_eval_reconstruction_batches=spec["n_recon"],
@@ -260,7 +267,6 @@ def transcoders(directory):
     from sae_lens.evals import get_eval_everything_config, run_evals
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.training.activation_scaler import ActivationScaler
-    from sae_lens.training.activations_store import ActivationsStore
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     directory = Path(directory)
@@ -309,23 +315,7 @@ def transcoders(directory):
         like = StandardSAE(
             StandardSAEConfig(d_in=case["d_out"], d_sae=4, metadata=shim.cfg.metadata)
         )
-        store = ActivationsStore.from_sae(
-            model,
-            like,
-            dataset,
-            context_size=spec["context_size"],
-            streaming=False,
-            store_batch_size_prompts=spec["batch_size_prompts"],
-        )
-        batches = []
-        original = store.get_batch_tokens
-
-        def recording(batch_size=None, _original=original, _batches=batches, **kw):
-            out = _original(batch_size, **kw)
-            _batches.append(out.tolist())
-            return out
-
-        store.get_batch_tokens = recording
+        store, batches = recording_store(model, like, dataset, spec)
         square = case["d_in"] == case["d_out"]  # SAELens's encoder-decoder cosine needs it
         cfg = get_eval_everything_config(
             batch_size_prompts=spec["batch_size_prompts"],
