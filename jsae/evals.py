@@ -342,6 +342,11 @@ def transcoder_spliceable(model: Any, hook: str, hook_out: str) -> bool:
     can then replace `hook_out` in the same forward pass); found by tracing, not by names."""
     if hook == hook_out:
         return True
+    return _cached(model, ("order", hook, hook_out), lambda: _traced_order(model, hook, hook_out))
+
+
+def _traced_order(model: Any, hook: str, hook_out: str) -> bool:
+    """`transcoder_spliceable` by tracing the model once (no compilation) with both hooks."""
     seen: list[str] = []
 
     def note(name: str) -> Callable[[jax.Array], jax.Array]:

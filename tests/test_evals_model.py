@@ -141,15 +141,8 @@ def test_run_evals_matches_saelens(reference, model, case: int) -> None:
     tokens = source.next_batch(BATCH * (N_RECON + N_SPARSITY))
     assert tokens.tolist() == [row for b in ref["batches"] for row in b], "same token batches"
     source.restore({"epoch": 0, "doc": 0, "offset": 0, "doc_start": True})
-    metrics, features = evals.run_evals(
-        sae,
-        model,
-        source,
-        EVERYTHING,
-    )
+    metrics, features = evals.run_evals(sae, model, source, EVERYTHING)
     _assert_metrics_match(metrics, features, ref)
-    perf = metrics["model_performance_preservation"]
-    assert perf["ce_loss_with_ablation"] != pytest.approx(perf["ce_loss_without_sae"], rel=1e-3)
 
 
 def _assert_metrics_match(metrics, features, ref) -> None:
@@ -163,6 +156,8 @@ def _assert_metrics_match(metrics, features, ref) -> None:
         ours, theirs = np.asarray(features[key], float), np.asarray(expected, float)
         assert np.array_equal(np.isnan(ours), np.isnan(theirs)), key
         assert_close(np.nan_to_num(ours), np.nan_to_num(theirs), rtol=2e-4, atol=2e-5, what=key)
+    perf = metrics["model_performance_preservation"]  # the ablation baseline is informative
+    assert perf["ce_loss_with_ablation"] != pytest.approx(perf["ce_loss_without_sae"], rel=1e-3)
 
 
 @pytest.mark.parametrize("case", range(len(TRANSCODER_CASES)))
@@ -178,15 +173,8 @@ def test_transcoder_evals_match_saelens_at_the_output_hook(
     assert sae.cfg.architecture == TRANSCODER_CASES[case]["architecture"]
     tokens = [np.asarray(b, np.int32) for b in ref["batches"]]
     assert len(tokens) == N_RECON + N_SPARSITY
-    metrics, features = evals.run_evals(
-        sae,
-        model,
-        tokens,
-        EVERYTHING,
-    )
+    metrics, features = evals.run_evals(sae, model, tokens, EVERYTHING)
     _assert_metrics_match(metrics, features, ref)
-    perf = metrics["model_performance_preservation"]
-    assert perf["ce_loss_with_ablation"] != pytest.approx(perf["ce_loss_without_sae"], rel=1e-3)
     assert 0 < metrics["sparsity"]["l0"] < sae.cfg.d_sae
 
 
